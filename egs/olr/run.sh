@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# OLR recipe: phoneme-aware language recognition with multi-task x-vectors.
+# Run from anywhere; data/ and exp/ live next to this script.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+help_message="Usage: ./run.sh [options]
+
+Stages (default: all, 0..7):
+  0  corpus: synthesize mini-OLR (default) or import a real OLR release (--olr-root DIR)
+  1  lhotse manifests: import + validate the Kaldi data dirs, optional speed perturbation
+  2  features: fbank + energy VAD (lhotse storage, Kaldi feats.scp/vad.scp via kaldiio)
+  3  virtual phoneme alignment of the training set (PocketSphinx all-phone by default)
+  4  multi-task x-vector training, one run per system (conf/<system>.yaml)
+  5  embedding extraction for the training and test sets
+  6  back-end scoring per test task (OLR matrix score files)
+  7  metrics and report: Cavg, EER per task; results.md, plots, RESULTS.md
+
+Examples:
+  ./run.sh                                   # the whole recipe on mini-OLR
+  ./run.sh --stage 4 --stop-stage 5 --systems apm_am
+  ./run.sh --olr-root /data/AP20-OLR --train-set train --test-sets \"task1 task2 task3\""
+
+stage=0                     # first stage to run
+stop_stage=7                # last stage to run
+nj=2                        # parallel jobs for CPU stages (0-3)
+seed=777                    # random seed of every stage
+force=false                 # redo stages even if recorded as done
+skip_bad=false              # skip (and count) bad utterances instead of stopping
+olr_root=                   # real OLR release as Kaldi data dirs; empty: synthesize mini-OLR
+corpus_size=mini            # mini-OLR size: tiny, mini or full
+train_set=train             # training set name under data/
+test_sets="task_full task_short task_cross task_noisy task_open"  # test sets (each has trials)
+speed_perturb=false         # add 0.9/1.1 speed-perturbed copies of the training set
+fbank_conf=conf/fbank.yaml  # feature configuration
+ali_from=pocketsphinx       # virtual phone labels: pocketsphinx, oracle or kaldi:DIR
+align_conf=conf/align.yaml  # aligner configuration
+systems="apm_am am"         # systems to train and score, each conf/<system>.yaml
+ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
+backend_conf=conf/backend.yaml  # back-end configuration
+data=data                   # where data dirs, manifests, features, alignments go
+exp=exp                     # where systems, logs and stage records go
+
+. ./path.sh
+. utils/parse_options.sh
+. utils/stage.sh
+
+if [ $# -ne 0 ]; then
+  echo "$0: unexpected arguments: $*  (see --help)" >&2
+  exit 1
+fi
+sets="$train_set $test_sets"
+mkdir -p "$exp"
+
+if [ -n "$olr_root" ]; then
+  run_stage 0 import_olr steps/import_olr.sh --skip-bad "$skip_bad" "$olr_root" "$data" $sets
+else
+  run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" --nj "$nj" --seed "$seed" "$data"
+fi
+
+run_stage 1 manifests steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
+  --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
+
+run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --conf "$fbank_conf" --skip-bad "$skip_bad" \
+  "$data/manifests" "$data/fbank" $sets
+
+run_stage 3 align steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-from "$ali_from" \
+  --oracle-dir "$data/oracle_ali/$train_set" "$data/fbank/$train_set" "$data/ali/$train_set"
+
+for system in $systems; do
+  run_stage 4 "train_$system" steps/train_xvector.sh --config "conf/$system.yaml" --seed "$seed" \
+    --ngpu "$ngpu" --ali-dir "$data/ali/$train_set" "$data/fbank/$train_set" "$exp/$system"
+done
+
+for system in $systems; do
+  for set in $sets; do
+    run_stage 5 "extract_${system}_$set" steps/extract_xvectors.sh --ngpu "$ngpu" \
+      "$exp/$system" "$data/fbank/$set" "$exp/$system/xvectors/$set"
+  done
+done
+
+for system in $systems; do
+  run_stage 6 "score_$system" steps/score.sh --conf "$backend_conf" --data "$data" \
+    --train-set "$train_set" "$exp/$system" $test_sets
+done
+
+run_stage 7 report steps/report.sh --data "$data" --test-sets "$test_sets" \
+  --output RESULTS.md "$exp" $systems

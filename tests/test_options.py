@@ -1,0 +1,81 @@
+"""utils/parse_options.sh and utils/stage.sh: Kaldi semantics, help, stage records."""
+
+import subprocess
+import textwrap
+
+
+def _script(tmp_path, repo_root, body: str):
+    script = tmp_path / "s.sh"
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            #!/usr/bin/env bash
+            set -euo pipefail
+            help_message="Usage: s.sh"
+            stage=0        # first stage
+            stop_stage=9   # last stage
+            nj=2           # jobs
+            force=false    # redo
+            exp={tmp_path}/exp
+            . {repo_root}/utils/parse_options.sh
+            . {repo_root}/utils/stage.sh
+            """
+        )
+        + textwrap.dedent(body)
+    )
+    return script
+
+
+def _run(script, *args):
+    return subprocess.run(["bash", str(script), *args], capture_output=True, text=True)
+
+
+def test_options_set_variables_and_keep_positionals(tmp_path, repo_root):
+    s = _script(tmp_path, repo_root, 'echo "$stage $stop_stage $nj | $*"\n')
+    r = _run(s, "--stage", "2", "--stop-stage=5", "--nj", "4", "a", "b")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "2 5 4 | a b"
+
+
+def test_unknown_option_lists_valid_ones(tmp_path, repo_root):
+    r = _run(_script(tmp_path, repo_root, "true\n"), "--bogus", "1")
+    assert r.returncode != 0
+    assert "unknown option '--bogus'" in r.stderr
+    assert "--stop-stage" in r.stderr and "--nj" in r.stderr
+
+
+def test_help_prints_message_options_and_defaults(tmp_path, repo_root):
+    r = _run(_script(tmp_path, repo_root, "true\n"), "--help")
+    assert r.returncode == 0
+    assert "Usage: s.sh" in r.stdout
+    assert "--nj" in r.stdout and "(default: 2)" in r.stdout and "jobs" in r.stdout
+    assert "help-message" not in r.stdout
+
+
+def test_boolean_option_rejects_other_values(tmp_path, repo_root):
+    r = _run(_script(tmp_path, repo_root, "true\n"), "--force", "yes")
+    assert r.returncode != 0 and "true or false" in r.stderr
+
+
+def test_stage_runner_records_skips_and_reports_failure(tmp_path, repo_root):
+    body = """\
+    run_stage 1 one bash -c 'echo ran-one >> {t}/count'
+    run_stage 2 two bash -c 'echo some error text >&2; exit ${{FAIL:-0}}'
+    """.format(t=tmp_path)
+    s = _script(tmp_path, repo_root, body)
+    assert _run(s).returncode == 0
+    r = _run(s)
+    assert r.returncode == 0 and "done before, skipping" in r.stdout
+    assert (tmp_path / "count").read_text() == "ran-one\n"
+    r = subprocess.run(
+        ["bash", str(s), "--force", "true"],
+        capture_output=True,
+        text=True,
+        env={"FAIL": "3", "PATH": "/usr/bin:/bin"},
+    )
+    assert r.returncode != 0
+    assert "stage 2 (two) failed" in r.stderr
+    assert "stage2.two.log" in r.stderr and "some error text" in r.stderr
+    # --stage/--stop-stage restrict what runs
+    r = _run(s, "--stage", "3")
+    assert r.returncode == 0 and "stage" not in r.stdout

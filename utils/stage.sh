@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Stage runner, sourced by recipes after parse_options.sh. Needs $stage, $stop_stage, $force
+# and $exp (logs go to $exp/log, completion records to $exp/.done).
+#
+#   run_stage 2 fbank steps/make_fbank.sh --nj 2 data/manifests data/fbank train
+#
+# runs the command when 2 is within [stage, stop_stage], logs it to $exp/log/stage2.fbank.log
+# and the console, and records completion together with the command line: a rerun with the
+# same command skips it (unless --force true); a finished run invalidates the records of
+# all later stages, since their inputs changed. On failure it prints the stage, the log path
+# and the last lines of the log, and exits.
+
+run_stage() {
+  local n=$1 name=$2
+  shift 2
+  if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then
+    return 0
+  fi
+  local log_dir=$exp/log done_dir=$exp/.done
+  local log=$log_dir/stage$n.$name.log marker=$done_dir/stage$n.$name
+  local signature
+  signature=$(printf '%q ' "$@")
+  mkdir -p "$log_dir" "$done_dir"
+  if [ "${force:-false}" != true ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$signature" ]; then
+    echo "$(date '+%F %T') stage $n ($name): done before, skipping (--force true redoes it)"
+    return 0
+  fi
+  rm -f "$marker"
+  echo "$(date '+%F %T') stage $n ($name): $*"
+  echo "# $(date '+%F %T') $*" > "$log"
+  local start=$SECONDS
+  if ! "$@" 2>&1 | tee -a "$log"; then
+    {
+      echo
+      echo "ERROR: stage $n ($name) failed after $((SECONDS - start)) s."
+      echo "  log: $log"
+      echo "  last lines:"
+      grep -v '^\s*$' "$log" | tail -n 15 | sed 's/^/    /'
+      echo "  Fix the cause and rerun with --stage $n: finished work is kept."
+    } >&2
+    exit 1
+  fi
+  local later
+  for later in "$done_dir"/stage*; do
+    [ -e "$later" ] || continue
+    local k=${later##*/stage}; k=${k%%.*}
+    [ "$k" -gt "$n" ] && rm -f "$later"
+  done
+  echo "$signature" > "$marker.tmp" && mv "$marker.tmp" "$marker"
+  echo "$(date '+%F %T') stage $n ($name): finished in $((SECONDS - start)) s (log: $log)"
+}
