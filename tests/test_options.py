@@ -58,10 +58,10 @@ def test_boolean_option_rejects_other_values(tmp_path, repo_root):
 
 
 def test_stage_runner_records_skips_and_reports_failure(tmp_path, repo_root):
-    body = """\
-    run_stage 1 one bash -c 'echo ran-one >> {t}/count'
+    body = f"""\
+    run_stage 1 one bash -c 'echo ran-one >> {tmp_path}/count'
     run_stage 2 two bash -c 'echo some error text >&2; exit ${{FAIL:-0}}'
-    """.format(t=tmp_path)
+    """
     s = _script(tmp_path, repo_root, body)
     assert _run(s).returncode == 0
     r = _run(s)

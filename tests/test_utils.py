@@ -37,3 +37,14 @@ def test_atomic_write_leaves_nothing_on_failure(tmp_path):
             raise RuntimeError("killed")
     assert target.read_text() == "old"
     assert list(tmp_path.iterdir()) == [target]
+
+
+def test_trials_round_trip_and_errors(tmp_path):
+    from apm.data.trials import Trial, read_trials, write_trials
+
+    trials = [Trial("zh-cn", "u1", True), Trial("ru-ru", "u1", False)]
+    write_trials(tmp_path / "trials", trials)
+    assert read_trials(tmp_path / "trials") == trials
+    (tmp_path / "bad").write_text("zh-cn u1 maybe\n")
+    with pytest.raises(ApmError, match="bad:1: expected"):
+        read_trials(tmp_path / "bad")

@@ -1,1 +1,1 @@
-"""apm.data"""
+"""Kaldi data dirs, OLR trials, lhotse manifests and training datasets."""

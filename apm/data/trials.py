@@ -1,0 +1,51 @@
+"""OLR trials/keys: `<lang> <utt> target|nontarget` per line."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from apm.utils.errors import ApmError
+from apm.utils.io import atomic_write
+
+LABELS = {"target": True, "nontarget": False}
+
+
+@dataclass(frozen=True)
+class Trial:
+    lang: str
+    utt: str
+    is_target: bool
+
+
+def read_trials(path: str | os.PathLike) -> list[Trial]:
+    """Read an OLR trials file; malformed lines and repeated (lang, utt) pairs are errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise ApmError(f"{path}: trials file not found")
+    trials: list[Trial] = []
+    seen: set[tuple[str, str]] = set()
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 3 or fields[2] not in LABELS:
+                raise ApmError(
+                    f"{path}:{lineno}: expected '<lang> <utt> target|nontarget', got '{line.strip()}'"
+                )
+            lang, utt, label = fields
+            if (lang, utt) in seen:
+                raise ApmError(f"{path}:{lineno}: trial ({lang}, {utt}) appears twice")
+            seen.add((lang, utt))
+            trials.append(Trial(lang, utt, LABELS[label]))
+    if not trials:
+        raise ApmError(f"{path}: no trials")
+    return trials
+
+
+def write_trials(path: str | os.PathLike, trials: list[Trial]) -> None:
+    with atomic_write(path, encoding="utf-8") as f:
+        for t in trials:
+            f.write(f"{t.lang} {t.utt} {'target' if t.is_target else 'nontarget'}\n")
