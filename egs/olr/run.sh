@@ -34,6 +34,7 @@ test_sets="task_full task_short task_cross task_noisy task_open"  # test sets (e
 speed_perturb=false         # add 0.9/1.1 speed-perturbed copies of the training set
 fbank_conf=conf/fbank.yaml  # feature configuration
 ali_from=pocketsphinx       # virtual phone labels: pocketsphinx, oracle or kaldi:DIR
+ali_dir=                    # stage 3 output and stage 4 input (default: <data>/ali/<train-set>)
 align_conf=conf/align.yaml  # aligner configuration
 systems="apm_am am"         # systems to train and score, each conf/<system>.yaml
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
@@ -50,6 +51,7 @@ if [ $# -ne 0 ]; then
   exit 1
 fi
 sets="$train_set $test_sets"
+ali_dir=${ali_dir:-$data/ali/$train_set}
 mkdir -p "$exp"
 
 if [ -n "$olr_root" ]; then
@@ -65,11 +67,11 @@ run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --conf "$fbank_conf" --skip-bad
   "$data/manifests" "$data/fbank" $sets
 
 run_stage 3 align steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-from "$ali_from" \
-  --oracle-dir "$data/oracle_ali/$train_set" "$data/fbank/$train_set" "$data/ali/$train_set"
+  --oracle-dir "$data/oracle_ali/$train_set" "$data/fbank/$train_set" "$ali_dir"
 
 for system in $systems; do
   run_stage 4 "train_$system" steps/train_xvector.sh --config "conf/$system.yaml" --seed "$seed" \
-    --ngpu "$ngpu" --ali-dir "$data/ali/$train_set" "$data/fbank/$train_set" "$exp/$system"
+    --ngpu "$ngpu" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
 done
 
 for system in $systems; do
