@@ -36,7 +36,8 @@ fbank_conf=conf/fbank.yaml  # feature configuration
 ali_from=pocketsphinx       # virtual phone labels: pocketsphinx, oracle or kaldi:DIR
 ali_dir=                    # stage 3 output and stage 4 input (default: <data>/ali/<train-set>)
 align_conf=conf/align.yaml  # aligner configuration
-systems="apm_am am"         # systems to train and score, each conf/<system>.yaml
+systems="apm_am am"         # systems to train and score, each <system-conf-dir>/<system>.yaml
+system_conf_dir=conf        # where the system configs live
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 backend_conf=conf/backend.yaml  # back-end configuration
 data=data                   # where data dirs, manifests, features, alignments go
@@ -70,7 +71,7 @@ run_stage 3 align steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-fr
   --oracle-dir "$data/oracle_ali/$train_set" "$data/fbank/$train_set" "$ali_dir"
 
 for system in $systems; do
-  run_stage 4 "train_$system" steps/train_xvector.sh --config "conf/$system.yaml" --seed "$seed" \
+  run_stage 4 "train_$system" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
     --ngpu "$ngpu" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
 done
 
