@@ -42,6 +42,7 @@ ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 backend_conf=conf/backend.yaml  # back-end configuration
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go
+results=RESULTS.md          # the table gathering all systems (stage 7)
 
 . ./path.sh
 . utils/parse_options.sh
@@ -88,4 +89,4 @@ for system in $systems; do
 done
 
 run_stage 7 report steps/report.sh --data "$data" --test-sets "$test_sets" \
-  --output RESULTS.md "$exp" $systems
+  --output "$results" "$exp" $systems
