@@ -1,0 +1,168 @@
+"""The margin-softmax family (softmax, AM, AAM, APM) with one implementation of the cosine
+logits, and the margin warm-up schedule.
+
+For class weights w_c and an embedding x, cos(theta_c) = <x/|x|, w_c/|w_c|>. With the
+target class y of segment i and its margin m_i the target logit is
+    am:   s * (cos(theta_y) - m_i)                                   (CosFace / AM-Softmax)
+    aam:  s * cos(theta_y + m_i)      where theta_y + m_i <= pi,    (ArcFace / AAM-Softmax)
+          s * (cos(theta_y) - (1 - cos(m_i)))   where theta_y + m_i > pi
+and every other logit is s * cos(theta_c). The aam fallback is WeSpeaker's ArcMarginProduct
+(easy_margin=False): beyond theta_y = pi - m_i, cos(theta + m) would rise again and reward
+moving away from the class; the AM-style penalty 1 - cos(m_i) is continuous with
+cos(theta_y + m_i) at the switch point and keeps the target logit decreasing in theta_y.
+    m_i = margin                  for am and aam,
+    m_i = margin * c_i            for apm (PAPER.md), in the `flavour` am or aam form,
+    softmax: a plain linear layer (with bias) and cross-entropy; no margin.
+The cosines, logits and loss are computed in float32 with autocast off, so bf16/fp16 training
+cannot overflow s * cos or hit acos(+-1).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from apm.utils.errors import ApmError
+
+KINDS = ("softmax", "am", "aam", "apm")
+FLAVOURS = ("am", "aam")
+COS_EPS = 1e-6  # cos is clamped to [-1 + eps, 1 - eps] before acos (finite gradient)
+NORM_EPS = 1e-8  # floor of |x| and |w| in the normalisation
+
+
+class MarginSoftmax(nn.Module):
+    """Language classifier + loss: `loss, logits = module(embeddings, labels, confidence)`.
+
+    kind: softmax | am | aam | apm; margin: the base m (the schedule may change
+    `self.margin` during training); scale: s; flavour: the form apm applies its per-segment
+    margin in (am | aam; ignored by other kinds).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int,
+        num_classes: int,
+        kind: str,
+        margin: float = 0.2,
+        scale: float = 30.0,
+        flavour: str = "am",
+    ) -> None:
+        super().__init__()
+        if kind not in KINDS:
+            raise ApmError(f"loss kind {kind!r} is not one of {', '.join(KINDS)}")
+        if flavour not in FLAVOURS:
+            raise ApmError(f"apm flavour {flavour!r} is not one of {', '.join(FLAVOURS)}")
+        if margin < 0 or scale <= 0:
+            raise ApmError(
+                f"margin must be >= 0 and scale > 0 (got margin {margin}, scale {scale})"
+            )
+        self.kind, self.scale, self.flavour = kind, float(scale), flavour
+        self.margin = 0.0 if kind == "softmax" else float(margin)
+        self.num_classes = num_classes
+        if kind == "softmax":
+            self.linear = nn.Linear(embed_dim, num_classes)
+        else:
+            self.weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+            nn.init.xavier_uniform_(self.weight)
+
+    @property
+    def form(self) -> str:
+        """How the margin enters the target logit: softmax (none), am or aam."""
+        return self.flavour if self.kind == "apm" else self.kind
+
+    def cosine(self, embeddings: Tensor) -> Tensor:
+        """cos(theta) [B, C] in float32 (margin kinds only)."""
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            x = F.normalize(embeddings.float(), dim=1, eps=NORM_EPS)
+            w = F.normalize(self.weight.float(), dim=1, eps=NORM_EPS)
+            return x @ w.t()
+
+    def scores(self, embeddings: Tensor) -> Tensor:
+        """Margin-free outputs [B, C] for scoring: s*cos for margin kinds, linear logits for
+        softmax (float32)."""
+        if self.kind == "softmax":
+            with torch.autocast(device_type=embeddings.device.type, enabled=False):
+                return self.linear(embeddings.float())
+        return self.scale * self.cosine(embeddings)
+
+    def margins(self, batch: int, confidence: Tensor | None, device: torch.device) -> Tensor:
+        """Per-segment margins m_i [B] (float32) for the current base margin."""
+        if self.kind == "softmax":
+            return torch.zeros(batch, device=device)
+        if self.kind != "apm":
+            return torch.full((batch,), self.margin, device=device)
+        if confidence is None:
+            raise ApmError("the apm loss needs a per-segment confidence (phone branch output)")
+        if confidence.shape != (batch,):
+            raise ApmError(
+                f"confidence has shape {tuple(confidence.shape)}; expected ({batch},), one per segment"
+            )
+        return self.margin * confidence.detach().float().clamp(min=0.0)
+
+    def forward(
+        self, embeddings: Tensor, labels: Tensor, confidence: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(mean cross-entropy, logits [B, C] with the margins applied, float32)."""
+        loss, logits, _ = self.forward_with_margins(embeddings, labels, confidence)
+        return loss, logits
+
+    def forward_with_margins(
+        self, embeddings: Tensor, labels: Tensor, confidence: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Like forward, plus the per-segment margins [B] actually used."""
+        if labels.min() < 0 or labels.max() >= self.num_classes:
+            raise ApmError(
+                f"language labels must be in 0..{self.num_classes - 1}; got "
+                f"{int(labels.min())}..{int(labels.max())}"
+            )
+        margins = self.margins(embeddings.shape[0], confidence, embeddings.device)
+        if self.kind == "softmax":
+            logits = self.scores(embeddings)
+        else:
+            cos = self.cosine(embeddings)
+            target = cos.gather(1, labels.unsqueeze(1)).squeeze(1)
+            new_target = self._target_logit(target, margins)
+            logits = cos.scatter(1, labels.unsqueeze(1), new_target.unsqueeze(1)) * self.scale
+        with torch.autocast(device_type=embeddings.device.type, enabled=False):
+            loss = F.cross_entropy(logits, labels)
+        return loss, logits, margins
+
+    def _target_logit(self, cos_y: Tensor, m: Tensor) -> Tensor:
+        """Target cosine with margin m (per segment) in the `form` (am or aam)."""
+        if self.form == "am":
+            return cos_y - m
+        theta = torch.acos(cos_y.clamp(-1.0 + COS_EPS, 1.0 - COS_EPS))
+        return torch.where(theta + m <= math.pi, torch.cos(theta + m), cos_y - (1 - torch.cos(m)))
+
+    def extra_repr(self) -> str:
+        extra = f", flavour={self.flavour}" if self.kind == "apm" else ""
+        return f"kind={self.kind}, margin={self.margin}, scale={self.scale}{extra}"
+
+
+class MarginScheduler:
+    """Margin warm-up: the classifier's base margin goes linearly from 0 to `final_margin`
+    over `warmup_epochs` epochs (fractional epochs allowed, so it can step per batch), then
+    stays. Like WeSpeaker's MarginScheduler with increase_start_epoch 0 and a linear ramp;
+    it keeps large margins from stalling the first epochs. `warmup_epochs` 0: no warm-up.
+    """
+
+    def __init__(self, classifier: MarginSoftmax, final_margin: float, warmup_epochs: float):
+        if warmup_epochs < 0:
+            raise ApmError(f"margin warm-up epochs must be >= 0, got {warmup_epochs}")
+        self.classifier = classifier
+        self.final_margin = 0.0 if classifier.kind == "softmax" else float(final_margin)
+        self.warmup_epochs = float(warmup_epochs)
+        self.step(0.0)
+
+    def margin_at(self, epoch: float) -> float:
+        if self.warmup_epochs == 0:
+            return self.final_margin
+        return self.final_margin * min(1.0, max(0.0, epoch) / self.warmup_epochs)
+
+    def step(self, epoch: float) -> float:
+        """Set the classifier's margin for `epoch` (0-based, fractional) and return it."""
+        self.classifier.margin = self.margin_at(epoch)
+        return self.classifier.margin

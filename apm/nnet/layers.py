@@ -1,0 +1,101 @@
+"""Frame-level building blocks that respect a per-frame mask.
+
+Tensors inside the trunk are laid out [B, C, T]. The mask is [B, T] bool, True for frames
+that count (VAD-kept and not padding). Every frame layer keeps the length T ("same" padding)
+and sets masked frames to exactly zero after its BatchNorm, so that
+- a padded frame contributes nothing to the context of its neighbours, which makes a padded
+  batch compute the same as its segments one by one (a segment's edge sees zeros either way);
+- BatchNorm statistics in training are taken over valid frames only;
+- statistics pooling only sees valid frames.
+A frame dropped by VAD in the middle of a segment is treated the same way: its neighbours see
+a zero there, as they would at the segment's edge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from apm.utils.errors import ApmError
+
+
+class MaskedBatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d over [B, C, T] whose training statistics use only frames with mask True.
+
+    The valid frames are gathered into an [N, C] matrix and normalised by the native kernel,
+    so running statistics and momentum behave exactly as in `nn.BatchNorm1d`. Masked frames
+    of the output are zero. In eval mode (running statistics) every frame is normalised
+    and the caller zeroes the masked ones.
+    """
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None or not self.training:
+            return super().forward(x)
+        xt = x.transpose(1, 2)
+        y = super().forward(xt[mask])
+        out = x.new_zeros(x.shape, dtype=y.dtype)
+        out.transpose(1, 2)[mask] = y
+        return out
+
+
+def context_to_conv(context: Sequence[int]) -> tuple[int, int]:
+    """(kernel_size, dilation) of a Kaldi TDNN context such as [-3, 0, 3] or [-2..2].
+
+    Only symmetric, evenly spaced contexts map to one dilated convolution that keeps the
+    frame count; anything else is a configuration error.
+    """
+    ctx = list(context)
+    if not ctx or ctx != sorted(ctx) or ctx[0] != -ctx[-1] or 0 not in ctx:
+        raise ApmError(f"TDNN context {ctx} must be sorted, symmetric and contain 0")
+    if len(ctx) == 1:
+        return 1, 1
+    steps = {b - a for a, b in zip(ctx[:-1], ctx[1:], strict=True)}
+    if len(steps) != 1:
+        raise ApmError(f"TDNN context {ctx} must be evenly spaced")
+    return len(ctx), steps.pop()
+
+
+class FrameLayer(nn.Module):
+    """One TDNN layer: dilated Conv1d over `context` -> ReLU -> BatchNorm (Kaldi's order)."""
+
+    def __init__(self, in_dim: int, out_dim: int, context: Sequence[int]) -> None:
+        super().__init__()
+        kernel, dilation = context_to_conv(context)
+        self.context = tuple(context)
+        self.in_dim, self.out_dim = in_dim, out_dim
+        self.conv = nn.Conv1d(
+            in_dim, out_dim, kernel, dilation=dilation, padding=dilation * (kernel // 2)
+        )
+        self.bn = MaskedBatchNorm1d(out_dim)
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        """x [B, in_dim, T] -> [B, out_dim, T]; `mask` None means every frame is valid."""
+        y = self.bn(torch.relu(self.conv(x)), mask)
+        if mask is not None and not self.training:
+            y = y * mask.unsqueeze(1).to(y.dtype)
+        return y
+
+    def macs_per_frame(self) -> int:
+        """Multiply-accumulates per output frame (bias, ReLU and BatchNorm not counted)."""
+        return self.in_dim * self.out_dim * len(self.context)
+
+
+def stats_pooling(x: Tensor, mask: Tensor | None, eps: float = 1e-5) -> Tensor:
+    """Mean and standard deviation over valid frames: [B, C, T] -> [B, 2C], in float32.
+
+    Computed in float32 whatever the autocast dtype, with the variance taken around the mean
+    (not E[x^2] - E[x]^2) so it cannot go negative through cancellation. A segment without
+    any valid frame pools to zeros (mean 0, std sqrt(eps)) instead of NaN.
+    """
+    x = x.float()
+    if mask is None:
+        mean = x.mean(dim=2)
+        var = x.var(dim=2, unbiased=False)
+    else:
+        w = mask.unsqueeze(1).to(x.dtype)
+        count = w.sum(dim=2).clamp(min=1.0)
+        mean = (x * w).sum(dim=2) / count
+        var = (((x - mean.unsqueeze(2)) * w) ** 2).sum(dim=2) / count
+    return torch.cat([mean, torch.sqrt(var.clamp(min=0.0) + eps)], dim=1)

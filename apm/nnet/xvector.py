@@ -1,0 +1,213 @@
+"""Language-phoneme multi-task x-vector (../shared/PAPER.md, "The network").
+
+feats [B, T, F] --trunk (TDNN or E-TDNN frame layers)--> [B, C, T]
+    |-- phone branch: `phone_hidden_layers` 1x1 frame layers on trunk layer `phone_layer`,
+    |   then a frame classifier --> phone_logits [B, T, P]
+    `-- stats layer (1x1, `stats_channels`) -> mean+std pooling over valid frames
+        -> segment affine 1 (= the x-vector, `embedding`) -> ReLU -> BN
+        -> segment affine 2 -> ReLU -> BN (= `classifier_input`, what the margin softmax sees)
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from apm.nnet.config import check_choice, check_number, resolve_config
+from apm.nnet.layers import FrameLayer, stats_pooling
+from apm.utils.errors import ApmError
+
+logger = logging.getLogger(__name__)
+
+# Trunk topologies as (context, width) per layer; width None = the `channels` option.
+# E-TDNN (Snyder et al. 2019, as in PAPER.md): dilated contexts interleaved with 1x1 layers.
+ETDNN = (
+    ((-2, -1, 0, 1, 2), None),
+    ((0,), None),
+    ((-2, 0, 2), None),
+    ((0,), None),
+    ((-3, 0, 3), None),
+    ((0,), None),
+    ((-4, 0, 4), None),
+    ((0,), None),
+)
+# Classic x-vector (Snyder et al. 2018): frame1-4; frame5 is the stats layer below.
+TDNN = (
+    ((-2, -1, 0, 1, 2), None),
+    ((-2, 0, 2), None),
+    ((-3, 0, 3), None),
+    ((0,), None),
+)
+TRUNKS = {"etdnn": ETDNN, "tdnn": TDNN}
+
+MODEL_DEFAULTS: dict[str, Any] = {
+    "trunk": "etdnn",  # tdnn (4 frame layers) | etdnn (8 frame layers)
+    "channels": 512,  # width of every trunk layer
+    "stats_channels": 1500,  # width of the 1x1 layer before statistics pooling
+    "embed_dim": 512,  # width of both segment layers (the x-vector dimension)
+    "phone_branch": True,  # add the frame-level phone classifier (multi-task)
+    "phone_layer": None,  # trunk layer index feeding the phone branch; None = last
+    "phone_channels": 512,  # width of the phone branch's hidden frame layers
+    "phone_hidden_layers": 3,  # number of 1x1 frame layers in the phone branch
+}
+
+
+@dataclass
+class ModelOutput:
+    """What `XVector.forward` returns.
+
+    embedding: [B, E] the x-vector (output of the first segment affine layer, before its
+        ReLU, as in Kaldi); this is what extraction writes and the back-end scores.
+    phone_logits: [B, T, P] frame-level phone logits aligned with the input frames, or None
+        without a phone branch (or when forward was called with `phones=False`).
+    classifier_input: [B, E] the output of the last segment layer, the input of the language
+        classifier (the margin softmax sits on top of both segment layers, PAPER.md). Use
+        `MultiTaskLoss.scores(out)` rather than feeding `embedding` to the classifier.
+    """
+
+    embedding: Tensor
+    phone_logits: Tensor | None
+    classifier_input: Tensor
+
+
+class XVector(nn.Module):
+    """Multi-task x-vector; see the module docstring for the layout and `MODEL_DEFAULTS`."""
+
+    def __init__(
+        self,
+        feat_dim: int,
+        num_phones: int,
+        *,
+        trunk: str = "etdnn",
+        channels: int = 512,
+        stats_channels: int = 1500,
+        embed_dim: int = 512,
+        phone_branch: bool = True,
+        phone_layer: int | None = None,
+        phone_channels: int = 512,
+        phone_hidden_layers: int = 3,
+    ) -> None:
+        super().__init__()
+        self.feat_dim, self.embed_dim = feat_dim, embed_dim
+        self.num_phones = num_phones if phone_branch else 0
+        layers, in_dim = [], feat_dim
+        for context, width in TRUNKS[trunk]:
+            layers.append(FrameLayer(in_dim, width or channels, context))
+            in_dim = width or channels
+        self.trunk = nn.ModuleList(layers)
+        self.stats_layer = FrameLayer(in_dim, stats_channels, (0,))
+        self.segment1 = nn.Linear(2 * stats_channels, embed_dim)
+        self.segment1_bn = nn.BatchNorm1d(embed_dim)
+        self.segment2 = nn.Linear(embed_dim, embed_dim)
+        self.segment2_bn = nn.BatchNorm1d(embed_dim)
+        self.phone_layer = len(layers) - 1 if phone_layer is None else phone_layer % len(layers)
+        self.phone_layers = nn.ModuleList()
+        self.phone_out: nn.Conv1d | None = None
+        if phone_branch:
+            in_dim = self.trunk[self.phone_layer].out_dim
+            for _ in range(phone_hidden_layers):
+                self.phone_layers.append(FrameLayer(in_dim, phone_channels, (0,)))
+                in_dim = phone_channels
+            self.phone_out = nn.Conv1d(in_dim, num_phones, 1)
+
+    def forward(
+        self, feats: Tensor, mask: Tensor | None = None, phones: bool = True
+    ) -> ModelOutput:
+        """feats [B, T, F] float, mask [B, T] bool (True = valid frame; None = all valid).
+
+        `phones=False` skips the phone branch (extraction does not need it).
+        """
+        if feats.dim() != 3 or feats.shape[2] != self.feat_dim:
+            raise ApmError(
+                f"x-vector input has shape {tuple(feats.shape)}; expected [batch, frames, "
+                f"{self.feat_dim}] (the model was built for {self.feat_dim}-dim features)"
+            )
+        if mask is not None and bool(mask.all()):
+            mask = None  # the unmasked path uses the fused BatchNorm kernels
+        x = feats.transpose(1, 2)
+        if mask is not None:
+            x = x * mask.unsqueeze(1).to(x.dtype)
+        phone_in = None
+        for i, layer in enumerate(self.trunk):
+            x = layer(x, mask)
+            if i == self.phone_layer:
+                phone_in = x
+        stats = stats_pooling(self.stats_layer(x, mask), mask)
+        embedding = self.segment1(stats)
+        hidden = self.segment1_bn(torch.relu(embedding))
+        classifier_input = self.segment2_bn(torch.relu(self.segment2(hidden)))
+        phone_logits = None
+        if phones and self.phone_out is not None:
+            for layer in self.phone_layers:
+                phone_in = layer(phone_in, mask)
+            phone_logits = self.phone_out(phone_in).transpose(1, 2)
+        return ModelOutput(embedding, phone_logits, classifier_input)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def macs_per_frame(self, phones: bool = True) -> int:
+        """Multiply-accumulates per input frame of the frame-level layers (trunk, stats layer
+        and, with `phones`, the phone branch); the segment layers run once per segment."""
+        layers = [*self.trunk, self.stats_layer]
+        if phones and self.phone_out is not None:
+            layers += list(self.phone_layers)
+        macs = sum(layer.macs_per_frame() for layer in layers)
+        if phones and self.phone_out is not None:
+            macs += self.phone_out.in_channels * self.phone_out.out_channels
+        return macs
+
+    def macs_per_segment(self) -> int:
+        """Multiply-accumulates of the segment layers (once per segment)."""
+        return self.segment1.weight.numel() + self.segment2.weight.numel()
+
+
+def build_model(cfg: Mapping[str, Any] | None, feat_dim: int, num_phones: int) -> XVector:
+    """Build the x-vector from the `model` config section (keys and defaults: MODEL_DEFAULTS).
+
+    `num_phones` is the size of the phone inventory (phones.txt); ignored without a phone
+    branch. Logs the parameter count.
+    """
+    c = resolve_config(cfg, MODEL_DEFAULTS, "model")
+    check_choice(c["trunk"], tuple(TRUNKS), "trunk", "model")
+    for key in ("channels", "stats_channels", "embed_dim", "phone_channels"):
+        _check_int(c[key], key, minimum=1)
+    _check_int(c["phone_hidden_layers"], "phone_hidden_layers", minimum=0)
+    check_choice(c["phone_branch"], (True, False), "phone_branch", "model")
+    _check_int(feat_dim, "feat_dim (feature dimension)", minimum=1)
+    n_trunk = len(TRUNKS[c["trunk"]])
+    if c["phone_layer"] is not None:
+        _check_int(c["phone_layer"], "phone_layer", minimum=-n_trunk)
+        if c["phone_layer"] >= n_trunk:
+            raise ApmError(
+                f"'model.phone_layer' is {c['phone_layer']} but the {c['trunk']} trunk has "
+                f"{n_trunk} layers (valid: {-n_trunk}..{n_trunk - 1}, or null for the last)"
+            )
+    if c["phone_branch"]:
+        _check_int(num_phones, "num_phones (phone inventory size)", minimum=1)
+    model = XVector(feat_dim, num_phones, **c)
+    logger.info(
+        "x-vector %s: %d trunk layers x %d, stats %d, embedding %d, phone branch %s; "
+        "%d parameters, %.2f MMAC/frame",
+        c["trunk"],
+        n_trunk,
+        c["channels"],
+        c["stats_channels"],
+        c["embed_dim"],
+        f"on layer {model.phone_layer} ({num_phones} phones)" if c["phone_branch"] else "off",
+        model.num_parameters(),
+        model.macs_per_frame() / 1e6,
+    )
+    return model
+
+
+def _check_int(value: Any, key: str, minimum: int) -> int:
+    check_number(value, key, "model", minimum=minimum)
+    if int(value) != value:
+        raise ApmError(f"'model.{key}' is {value!r}; it must be an integer")
+    return int(value)
