@@ -1,0 +1,132 @@
+#!/usr/bin/env python
+"""Training throughput of the multi-task x-vector: forward + backward frames/s.
+
+For each model config (the default E-TDNN and small CPU configs) and each device (CPU, and
+CUDA when present) this times forward + multi-task APM loss + backward on random
+[batch, frames, feat_dim] inputs and prints frames/s next to the model's analytic cost:
+MMAC/frame of the frame layers (trunk, stats layer, phone branch; the segment layers run
+once per segment and are amortised over the frames of a segment) and the achieved GFLOP/s,
+counting training as 3x the forward FLOPs (2 FLOPs per MAC). The "matmul" line measures
+a large float32 matrix product on the same device, a practical peak to compare against.
+
+    .venv/bin/python local/bench_nnet.py [--batch 32] [--frames 200] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+
+from apm.losses import build_loss
+from apm.nnet import build_model
+
+CONFIGS = {
+    "default etdnn 512": {},
+    "small etdnn 256": {
+        "channels": 256,
+        "stats_channels": 768,
+        "embed_dim": 256,
+        "phone_channels": 256,
+    },
+    "small tdnn 128": {
+        "trunk": "tdnn",
+        "channels": 128,
+        "stats_channels": 384,
+        "embed_dim": 128,
+        "phone_channels": 128,
+    },
+}
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def matmul_gflops(device: torch.device, n: int = 2048, reps: int = 5) -> float:
+    """Achieved GFLOP/s of an n x n float32 matrix product (a practical peak)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    a @ b
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - start) / 1e9
+
+
+def bench(cfg: dict, args: argparse.Namespace, device: torch.device, amp: bool) -> dict:
+    torch.manual_seed(0)
+    model = build_model(cfg, args.feat_dim, args.phones).to(device).train()
+    crit = build_loss({"kind": "apm"}, model.embed_dim, args.langs).to(device)
+    feats = torch.randn(args.batch, args.frames, args.feat_dim, device=device)
+    mask = torch.ones(args.batch, args.frames, dtype=torch.bool, device=device)
+    mask[::2, args.frames * 3 // 4 :] = False  # half the batch padded: the masked path
+    phones = torch.randint(0, args.phones, (args.batch, args.frames), device=device)
+    langs = torch.randint(0, args.langs, (args.batch,), device=device)
+    params = list(model.parameters()) + list(crit.parameters())
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+            res = crit(model(feats, mask), langs, phones, mask)
+        res.loss.backward()
+        for p in params:
+            p.grad = None
+
+    step()  # warm-up (allocations, kernel selection)
+    sync(device)
+    start = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    seconds = (time.perf_counter() - start) / args.steps
+    frames_s = args.batch * args.frames / seconds
+    macs = model.macs_per_frame() + model.macs_per_segment() / args.frames
+    return {
+        "params": model.num_parameters() / 1e6,
+        "mmac": macs / 1e6,
+        "frames_s": frames_s,
+        "gflops": frames_s * 3 * 2 * macs / 1e9,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=32, help="segments per batch")
+    parser.add_argument("--frames", type=int, default=200, help="frames per segment")
+    parser.add_argument("--feat-dim", type=int, default=80)
+    parser.add_argument("--phones", type=int, default=40, help="phone inventory size")
+    parser.add_argument("--langs", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per config")
+    args = parser.parse_args()
+    devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
+        f"batch {args.batch} x {args.frames} frames, {args.feat_dim}-dim feats, "
+        f"{args.phones} phones, APM loss"
+    )
+    header = (
+        f"{'device':<10} {'model':<20} {'amp':<5} {'Mparams':>8} {'MMAC/frame':>11} "
+        f"{'frames/s':>10} {'GFLOP/s':>8}"
+    )
+    print(header)
+    print("-" * len(header))
+    for device in devices:
+        for amp in (False, True) if device.type == "cuda" else (False,):
+            for name, cfg in CONFIGS.items():
+                r = bench(cfg, args, device, amp)
+                print(
+                    f"{device.type:<10} {name:<20} {'bf16' if amp else 'fp32':<5} "
+                    f"{r['params']:>8.2f} {r['mmac']:>11.2f} {r['frames_s']:>10.0f} "
+                    f"{r['gflops']:>8.1f}"
+                )
+        print(
+            f"{device.type:<10} {'matmul 2048 fp32':<20} {'':<5} {'':>8} {'':>11} {'':>10} "
+            f"{matmul_gflops(device):>8.1f}"
+        )
+
+
+if __name__ == "__main__":
+    main()

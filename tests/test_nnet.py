@@ -1,0 +1,188 @@
+"""apm.nnet: shapes, masking (padded batch == one by one), config checks, cost counting."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from apm.nnet import MaskedBatchNorm1d, build_model, stats_pooling
+from apm.nnet.layers import context_to_conv
+from apm.nnet.xvector import ETDNN, TDNN
+from apm.utils import ApmError
+
+SMALL = {"channels": 32, "stats_channels": 48, "embed_dim": 16, "phone_channels": 24}
+FEAT, PHONES = 12, 7
+
+
+def small_model(**over) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return build_model({**SMALL, **over}, FEAT, PHONES)
+
+
+def train_a_little(model: torch.nn.Module) -> None:
+    """A few train-mode passes so BatchNorm running statistics are not the identity."""
+    model.train()
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.randn(4, 40, FEAT) * 2 + 1)
+    model.eval()
+
+
+def test_shapes_and_embedding_is_first_segment_affine():
+    model = small_model().eval()
+    feats = torch.randn(3, 25, FEAT)
+    out = model(feats, torch.ones(3, 25, dtype=torch.bool))
+    assert out.embedding.shape == (3, 16) and out.classifier_input.shape == (3, 16)
+    assert out.phone_logits.shape == (3, 25, PHONES)
+    assert model.embed_dim == 16
+    # the x-vector is the affine output, before ReLU: it has negative entries
+    assert (out.embedding < 0).any()
+    assert model(feats, None, phones=False).phone_logits is None
+    assert torch.allclose(model(feats, None).embedding, out.embedding)
+
+
+def test_no_phone_branch():
+    model = small_model(phone_branch=False)
+    assert model(torch.randn(2, 10, FEAT)).phone_logits is None
+    assert not any("phone" in name for name, _ in model.named_parameters())
+    with_branch = small_model()
+    assert with_branch.num_parameters() > model.num_parameters()
+
+
+def test_trunk_topologies_follow_the_paper():
+    etdnn, tdnn = small_model(), small_model(trunk="tdnn")
+    assert [layer.context for layer in etdnn.trunk] == [c for c, _ in ETDNN]
+    assert [c for c, _ in ETDNN] == [
+        (-2, -1, 0, 1, 2),
+        (0,),
+        (-2, 0, 2),
+        (0,),
+        (-3, 0, 3),
+        (0,),
+        (-4, 0, 4),
+        (0,),
+    ]
+    assert [layer.context for layer in tdnn.trunk] == [c for c, _ in TDNN]
+    assert etdnn.phone_layer == 7 and tdnn.phone_layer == 3
+
+
+def test_context_to_conv():
+    assert context_to_conv((-2, -1, 0, 1, 2)) == (5, 1)
+    assert context_to_conv((-4, 0, 4)) == (3, 4)
+    assert context_to_conv((0,)) == (1, 1)
+    for bad in ((-2, 0, 3), (-3, -1, 0, 3), (1, 0, -1), ()):
+        with pytest.raises(ApmError):
+            context_to_conv(bad)
+
+
+def test_phone_layer_selects_trunk_output():
+    """The phone loss reaches trunk layers up to `phone_layer` and none after it."""
+    model = small_model(phone_layer=2)
+    assert model.phone_layer == 2 and small_model(phone_layer=-1).phone_layer == 7
+    out = model(torch.randn(4, 30, FEAT))
+    out.phone_logits.sum().backward()
+    grads = [layer.conv.weight.grad for layer in model.trunk]
+    assert all(g is not None and g.abs().sum() > 0 for g in grads[:3])
+    assert all(g is None for g in grads[3:])
+
+
+def test_padded_batch_equals_one_by_one():
+    """Eval mode: a padded batch (with a VAD gap too) gives each segment's own outputs."""
+    model = small_model()
+    train_a_little(model)
+    lengths = [30, 17, 9]
+    segments = [torch.randn(n, FEAT) for n in lengths]
+    vad = [torch.ones(n, dtype=torch.bool) for n in lengths]
+    vad[0][10:14] = False  # frames dropped by VAD inside the first segment
+    batch = torch.full((3, 30, FEAT), 7.0)  # junk in the padding must not matter
+    mask = torch.zeros(3, 30, dtype=torch.bool)
+    for i, (seg, v) in enumerate(zip(segments, vad, strict=True)):
+        batch[i, : len(seg)] = seg
+        mask[i, : len(seg)] = v
+    out = model(batch, mask)
+    for i, (seg, v) in enumerate(zip(segments, vad, strict=True)):
+        single = model(seg[None], v[None])
+        assert torch.allclose(out.embedding[i], single.embedding[0], atol=1e-5)
+        n = len(seg)
+        assert torch.allclose(out.phone_logits[i, :n], single.phone_logits[0], atol=1e-5)
+
+
+def test_stats_pooling_uses_valid_frames_only():
+    x = torch.randn(2, 5, 12)
+    mask = torch.zeros(2, 12, dtype=torch.bool)
+    mask[0, :12] = True
+    mask[1, 2:9] = True
+    x[1, :, 9:] = 1e4  # padding with large values
+    pooled = stats_pooling(x, mask)
+    for i in range(2):
+        frames = x[i][:, mask[i]]
+        expected = torch.cat([frames.mean(1), torch.sqrt(frames.var(1, unbiased=False) + 1e-5)])
+        assert torch.allclose(pooled[i], expected, atol=1e-5)
+    empty = stats_pooling(x, torch.zeros(2, 12, dtype=torch.bool))
+    assert torch.isfinite(empty).all()
+
+
+def test_masked_batchnorm_matches_batchnorm_on_valid_frames():
+    torch.manual_seed(1)
+    masked, plain = MaskedBatchNorm1d(4), torch.nn.BatchNorm1d(4)
+    x = torch.randn(3, 4, 10) * 3 + 2
+    mask = torch.rand(3, 10) > 0.4
+    y = masked(x, mask)
+    ref = plain(x.transpose(1, 2)[mask])
+    assert torch.allclose(y.transpose(1, 2)[mask], ref, atol=1e-6)
+    assert (y.transpose(1, 2)[~mask] == 0).all()
+    assert torch.allclose(masked.running_mean, plain.running_mean)
+    assert torch.allclose(masked.running_var, plain.running_var)
+
+
+def test_bf16_and_fp16_autocast_forward_is_finite():
+    model = small_model().train()
+    feats = torch.randn(3, 40, FEAT) * 10
+    mask = torch.ones(3, 40, dtype=torch.bool)
+    mask[1, 25:] = False
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            out = model(feats, mask)
+        assert torch.isfinite(out.embedding.float()).all()
+        assert torch.isfinite(out.phone_logits.float()).all()
+
+
+def test_macs_per_frame_by_hand():
+    model = build_model(
+        {
+            "trunk": "tdnn",
+            "channels": 10,
+            "stats_channels": 20,
+            "embed_dim": 6,
+            "phone_channels": 8,
+            "phone_hidden_layers": 2,
+        },
+        4,
+        5,
+    )
+    trunk = 4 * 10 * 5 + 10 * 10 * 3 + 10 * 10 * 3 + 10 * 10
+    stats = 10 * 20
+    phone = 10 * 8 + 8 * 8 + 8 * 5
+    assert model.macs_per_frame(phones=False) == trunk + stats
+    assert model.macs_per_frame() == trunk + stats + phone
+    assert model.macs_per_segment() == 40 * 6 + 6 * 6
+
+
+@pytest.mark.parametrize(
+    "cfg, fragment",
+    [
+        ({"chanels": 64}, "valid keys: channels"),
+        ({"trunk": "resnet"}, "etdnn"),
+        ({"phone_layer": 8}, "phone_layer"),
+        ({"channels": 0}, "channels"),
+        ({"channels": 1.5}, "integer"),
+    ],
+)
+def test_bad_model_config_is_an_apm_error(cfg, fragment):
+    with pytest.raises(ApmError, match=fragment):
+        build_model(cfg, FEAT, PHONES)
+
+
+def test_wrong_feature_dim_is_an_apm_error():
+    with pytest.raises(ApmError, match="12-dim"):
+        small_model()(torch.randn(2, 10, FEAT + 1))
