@@ -35,29 +35,31 @@ def plain_loop_cavg(trials: list[tuple[str, str, bool, float]], open_set: bool) 
     classes = langs + ["<unknown>"] if open_set else langs
     p_target = 0.5
     p_non = (1 - p_target) / (len(langs) if open_set else len(langs) - 1)
-    scores = [s for _, _, _, s in trials]
+    labelled = [(lang, utt_lang.get(utt, "<unknown>"), score) for lang, utt, _, score in trials]
+    n_trials = {(lang, c): 0 for lang in langs for c in classes}
+    for lang, cls, _ in labelled:
+        n_trials[lang, cls] += 1
+    scores = [s for _, _, s in labelled]
     lo, hi = min(scores), max(scores)
     step = (hi - lo) / 20
     costs = []
     for k in range(21):
         threshold = lo + k * step
+        # misses of target trials (L, L), false alarms of the others (L, N)
+        errors = dict.fromkeys(n_trials, 0)
+        for lang, cls, score in labelled:
+            if cls == lang:
+                errors[lang, cls] += score < threshold
+            else:
+                errors[lang, cls] += score >= threshold
         lang_costs = []
-        for target in langs:
-            n_tgt = n_miss = 0
-            n_trials = dict.fromkeys(classes, 0)
-            n_fa = dict.fromkeys(classes, 0)
-            for lang, utt, _, score in trials:
-                if lang != target:
-                    continue
-                cls = utt_lang.get(utt, "<unknown>")
-                if cls == target:
-                    n_tgt += 1
-                    n_miss += score < threshold
-                else:
-                    n_trials[cls] += 1
-                    n_fa[cls] += score >= threshold
-            p_miss = n_miss / n_tgt if n_tgt else 0.0
-            p_fa = [n_fa[c] / n_trials[c] if n_trials[c] else 0.0 for c in classes]
+        for lang in langs:
+            n_tgt = n_trials[lang, lang]
+            p_miss = errors[lang, lang] / n_tgt if n_tgt else 0.0
+            p_fa = [
+                errors[lang, c] / n_trials[lang, c] if c != lang and n_trials[lang, c] else 0.0
+                for c in classes
+            ]
             lang_costs.append(p_target * p_miss + p_non * sum(p_fa))
         costs.append(sum(lang_costs) / len(langs))
     return round(min(costs), 4)

@@ -46,17 +46,27 @@ def _is_number(token: str) -> bool:
     return True
 
 
-def _parse_score(token: str, where: str) -> float:
+def _bad_score(token: str, where: str) -> ApmError:
     try:
-        value = float(token)
+        float(token)
     except ValueError:
-        raise ApmError(f"{where}: score '{token}' is not a number") from None
-    if not math.isfinite(value):
-        raise ApmError(
-            f"{where}: score is {token}; NaN/inf scores cannot be thresholded, "
-            "fix the back-end that wrote them"
-        )
-    return value
+        return ApmError(f"{where}: score '{token}' is not a number")
+    return ApmError(
+        f"{where}: score is {token}; NaN/inf scores cannot be thresholded, "
+        "fix the back-end that wrote them"
+    )
+
+
+def _parse_scores(tokens: list[str], where: str) -> list[float]:
+    """Floats of `tokens`; an unparsable or non-finite one is an error naming `where`."""
+    try:
+        values = [float(tok) for tok in tokens]
+    except ValueError:
+        values = []
+    if len(values) != len(tokens) or not all(map(math.isfinite, values)):
+        bad = next(t for t in tokens if not _is_number(t) or not math.isfinite(float(t)))
+        raise _bad_score(bad, where)
+    return values
 
 
 def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
@@ -100,7 +110,7 @@ def _read_matrix(path: Path) -> Scores:
             raise ApmError(f"{path}:{lineno}: utterance '{utt}' is scored twice")
         seen.add(utt)
         utts.append(utt)
-        rows.append([_parse_score(tok, f"{path}:{lineno}") for tok in fields[1:]])
+        rows.append(_parse_scores(fields[1:], f"{path}:{lineno}"))
     matrix = np.array(rows, dtype=np.float64).reshape(len(utts), len(header))
     return Scores(header, utts, matrix, path)
 
@@ -122,7 +132,7 @@ def _read_pairs(path: Path) -> Scores:
         lang, utt, token = fields
         li = lang_idx.setdefault(lang, len(lang_idx))
         ui = utt_idx.setdefault(utt, len(utt_idx))
-        cells.append((ui, li, _parse_score(token, f"{path}:{lineno}")))
+        cells.append((ui, li, _parse_scores([token], f"{path}:{lineno}")[0]))
     matrix = np.full((len(utt_idx), len(lang_idx)), np.nan)
     ui_arr = np.fromiter((c[0] for c in cells), dtype=np.int64, count=len(cells))
     li_arr = np.fromiter((c[1] for c in cells), dtype=np.int64, count=len(cells))
