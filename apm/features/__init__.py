@@ -1,1 +1,6 @@
-"""apm.features"""
+"""Fbank + Kaldi energy VAD (stage 2) and readers of its output for later stages."""
+
+from apm.features.readers import load_cuts, load_feats, load_vad
+from apm.features.vad import VadConfig, compute_vad
+
+__all__ = ["VadConfig", "compute_vad", "load_cuts", "load_feats", "load_vad"]

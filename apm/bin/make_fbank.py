@@ -1,0 +1,33 @@
+"""Stage 2: fbank + energy VAD of every cut, lhotse storage plus Kaldi feats.scp/vad.scp."""
+
+import argparse
+
+from apm.bin.cli import main, str2bool
+from apm.features.fbank import load_config
+from apm.features.pipeline import make_fbank
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="make_fbank", description=__doc__)
+    p.add_argument("--nj", type=int, default=1, help="parallel jobs")
+    p.add_argument("--conf", default=None, help="feature config YAML (conf/fbank.yaml)")
+    p.add_argument("--skip-bad", type=str2bool, default=False, help="skip and count bad audio")
+    p.add_argument("manifests", help="directory with <set>/cuts.jsonl.gz (stage 1)")
+    p.add_argument("out", help="output: <out>/<set>/")
+    p.add_argument("sets", nargs="+")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    make_fbank(
+        args.manifests,
+        args.out,
+        args.sets,
+        load_config(args.conf),
+        nj=args.nj,
+        skip_bad=args.skip_bad,
+    )
+
+
+if __name__ == "__main__":
+    main(build_parser(), run)

@@ -1,0 +1,252 @@
+"""Stage 1: Kaldi data dirs -> lhotse manifests (recordings, supervisions, cuts).
+
+Every recording is opened (in parallel) so bad audio is found here, with the utterance and
+the file named. One cut per utterance, with the utterance id as cut id; speed perturbation
+adds lhotse's `<utt>_sp0.9` / `<utt>_sp1.1` copies to the cuts of the chosen sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gzip
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from lhotse import (
+    AudioSource,
+    CutSet,
+    MonoCut,
+    Recording,
+    RecordingSet,
+    SupervisionSegment,
+    SupervisionSet,
+)
+from lhotse.qa import validate_recordings_and_supervisions
+from tqdm import tqdm
+
+from apm.data.atomic import atomic_dir
+from apm.data.audio import MIN_DURATION, AudioInfo, AudioProblem, probe
+from apm.data.kaldi_dir import TEXT_FILES, KaldiDir, is_pipe, read_kaldi_dir
+from apm.data.problems import Problem, settle
+from apm.utils import ApmError, atomic_write
+
+log = logging.getLogger(__name__)
+
+SPEED_FACTORS = (0.9, 1.1)
+SEGMENT_OVERSHOOT = 0.1  # seconds a segment may end past its recording (rounding in segments)
+DONE = ".done"  # per-set record of the inputs and options that made the manifests
+
+
+@dataclass
+class SetSummary:
+    name: str
+    utterances: int
+    hours: float
+    languages: list[str]
+    speakers: int
+    skipped: int
+    perturbed: int = 0
+
+    def line(self) -> str:
+        extra = f", +{self.perturbed} speed-perturbed cuts" if self.perturbed else ""
+        return (
+            f"{self.name}: {self.utterances} utterances, {self.hours:.2f} h, "
+            f"{len(self.languages)} languages ({' '.join(self.languages)}), "
+            f"{self.speakers} speakers, {self.skipped} skipped{extra}"
+        )
+
+
+def write_manifest(path: str | os.PathLike, items: Iterable) -> None:
+    """Write lhotse manifest items as jsonl.gz, byte-for-byte reproducible (gzip mtime 0)."""
+    with atomic_write(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+        for item in items:
+            gz.write((json.dumps(item.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
+
+
+def _probe_one(entry: str) -> tuple[AudioInfo | None, tuple[str, str] | None]:
+    # Exceptions are returned as plain strings: they cross a process boundary.
+    try:
+        return probe(entry), None
+    except AudioProblem as e:
+        return None, (e.what, e.fix)
+
+
+def probe_recordings(wav: dict[str, str], nj: int) -> dict[str, AudioInfo | tuple[str, str]]:
+    """Open every recording of `wav` with `nj` processes: {rec: AudioInfo or (what, fix)}."""
+    recs = sorted(wav)
+    entries = [wav[r] for r in recs]
+    chunksize = max(1, len(recs) // (nj * 20))
+    with ProcessPoolExecutor(max_workers=nj) as ex:
+        results = list(
+            tqdm(
+                ex.map(_probe_one, entries, chunksize=chunksize),
+                total=len(recs),
+                desc="opening audio",
+                unit="rec",
+                mininterval=2,
+            )
+        )
+    return {
+        r: info if info is not None else err for r, (info, err) in zip(recs, results, strict=True)
+    }
+
+
+def _recording(rec: str, entry: str, info: AudioInfo) -> Recording:
+    source = (
+        AudioSource(type="command", channels=[0], source=entry.rstrip()[:-1])
+        if is_pipe(entry)
+        else AudioSource(type="file", channels=[0], source=entry)
+    )
+    return Recording(
+        id=rec,
+        sources=[source],
+        sampling_rate=info.sampling_rate,
+        num_samples=info.num_samples,
+        duration=info.duration,
+    )
+
+
+def _span(kd: KaldiDir, utt: str, info: AudioInfo) -> tuple[float, float] | tuple[str, str]:
+    """(start, duration) of `utt` in its recording, or (what, fix) when it does not fit."""
+    if kd.segments is None:
+        return 0.0, info.duration
+    seg = kd.segments[utt]
+    end = info.duration if seg.end == -1 else seg.end
+    if end > info.duration + SEGMENT_OVERSHOOT:
+        return (
+            f"segment ends at {end:g} s but the recording is {info.duration:.3f} s long",
+            "fix segments",
+        )
+    end = min(end, info.duration)
+    if end - seg.start < MIN_DURATION:
+        return "segment is shorter than one 25 ms frame", "remove it from segments"
+    return seg.start, end - seg.start
+
+
+def build_manifests(
+    kd: KaldiDir, infos: dict[str, AudioInfo | tuple[str, str]], skip_bad: bool
+) -> tuple[RecordingSet, SupervisionSet, CutSet, list[Problem]]:
+    """Recordings, supervisions and one cut per utterance; bad audio raises or is skipped."""
+    problems, spans = [], {}
+    for utt in kd.utterances:
+        rec = kd.recording_of(utt)
+        got = infos[rec]
+        span = _span(kd, utt, got) if isinstance(got, AudioInfo) else got
+        if isinstance(span[0], str):
+            problems.append(Problem(utt, kd.wav[rec], *span))
+        else:
+            spans[utt] = span
+    skipped = settle(problems, skip_bad, str(kd.path))
+    recordings, supervisions, cuts = {}, [], []
+    for utt, (start, duration) in spans.items():
+        if utt in skipped:
+            continue
+        rec = kd.recording_of(utt)
+        if rec not in recordings:
+            recordings[rec] = _recording(rec, kd.wav[rec], infos[rec])
+        sup = SupervisionSegment(
+            id=utt,
+            recording_id=rec,
+            start=start,
+            duration=duration,
+            channel=0,
+            language=kd.utt2lang[utt],
+            speaker=kd.utt2spk[utt],
+        )
+        supervisions.append(sup)
+        cuts.append(
+            MonoCut(
+                id=utt,
+                start=start,
+                duration=duration,
+                channel=0,
+                recording=recordings[rec],
+                supervisions=[dataclasses.replace(sup, start=0.0)],
+            )
+        )
+    if not cuts:
+        raise ApmError(f"{kd.path}: no usable utterances left")
+    rset = RecordingSet.from_recordings(recordings[r] for r in sorted(recordings))
+    sset = SupervisionSet.from_segments(supervisions)
+    try:
+        validate_recordings_and_supervisions(rset, sset)
+    except AssertionError as e:
+        raise ApmError(f"{kd.path}: lhotse validation failed: {e}") from e
+    return rset, sset, CutSet.from_cuts(cuts), problems
+
+
+def speed_perturb(cuts: CutSet) -> CutSet:
+    """The cuts followed by their 0.9x and 1.1x copies (ids `<utt>_sp0.9`, `<utt>_sp1.1`)."""
+    copies = [c.perturb_speed(f) for f in SPEED_FACTORS for c in cuts]
+    return CutSet.from_cuts(list(cuts) + copies)
+
+
+def _signature(data_dir: Path, options: dict) -> str:
+    """Digest of a set's Kaldi text files and the options: equal digests, equal manifests."""
+    h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
+    for name in TEXT_FILES:
+        if (data_dir / name).is_file():
+            h.update(name.encode() + (data_dir / name).read_bytes())
+    return h.hexdigest()
+
+
+def make_set_manifests(
+    data_dir: Path, out_dir: Path, nj: int, skip_bad: bool, perturb: bool
+) -> SetSummary | None:
+    """Manifests of one set into `out_dir`; None if they are already there for these inputs."""
+    signature = _signature(data_dir, {"perturb": perturb, "skip_bad": skip_bad})
+    done = out_dir / DONE
+    if done.is_file() and done.read_text().strip() == signature:
+        log.info("%s: manifests up to date, skipping", out_dir)
+        return None
+    kd = read_kaldi_dir(data_dir, skip_bad=skip_bad)
+    infos = probe_recordings(kd.wav, nj)
+    rset, sset, cuts, problems = build_manifests(kd, infos, skip_bad)
+    all_cuts = speed_perturb(cuts) if perturb else cuts
+    with atomic_dir(out_dir) as tmp:
+        write_manifest(tmp / "recordings.jsonl.gz", rset)
+        write_manifest(tmp / "supervisions.jsonl.gz", sset)
+        write_manifest(tmp / "cuts.jsonl.gz", all_cuts)
+        skipped = kd.skipped + problems
+        with atomic_write(tmp / "skipped", encoding="utf-8") as f:
+            f.writelines(f"{p.utt} {p.what}\n" for p in skipped)
+        with atomic_write(tmp / DONE) as f:
+            f.write(signature + "\n")
+    return SetSummary(
+        name=data_dir.name,
+        utterances=len(cuts),
+        hours=sum(c.duration for c in cuts) / 3600,
+        languages=sorted({s.language for s in sset}),
+        speakers=len({s.speaker for s in sset}),
+        skipped=len(skipped),
+        perturbed=len(all_cuts) - len(cuts),
+    )
+
+
+def make_manifests(
+    data: str | os.PathLike,
+    out: str | os.PathLike,
+    sets: list[str],
+    *,
+    nj: int = 1,
+    skip_bad: bool = False,
+    perturb_sets: Iterable[str] = (),
+) -> list[SetSummary]:
+    """Stage 1 for `sets` under `data` -> `out/<set>/`; logs and returns a summary per set
+    that was (re)made."""
+    data, out = Path(data), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    perturb_sets = set(perturb_sets)
+    summaries = []
+    for name in sets:
+        summary = make_set_manifests(data / name, out / name, nj, skip_bad, name in perturb_sets)
+        if summary is not None:
+            log.info("%s", summary.line())
+            summaries.append(summary)
+    return summaries

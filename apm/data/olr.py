@@ -1,0 +1,59 @@
+"""Stage 0 with `--olr-root`: import a real OLR release given as Kaldi data dirs."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from apm.data.kaldi_dir import KaldiDir, read_kaldi_dir, write_kaldi_dir
+from apm.utils import ApmError
+
+log = logging.getLogger(__name__)
+
+
+def import_olr(
+    olr_root: str | os.PathLike, data: str | os.PathLike, sets: list[str], skip_bad: bool = False
+) -> list[KaldiDir]:
+    """Validate `<olr_root>/<set>` for every set and write them to `<data>/<set>`.
+
+    The first set is the training set: trials of the other sets may only use its languages
+    (an open-set test set may hold utterances of other languages; they can only be
+    non-target). Relative audio paths are looked up under the set's directory, then under
+    `olr_root`, and written absolute. Nothing is written unless every set passes.
+    """
+    root = Path(olr_root).resolve()
+    if not root.is_dir():
+        raise ApmError(f"--olr-root {olr_root}: no such directory")
+    missing = [s for s in sets if not (root / s).is_dir()]
+    if missing:
+        found = sorted(p.name for p in root.iterdir() if (p / "wav.scp").is_file())
+        raise ApmError(
+            f"--olr-root {root}: no data dir for set(s) {' '.join(missing)}; it has: "
+            f"{' '.join(found) or 'none'} (pick them with --train-set / --test-sets)"
+        )
+    dirs: list[KaldiDir] = []
+    for name in sets:
+        train_languages = set(dirs[0].languages) if dirs else None
+        dirs.append(
+            read_kaldi_dir(
+                root / name,
+                skip_bad=skip_bad,
+                audio_bases=[root / name, root],
+                train_languages=train_languages,
+            )
+        )
+    for name, kd in zip(sets, dirs, strict=True):
+        write_kaldi_dir(kd, Path(data) / name)
+        trials = f", {len(kd.trials)} trials" if kd.trials is not None else ""
+        log.info(
+            "%s: %d utterances, %d languages, %d speakers%s, %d skipped -> %s",
+            name,
+            len(kd.utt2lang),
+            len(kd.languages),
+            len(kd.speakers),
+            trials,
+            len(kd.skipped),
+            Path(data) / name,
+        )
+    return dirs

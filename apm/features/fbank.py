@@ -1,0 +1,123 @@
+"""Kaldi-compatible fbank + energy VAD of one cut (lhotse's Fbank, dither 0).
+
+Samples are scaled to the int16 range before analysis, as Kaldi reads wavs, so the values
+match `compute-fbank-feats` and the VAD thresholds of Kaldi recipes apply. No mean
+normalisation here: training and extraction apply CMN themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import yaml
+from lhotse import Features
+from lhotse.cut import Cut
+from lhotse.features.kaldi.extractors import Fbank, FbankConfig
+
+from apm.features.vad import VadConfig, compute_vad
+from apm.utils import FRAME_SHIFT, ApmError, num_frames
+
+INT16_SCALE = 32768.0
+# Fbank options a user may set; the frame shift, edges and dither are fixed by the frame
+# convention (apm.utils.frames) and by determinism.
+FBANK_KEYS = {
+    "num_mel_bins",
+    "frame_length",
+    "low_freq",
+    "high_freq",
+    "preemph_coeff",
+    "window_type",
+    "energy_floor",
+    "remove_dc_offset",
+    "round_to_power_of_two",
+    "raw_energy",
+}
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    fbank: dict = field(default_factory=lambda: {"num_mel_bins": 40})
+    vad: VadConfig = VadConfig()
+    cuts_per_job: int = 200
+
+    def to_dict(self) -> dict:
+        return {"fbank": self.fbank, "vad": vars(self.vad), "cuts_per_job": self.cuts_per_job}
+
+
+def load_config(path: str | os.PathLike | None) -> FeatureConfig:
+    """Read the stage-2 YAML (see egs/olr/conf/fbank.yaml); None gives the defaults."""
+    if path is None:
+        return FeatureConfig()
+    try:
+        with open(path, encoding="utf-8") as f:
+            raw = yaml.safe_load(f) or {}
+    except (OSError, yaml.YAMLError) as e:
+        raise ApmError(f"{path}: cannot read feature config ({e})") from e
+    unknown = set(raw) - {"fbank", "vad", "cuts_per_job"}
+    unknown |= {f"fbank.{k}" for k in set(raw.get("fbank") or {}) - FBANK_KEYS}
+    unknown |= {f"vad.{k}" for k in set(raw.get("vad") or {}) - set(vars(VadConfig()))}
+    if unknown:
+        raise ApmError(
+            f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: fbank.{{"
+            f"{', '.join(sorted(FBANK_KEYS))}}}, vad.{{{', '.join(vars(VadConfig()))}}}, cuts_per_job"
+        )
+    cfg = FeatureConfig(
+        fbank={"num_mel_bins": 40, **(raw.get("fbank") or {})},
+        vad=VadConfig(**(raw.get("vad") or {})),
+        cuts_per_job=int(raw.get("cuts_per_job", 200)),
+    )
+    if cfg.cuts_per_job < 1:
+        raise ApmError(f"{path}: cuts_per_job must be at least 1")
+    return cfg
+
+
+def make_extractor(cfg: FeatureConfig) -> Fbank:
+    """lhotse Fbank with Kaldi's raw log energy prepended as column 0 (used by the VAD)."""
+    opts = dict(cfg.fbank)
+    return Fbank(
+        FbankConfig(
+            num_filters=opts.pop("num_mel_bins"),
+            frame_shift=FRAME_SHIFT,
+            dither=0.0,
+            snip_edges=False,
+            use_energy=True,
+            **opts,
+        )
+    )
+
+
+def fbank_and_vad(
+    samples: np.ndarray, sampling_rate: int, extractor: Fbank, vad: VadConfig, utt: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """(fbank float32 [frames, bins], vad float32 [frames]) of mono float samples in [-1, 1]."""
+    out = extractor.extract(np.asarray(samples, dtype=np.float32) * INT16_SCALE, sampling_rate)
+    expected = num_frames(len(samples), sampling_rate)
+    if out.shape[0] != expected:
+        raise ApmError(
+            f"utterance {utt}: fbank gave {out.shape[0]} frames for {len(samples)} samples, "
+            f"the frame convention says {expected}; the feature config must keep a 10 ms "
+            "shift and unsnipped edges"
+        )
+    return np.ascontiguousarray(out[:, 1:], dtype=np.float32), compute_vad(out[:, 0], vad)
+
+
+def features_manifest(
+    cut: Cut, feats: np.ndarray, storage_type: str, storage_path: str, key: str
+) -> Features:
+    """The lhotse Features entry of `feats` computed over the whole of `cut`."""
+    return Features(
+        type=Fbank.name,
+        num_frames=feats.shape[0],
+        num_features=feats.shape[1],
+        frame_shift=FRAME_SHIFT,
+        sampling_rate=cut.sampling_rate,
+        start=cut.start,
+        duration=cut.duration,
+        storage_type=storage_type,
+        storage_path=storage_path,
+        storage_key=key,
+        recording_id=cut.recording_id,
+        channels=cut.channel,
+    )

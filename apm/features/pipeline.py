@@ -1,0 +1,261 @@
+"""Stage 2: fbank + VAD for every cut of a set, in resumable jobs.
+
+Layout of `<out>/<set>/`:
+  cuts.jsonl.gz        the cuts with lhotse features (numpy files under storage/)
+  feats.scp, vad.scp   Kaldi copies (float32 frames x bins, float32 0/1 per frame)
+  jobs/                per job j: feats.j.ark/scp, vad.j.ark/scp, cuts.j.jsonl.gz, stats.j.json
+  skipped              `<utt> <reason>` of bad utterances left out (--skip-bad true)
+
+The cuts are cut into fixed-size jobs (`cuts_per_job`, independent of --nj, so any rerun
+splits alike). A job's files are written under temporary names and renamed, its cuts file
+last: a job whose cuts file exists is finished and is not redone. A killed run, rerun,
+therefore gives the same bytes as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gzip
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from kaldiio.matio import write_array
+from lhotse import CutSet
+from lhotse.features.io import NumpyFilesWriter
+from lhotse.utils import fastcopy
+from tqdm import tqdm
+
+from apm.data.manifests import write_manifest
+from apm.features.fbank import FeatureConfig, fbank_and_vad, features_manifest, make_extractor
+from apm.utils import ApmError, atomic_path, atomic_write
+
+log = logging.getLogger(__name__)
+
+CRASH_ENV = "APM_FBANK_CRASH_AFTER_JOBS"  # test hook: SIGKILL stage 2 after N finished jobs
+DONE = ".done"
+CONFIG = ".config"
+
+
+@dataclass(frozen=True)
+class Job:
+    index: int  # 1-based, as Kaldi numbers jobs
+    cuts: list
+    set_dir: str
+    config: FeatureConfig
+    skip_bad: bool
+
+
+@dataclass
+class FbankSummary:
+    name: str
+    cuts: int
+    hours: float
+    frames: int
+    speech_frames: int
+    skipped: int
+    wall: float
+
+    def line(self) -> str:
+        speech = 100 * self.speech_frames / max(self.frames, 1)
+        return (
+            f"{self.name}: {self.cuts} cuts, {self.hours:.2f} h, {self.frames} frames "
+            f"({speech:.1f}% speech by VAD), {self.skipped} skipped, {self.wall:.1f} s"
+        )
+
+
+def _die_with_parent() -> None:
+    """Worker initializer: one torch thread per job, and exit when the parent dies so a
+    killed stage leaves no stray workers (Linux prctl PR_SET_PDEATHSIG)."""
+    torch.set_num_threads(1)
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+    except (OSError, AttributeError):
+        log.debug("prctl unavailable: workers may outlive a killed parent")
+
+
+def _write_ark(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    """ark + scp of `arrays`, atomically; the scp points at `path`'s final name."""
+    scp = path.with_suffix(".scp")
+    with atomic_path(path) as tmp_ark, atomic_write(scp, encoding="utf-8") as fscp:
+        with open(tmp_ark, "wb") as fark:
+            for key, arr in arrays.items():
+                fark.write(f"{key} ".encode())
+                fscp.write(f"{key} {path}:{fark.tell()}\n")
+                write_array(fark, arr)
+
+
+def run_job(job: Job) -> dict:
+    """Features of one job's cuts; returns its stats (also written to jobs/stats.j.json)."""
+    set_dir, j = Path(job.set_dir), job.index
+    jobs = set_dir / "jobs"
+    extractor = make_extractor(job.config)
+    writer = NumpyFilesWriter(set_dir / "storage")
+    feats, vads, cuts, skipped = {}, {}, [], []
+    for cut in job.cuts:
+        try:
+            audio = cut.load_audio()[0]
+        except Exception as e:  # any decoder/pipe failure: lhotse raises many types
+            source = cut.recording.sources[0].source
+            what = f"cannot load audio ({type(e).__name__}: {e})"
+            if not job.skip_bad:
+                raise ApmError(
+                    f"utterance {cut.id} ({source}): {what}; fix or remove it, or rerun with "
+                    "--skip-bad true"
+                ) from None
+            log.warning("skipping utterance %s (%s): %s", cut.id, source, what)
+            skipped.append(f"{cut.id} {what}")
+            continue
+        f, v = fbank_and_vad(audio, cut.sampling_rate, extractor, job.config.vad, cut.id)
+        key = writer.write(cut.id, f)
+        manifest = features_manifest(cut, f, writer.name, str(writer.storage_path), key)
+        cuts.append(fastcopy(cut, features=manifest))
+        feats[cut.id], vads[cut.id] = f, v
+    _write_ark(jobs / f"feats.{j}.ark", feats)
+    _write_ark(jobs / f"vad.{j}.ark", vads)
+    stats = {
+        "cuts": len(cuts),
+        "seconds": sum(c.duration for c in cuts),
+        "frames": int(sum(len(v) for v in vads.values())),
+        "speech_frames": int(sum(v.sum() for v in vads.values())),
+        "skipped": skipped,
+    }
+    with atomic_write(jobs / f"stats.{j}.json", encoding="utf-8") as f:
+        json.dump(stats, f, sort_keys=True)
+    write_manifest(jobs / f"cuts.{j}.jsonl.gz", cuts)  # last: marks the job finished
+    return stats
+
+
+def _signature(cuts_path: Path, cfg: FeatureConfig) -> str:
+    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    h.update(cuts_path.read_bytes())
+    return h.hexdigest()
+
+
+def _prepare(set_dir: Path, signature: str) -> bool:
+    """True if the set is finished for `signature`; else make sure the directory holds only
+    work done for the same inputs and config (anything else is removed)."""
+    config = set_dir / CONFIG
+    if config.is_file() and config.read_text().strip() == signature:
+        return (set_dir / DONE).is_file()
+    if set_dir.exists():
+        log.info("%s: inputs or config changed, recomputing the set", set_dir)
+        shutil.rmtree(set_dir)
+    (set_dir / "jobs").mkdir(parents=True)
+    with atomic_write(config) as f:
+        f.write(signature + "\n")
+    return False
+
+
+def _run_jobs(todo: list[Job], nj: int, total: int, done: int) -> None:
+    """Run `todo` on `nj` processes with a progress bar over cuts; the first error cancels
+    the rest. The crash hook (env APM_FBANK_CRASH_AFTER_JOBS=N) SIGKILLs this process after
+    N jobs, to test that a killed run resumes."""
+    crash_after = int(os.environ.get(CRASH_ENV, "0"))
+    bar = tqdm(total=total, initial=done, desc="fbank", unit="cut", mininterval=2)
+    with ProcessPoolExecutor(max_workers=nj, initializer=_die_with_parent) as ex:
+        pending = {ex.submit(run_job, job): job for job in todo}
+        finished = 0
+        while pending:
+            done_now, _ = wait(pending, return_when=FIRST_EXCEPTION)
+            for fut in done_now:
+                job = pending.pop(fut)
+                if fut.exception() is not None:
+                    ex.shutdown(cancel_futures=True)
+                    raise fut.exception()
+                bar.update(len(job.cuts))
+                finished += 1
+                if crash_after and finished >= crash_after:
+                    os.kill(os.getpid(), signal.SIGKILL)
+    bar.close()
+
+
+def _merge(set_dir: Path, n_jobs: int) -> dict:
+    """Join the jobs' scp, cuts and stats into the set's files; return the summed stats."""
+    jobs = set_dir / "jobs"
+    totals = {"cuts": 0, "seconds": 0.0, "frames": 0, "speech_frames": 0, "skipped": []}
+    for name in ("feats.scp", "vad.scp"):
+        stem = name.split(".")[0]
+        with atomic_write(set_dir / name, encoding="utf-8") as f:
+            for j in range(1, n_jobs + 1):
+                f.write((jobs / f"{stem}.{j}.scp").read_text(encoding="utf-8"))
+    with atomic_path(set_dir / "cuts.jsonl.gz") as tmp:
+        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+            for j in range(1, n_jobs + 1):
+                with gzip.open(jobs / f"cuts.{j}.jsonl.gz", "rb") as part:
+                    shutil.copyfileobj(part, out)
+    for j in range(1, n_jobs + 1):
+        stats = json.loads((jobs / f"stats.{j}.json").read_text())
+        for key in totals:
+            totals[key] += stats[key]
+    with atomic_write(set_dir / "skipped", encoding="utf-8") as f:
+        f.writelines(line + "\n" for line in totals["skipped"])
+    return totals
+
+
+def make_set_fbank(
+    cuts_path: Path, set_dir: Path, cfg: FeatureConfig, nj: int, skip_bad: bool
+) -> FbankSummary | None:
+    """Stage 2 for one set; None when it was already finished for these inputs and config."""
+    if not cuts_path.is_file():
+        raise ApmError(f"{cuts_path}: not found; run stage 1 (manifests) first")
+    if _prepare(set_dir, _signature(cuts_path, cfg)):
+        log.info("%s: features up to date, skipping", set_dir)
+        return None
+    start = time.time()
+    cuts = list(CutSet.from_file(cuts_path))
+    size = cfg.cuts_per_job
+    jobs = [
+        Job(i + 1, cuts[k : k + size], str(set_dir.resolve()), cfg, skip_bad)
+        for i, k in enumerate(range(0, len(cuts), size))
+    ]
+    todo = [job for job in jobs if not (set_dir / "jobs" / f"cuts.{job.index}.jsonl.gz").is_file()]
+    if len(todo) < len(jobs):
+        log.info(
+            "%s: resuming, %d of %d jobs already done", set_dir, len(jobs) - len(todo), len(jobs)
+        )
+    _run_jobs(todo, nj, len(cuts), len(cuts) - sum(len(j.cuts) for j in todo))
+    totals = _merge(set_dir, len(jobs))
+    if totals["cuts"] == 0:
+        raise ApmError(f"{set_dir}: every utterance was skipped; see {set_dir / 'skipped'}")
+    with atomic_write(set_dir / DONE) as f:
+        f.write("\n")
+    return FbankSummary(
+        name=set_dir.name,
+        cuts=totals["cuts"],
+        hours=totals["seconds"] / 3600,
+        frames=totals["frames"],
+        speech_frames=totals["speech_frames"],
+        skipped=len(totals["skipped"]),
+        wall=time.time() - start,
+    )
+
+
+def make_fbank(
+    manifests: str | os.PathLike,
+    out: str | os.PathLike,
+    sets: list[str],
+    cfg: FeatureConfig,
+    *,
+    nj: int = 1,
+    skip_bad: bool = False,
+) -> list[FbankSummary]:
+    """Stage 2: `<manifests>/<set>/cuts.jsonl.gz` -> `<out>/<set>/` for each set."""
+    summaries = []
+    for name in sets:
+        summary = make_set_fbank(
+            Path(manifests) / name / "cuts.jsonl.gz", Path(out) / name, cfg, nj, skip_bad
+        )
+        if summary is not None:
+            log.info("%s", summary.line())
+            summaries.append(summary)
+    return summaries
