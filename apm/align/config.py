@@ -1,0 +1,64 @@
+"""The aligner configuration (`conf/align.yaml`): every key optional, unknown keys rejected."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apm.utils.errors import ApmError
+
+PERTURBED_MODES = ("warp", "decode")
+
+
+@dataclass
+class AlignConfig:
+    # Options for pocketsphinx.Config (hmm/allphone default to the wheel's en-us model).
+    pocketsphinx: dict[str, Any] = field(
+        default_factory=lambda: {"lw": 1.5, "beam": 1e-9, "pbeam": 1e-9, "wip": 0.65}
+    )
+    # Audio shorter than this (seconds) is labelled all silence without decoding.
+    min_duration: float = 0.3
+    # Audio whose loudest 10 ms frame is below this RMS level (dBFS) is all silence.
+    silence_db: float = -55.0
+    # Speed-perturbed copies: "warp" the original's labels in time, or "decode" the copy.
+    perturbed: str = "warp"
+    # Kaldi import: phones that count as silence, and whether AA_B/AA_E/... merge onto AA.
+    kaldi_silence: list[str] = field(
+        default_factory=lambda: ["SIL", "sil", "<sil>", "SPN", "spn", "NSN", "nsn", "LAU"]
+    )
+    kaldi_merge_positions: bool = True
+    # Oracle (eSpeak) phones that count as silence besides SIL.
+    oracle_silence: list[str] = field(default_factory=lambda: ["SIL"])
+    # Phones listed per language in the report.
+    report_top_phones: int = 10
+
+    def __post_init__(self) -> None:
+        if self.perturbed not in PERTURBED_MODES:
+            raise ApmError(f"align conf: perturbed must be one of {PERTURBED_MODES}")
+        if self.min_duration < 0 or self.report_top_phones < 1:
+            raise ApmError("align conf: min_duration must be >= 0 and report_top_phones >= 1")
+
+
+def load_align_config(path: str | os.PathLike | None) -> AlignConfig:
+    """Read the YAML conf; a missing path means the defaults above."""
+    if path is None:
+        return AlignConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ApmError(f"{path}: align conf not found")
+    with open(path, encoding="utf-8") as f:
+        data = yaml.safe_load(f) or {}
+    known = {f.name for f in fields(AlignConfig)}
+    unknown = set(data) - known
+    if unknown:
+        raise ApmError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    if "pocketsphinx" in data:
+        data["pocketsphinx"] = {**AlignConfig().pocketsphinx, **(data["pocketsphinx"] or {})}
+    try:
+        return AlignConfig(**data)
+    except TypeError as e:
+        raise ApmError(f"{path}: {e}") from e

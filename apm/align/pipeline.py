@@ -1,0 +1,213 @@
+"""Stage 3: frame-level phone labels for every cut of a feature directory.
+
+Sources: `pocketsphinx` (all-phone decoding, the virtual labels), `oracle` (the corpus's eSpeak
+timings, `data/oracle_ali/<set>`), `kaldi:DIR` (Kaldi `ali-to-phones --per-frame=true` output
+plus its phones.txt). Whatever the source, the output is `ali.{ark,scp}` keyed by cut id with
+exactly the cut's feature frame count, `phones.txt` with SIL = 0, and `report.{json,md}`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from apm.align.arkio import read_labels, write_ark_scp
+from apm.align.config import AlignConfig
+from apm.align.decode import cut_frames, decode_cuts
+from apm.align.labels import perturbed_source, warp_labels
+from apm.align.phones import PhoneTable, map_labels, normalise_table, read_phones_txt
+from apm.align.report import build_report, write_report
+from apm.utils.errors import ApmError
+from apm.utils.frames import fit_frame_count
+
+log = logging.getLogger(__name__)
+
+CUTS = "cuts.jsonl.gz"
+
+
+def load_cuts(src: str | os.PathLike) -> list:
+    """The cuts of a stage-2 feature directory, sorted by id."""
+    from lhotse import CutSet
+
+    path = Path(src) / CUTS
+    if not path.is_file():
+        raise ApmError(f"{path}: not found; run stage 2 (features) for this set first")
+    cuts = sorted(CutSet.from_file(path), key=lambda c: c.id)
+    if not cuts:
+        raise ApmError(f"{path}: no cuts")
+    return cuts
+
+
+def cut_language(cut) -> str:
+    langs = {s.language for s in cut.supervisions if s.language}
+    return langs.pop() if len(langs) == 1 else "unknown"
+
+
+class LabelSource:
+    """Frame labels keyed by utterance (or cut) id with their phone table.
+
+    `lookup` maps the source's ids to ours (None when they already are ours).
+    """
+
+    def __init__(
+        self,
+        labels: Mapping[str, np.ndarray],
+        table: PhoneTable,
+        name: str,
+        lookup: np.ndarray | None = None,
+    ) -> None:
+        self.labels, self.table, self.name, self.lookup = labels, table, name, lookup
+
+    def get(self, utt: str) -> np.ndarray:
+        try:
+            vec = np.asarray(self.labels[utt])
+        except Exception as e:  # a lazy kaldiio entry whose ark is missing or damaged
+            raise ApmError(f"{self.name}: cannot read the labels of {utt}: {e}") from e
+        if vec.ndim != 1:
+            raise ApmError(f"{self.name}: labels of {utt} are not a vector (shape {vec.shape})")
+        return map_labels(vec, self.lookup, utt, self.name) if self.lookup is not None else vec
+
+    def for_cut(self, cut) -> np.ndarray | None:
+        """Labels on the cut's frame grid: its own entry, else its original's time-warped."""
+        target = cut_frames(cut)
+        if cut.id in self.labels:
+            return fit_frame_count(self.get(cut.id), target, cut.id)
+        source = perturbed_source(cut.id)
+        if source and source[0] in self.labels:
+            return warp_labels(self.get(source[0]), source[1], target, cut.id)
+        return None
+
+
+def read_label_dir(
+    directory: str | os.PathLike, silence: Sequence[str], merge_positions: bool, name: str
+) -> LabelSource:
+    """An `ali.scp` (or `ali.ark`) + `phones.txt` directory as a LabelSource."""
+    directory = Path(directory)
+    ali = directory / "ali.scp"
+    if not ali.is_file():
+        ali = directory / "ali.ark"
+    if not ali.is_file():
+        raise ApmError(f"{directory}: neither ali.scp nor ali.ark found ({name} alignment)")
+    phones = directory / "phones.txt"
+    table, lookup = normalise_table(read_phones_txt(phones), silence, merge_positions, str(phones))
+    return LabelSource(read_labels(ali), table, f"{name} alignment {ali}", lookup)
+
+
+def oracle_source(oracle_dir: str | os.PathLike, cfg: AlignConfig) -> LabelSource:
+    return read_label_dir(oracle_dir, cfg.oracle_silence, False, "oracle")
+
+
+def decoded_source(
+    cuts: Sequence, cfg: AlignConfig, dst: Path, nj: int
+) -> tuple[LabelSource, dict]:
+    """Decode with PocketSphinx; copies whose original is in the set are warped, if so set."""
+    from apm.align.sphinx import SphinxAligner
+
+    ids = {c.id for c in cuts}
+    if cfg.perturbed == "warp":
+        todo = [c for c in cuts if (perturbed_source(c.id) or (None,))[0] not in ids]
+    else:
+        todo = list(cuts)
+    log.info("decoding %d of %d cuts with PocketSphinx (%d jobs)", len(todo), len(cuts), nj)
+    labels, summaries = decode_cuts(todo, cfg, dst / "jobs", nj)
+    table = SphinxAligner.phone_table(cfg.pocketsphinx)
+    cpu = sum(s.cpu_seconds for s in summaries)
+    audio = sum(s.audio_seconds for s in summaries)
+    stats = {
+        "decoded": sum(s.decoded for s in summaries),
+        "too_short": sorted(i for s in summaries for i in s.too_short),
+        "silence_only": sorted(i for s in summaries for i in s.silence_only),
+        "failed": {k: v for s in summaries for k, v in s.failed.items()},
+        "audio_seconds": round(audio, 2),
+        "cpu_seconds": round(cpu, 2),
+        "xrt_per_core": round(audio / cpu, 2) if cpu > 0 else None,
+        "perturbed": cfg.perturbed,
+    }
+    return LabelSource(labels, table, "pocketsphinx"), stats
+
+
+def align_phones(
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    ali_from: str,
+    cfg: AlignConfig,
+    nj: int = 1,
+    oracle_dir: str | os.PathLike | None = None,
+    skip_bad: bool = False,
+) -> dict:
+    """Write `dst/ali.{ark,scp}`, `dst/phones.txt` and `dst/report.{json,md}`; return the report."""
+    dst = Path(dst)
+    cuts = load_cuts(src)
+    oracle = None
+    if oracle_dir and Path(oracle_dir).is_dir():
+        oracle = oracle_source(oracle_dir, cfg)
+    stats: dict = {}
+    if ali_from == "pocketsphinx":
+        source, stats = decoded_source(cuts, cfg, dst, nj)
+    elif ali_from == "oracle":
+        if oracle is None:
+            raise ApmError(f"--ali-from oracle needs the oracle directory; {oracle_dir} not found")
+        source, oracle = oracle, None
+    elif ali_from.startswith("kaldi:") and ali_from[6:]:
+        source = read_label_dir(ali_from[6:], cfg.kaldi_silence, cfg.kaldi_merge_positions, "kaldi")
+    else:
+        raise ApmError(f"--ali-from {ali_from}: expected pocketsphinx, oracle or kaldi:DIR")
+
+    failed = dict(stats.get("failed", {}))
+    labels: dict[str, np.ndarray] = {}
+    for cut in cuts:
+        vec = None if cut.id in failed else source.for_cut(cut)
+        if vec is None:
+            failed.setdefault(cut.id, f"no labels in {source.name}")
+        else:
+            labels[cut.id] = vec
+    _check_failed(failed, skip_bad, source.name)
+
+    dst.mkdir(parents=True, exist_ok=True)
+    write_ark_scp(((k, labels[k]) for k in sorted(labels)), dst / "ali.ark", dst / "ali.scp")
+    source.table.write(dst / "phones.txt")
+    oracle_labels = None
+    if oracle is not None:
+        oracle_labels = {
+            c.id: v for c in cuts if c.id in labels and (v := oracle.for_cut(c)) is not None
+        }
+    report = {
+        "summary": {
+            "source": ali_from,
+            "utterances": len(labels),
+            "too_short": len(stats.get("too_short", [])),
+            "silence_only": len(stats.get("silence_only", [])),
+            "failed": len(failed),
+            **{k: v for k, v in stats.items() if k not in ("too_short", "silence_only", "failed")},
+        },
+        "phones": list(source.table.symbols),
+        "languages": build_report(
+            labels,
+            {c.id: cut_language(c) for c in cuts},
+            source.table,
+            cfg.report_top_phones,
+            oracle_labels,
+        ),
+        "failed": failed,
+        "warnings": {k: stats.get(k, []) for k in ("too_short", "silence_only")},
+    }
+    write_report(dst, report)
+    log.info("wrote %d alignments to %s (%d failed)", len(labels), dst / "ali.scp", len(failed))
+    return report
+
+
+def _check_failed(failed: dict[str, str], skip_bad: bool, source: str) -> None:
+    if not failed:
+        return
+    listing = "; ".join(f"{k}: {v}" for k, v in sorted(failed.items())[:5])
+    more = f" (and {len(failed) - 5} more)" if len(failed) > 5 else ""
+    if not skip_bad:
+        raise ApmError(
+            f"{len(failed)} utterance(s) without labels from {source}: {listing}{more}; fix the "
+            "input, or rerun with --skip-bad true to leave them out (finished jobs are kept)"
+        )
+    log.warning("skipping %d utterance(s) without labels: %s%s", len(failed), listing, more)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Stage 3: frame-level (virtual) phone labels for every cut of a feature directory.
+set -euo pipefail
+
+help_message="Usage: steps/align_phones.sh [options] <fbank-dir> <ali-dir>
+Writes <ali-dir>/ali.{ark,scp} (int32 phone id per 10 ms feature frame, keyed by cut id),
+phones.txt (SIL = 0) and report.{json,md} (per-language phone statistics; agreement with
+the oracle alignment when --oracle-dir exists). Decoding jobs resume after a kill.
+e.g.: steps/align_phones.sh --nj 2 --conf conf/align.yaml data/fbank/train data/ali/train"
+
+nj=2                   # parallel decoding jobs
+conf=                  # align YAML (PocketSphinx settings, silence rules); empty: defaults
+ali_from=pocketsphinx  # pocketsphinx, oracle (the --oracle-dir labels) or kaldi:DIR
+oracle_dir=            # oracle ali.scp + phones.txt; compared against in the report if present
+skip_bad=false         # leave out (and count) utterances that cannot be aligned
+
+root=$(cd "$(dirname "$0")" && pwd -P)/..  # physical: steps/ is reached via a symlink
+. "$root/path.sh"
+. "$root/utils/parse_options.sh"
+
+if [ $# -ne 2 ]; then
+  echo "$help_message" >&2
+  exit 1
+fi
+
+python -m apm.bin.align_phones --nj "$nj" ${conf:+--conf "$conf"} --ali-from "$ali_from" \
+  ${oracle_dir:+--oracle-dir "$oracle_dir"} --skip-bad "$skip_bad" "$1" "$2"
