@@ -1,1 +1,17 @@
-"""apm.backend"""
+"""Stage 6 back-end: LDA + length-norm + logistic regression (OLR baseline), cosine scoring,
+and the network's own classifier outputs, written as OLR matrix score files."""
+
+from apm.backend.config import BACKENDS, BackendConfig, load_backend_config
+from apm.backend.models import CosineBackend, EmbeddingProcessor, LogisticBackend
+from apm.backend.scoring import read_languages, score_system
+
+__all__ = [
+    "BACKENDS",
+    "BackendConfig",
+    "CosineBackend",
+    "EmbeddingProcessor",
+    "LogisticBackend",
+    "load_backend_config",
+    "read_languages",
+    "score_system",
+]

@@ -1,0 +1,156 @@
+"""Stage 6: score every test task of a system with the configured back-ends.
+
+Inputs (README "Files between stages"): `exp/<system>/languages.txt`,
+`exp/<system>/xvectors/<set>/{xvector,logits}.scp`, `data/<train>/utt2lang`,
+`data/<task>/trials`. Outputs: `exp/<system>/scores/<task>.score` (primary back-end) and
+`<task>.<backend>.score` (the others), OLR matrix format with columns in `languages.txt`
+order and one row per trial utterance, sorted; `scores/backend.yaml` records the
+configuration that produced them.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import asdict
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import yaml
+
+from apm.backend.config import BackendConfig
+from apm.backend.models import CosineBackend, EmbeddingProcessor, LogisticBackend, classifier_scores
+from apm.data.trials import read_trials
+from apm.metrics.scorefile import write_matrix
+from apm.metrics.trialscores import format_ids
+from apm.utils import ApmError, atomic_write, read_kv
+
+log = logging.getLogger(__name__)
+
+
+def read_languages(system_dir: str | os.PathLike) -> list[str]:
+    """The system's class order, one language per line of `languages.txt`."""
+    path = Path(system_dir) / "languages.txt"
+    if not path.is_file():
+        raise ApmError(f"{path}: not found; train the system first (stage 4)")
+    langs = path.read_text(encoding="utf-8").split()
+    if len(langs) < 2 or len(set(langs)) != len(langs):
+        raise ApmError(f"{path}: expected at least 2 distinct languages, got {langs}")
+    return langs
+
+
+def load_vectors(
+    scp: Path, utts: list[str], skip_bad: bool, what: str
+) -> tuple[list[str], np.ndarray]:
+    """Vectors of `utts` from a kaldiio scp: (utts found, n x dim float64 matrix).
+
+    Missing utterances are an error naming the count and a few ids, or with `skip_bad`
+    are left out and logged.
+    """
+    if not scp.is_file():
+        raise ApmError(f"{scp}: not found; run the extraction (stage 5) for this set")
+    table = kaldiio.load_scp(str(scp))
+    missing = [u for u in utts if u not in table]
+    if missing:
+        msg = f"{scp}: no {what} for {len(missing)} of {len(utts)} utterances, e.g. " + format_ids(
+            missing, len(missing)
+        )
+        if not skip_bad:
+            raise ApmError(msg + "; rerun the extraction or pass --skip-bad true")
+        log.warning("%s; skipped (--skip-bad true)", msg)
+    found = [u for u in utts if u in table]
+    if not found:
+        raise ApmError(f"{scp}: none of the {len(utts)} utterances needed has a {what}")
+    vectors = [np.asarray(table[u], dtype=np.float64).reshape(-1) for u in found]
+    dims = {len(v) for v in vectors}
+    if len(dims) != 1:
+        raise ApmError(f"{scp}: {what}s of different sizes {sorted(dims)}")
+    return found, np.stack(vectors)
+
+
+def _training_data(
+    system_dir: Path, data_dir: Path, train_set: str, languages: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    utt2lang = read_kv(data_dir / train_set / "utt2lang")
+    scp = system_dir / "xvectors" / train_set / "xvector.scp"
+    utts = sorted(utt2lang)
+    # the training set's bad utterances may have been skipped upstream: use what exists
+    utts, x = load_vectors(scp, utts, skip_bad=True, what="x-vector")
+    lang_idx = {lang: i for i, lang in enumerate(languages)}
+    foreign = sorted({utt2lang[u] for u in utts} - set(lang_idx))
+    if foreign:
+        raise ApmError(
+            f"{data_dir / train_set}/utt2lang: languages {foreign} are not in "
+            f"{system_dir}/languages.txt; the x-vectors come from another training set"
+        )
+    labels = np.array([lang_idx[utt2lang[u]] for u in utts])
+    absent = [lang for i, lang in enumerate(languages) if not np.any(labels == i)]
+    if absent:
+        raise ApmError(f"{scp}: no training x-vectors of languages {absent} in languages.txt")
+    log.info(
+        "back-end training data: %d x-vectors of dim %d, %d languages", *x.shape, len(languages)
+    )
+    return x, labels
+
+
+def _task_utts(data_dir: Path, task: str, languages: list[str]) -> list[str]:
+    path = data_dir / task / "trials"
+    trials = read_trials(path)
+    foreign = sorted({t.lang for t in trials} - set(languages))
+    if foreign:
+        raise ApmError(
+            f"{path}: target languages {foreign} are not among the system's languages "
+            f"{languages}; the system cannot score them"
+        )
+    return sorted({t.utt for t in trials})
+
+
+def score_system(
+    system_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    train_set: str,
+    tasks: list[str],
+    conf: BackendConfig,
+    skip_bad: bool = False,
+) -> list[Path]:
+    """Train the configured back-ends and write the score files of `tasks`; returns them."""
+    system_dir, data_dir = Path(system_dir), Path(data_dir)
+    languages = read_languages(system_dir)
+    embedding_backends = [b for b in conf.backends if b in ("lr", "cosine")]
+    models = {}
+    if embedding_backends:
+        x, labels = _training_data(system_dir, data_dir, train_set, languages)
+        process = EmbeddingProcessor(conf.lda_dim).fit(x, labels)
+        z = process(x)
+        if "lr" in conf.backends:
+            models["lr"] = LogisticBackend(conf.lr_c, conf.lr_max_iter, conf.lr_class_weight).fit(
+                z, labels
+            )
+        if "cosine" in conf.backends:
+            models["cosine"] = CosineBackend().fit(z, labels)
+    written = []
+    for task in tasks:
+        utts = _task_utts(data_dir, task, languages)
+        xvec_dir = system_dir / "xvectors" / task
+        scores = {}
+        if embedding_backends:
+            found, x = load_vectors(xvec_dir / "xvector.scp", utts, skip_bad, "x-vector")
+            z = process(x)
+            scores.update({b: (found, models[b](z)) for b in embedding_backends})
+        if "classifier" in conf.backends:
+            found, logits = load_vectors(xvec_dir / "logits.scp", utts, skip_bad, "logits vector")
+            if logits.shape[1] != len(languages):
+                raise ApmError(
+                    f"{xvec_dir}/logits.scp: {logits.shape[1]} outputs per utterance but "
+                    f"{len(languages)} languages in {system_dir}/languages.txt"
+                )
+            scores["classifier"] = (found, classifier_scores(logits, conf.classifier_log_softmax))
+        for backend, (found, matrix) in scores.items():
+            path = system_dir / "scores" / conf.score_name(task, backend)
+            write_matrix(path, languages, found, matrix)
+            log.info("%s: %d utterances scored with %s", path, len(found), backend)
+            written.append(path)
+    with atomic_write(system_dir / "scores" / "backend.yaml", encoding="utf-8") as f:
+        yaml.safe_dump(asdict(conf), f, sort_keys=False)
+    return written

@@ -1,0 +1,33 @@
+"""Stage 6: score the test tasks of a system with the back-ends of conf/backend.yaml."""
+
+from __future__ import annotations
+
+import argparse
+
+from apm.backend import load_backend_config, score_system
+from apm.bin.cli import main, str2bool
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="score", description=__doc__)
+    p.add_argument("--conf", default=None, help="back-end YAML (default: built-in defaults)")
+    p.add_argument("--data", default="data", help="directory of the Kaldi data dirs")
+    p.add_argument("--train-set", default="train", help="set whose x-vectors train the back-end")
+    p.add_argument(
+        "--skip-bad",
+        type=str2bool,
+        default=False,
+        help="leave out test utterances without x-vectors instead of stopping",
+    )
+    p.add_argument("system_dir", help="exp/<system>")
+    p.add_argument("tasks", nargs="+", help="test sets under --data (each with trials)")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    conf = load_backend_config(args.conf)
+    score_system(args.system_dir, args.data, args.train_set, args.tasks, conf, args.skip_bad)
+
+
+if __name__ == "__main__":
+    main(build_parser(), run)

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Stage 6: back-end scoring of a system's test tasks (python -m apm.bin.score).
+set -euo pipefail
+
+help_message="Usage: $0 [options] <exp/system> <task> [<task> ...]
+Trains the back-ends of --conf on the x-vectors of --train-set and writes, per task,
+<exp/system>/scores/<task>.score (primary back-end, OLR matrix format) and
+<task>.<backend>.score for the other back-ends listed in the configuration.
+Example: $0 --conf conf/backend.yaml --data data --train-set train exp/apm_am task_full task_short"
+
+conf=conf/backend.yaml  # back-end configuration (YAML)
+data=data               # directory holding the Kaldi data dirs
+train_set=train         # set whose x-vectors train the back-end
+skip_bad=false          # leave out test utterances without x-vectors instead of stopping
+
+. "$(dirname "$0")/../path.sh"
+. "$(dirname "$0")/../utils/parse_options.sh"
+
+if [ $# -lt 2 ]; then
+  echo "$help_message" >&2
+  exit 1
+fi
+system_dir=$1
+shift
+
+python -m apm.bin.score --conf "$conf" --data "$data" --train-set "$train_set" \
+  --skip-bad "$skip_bad" --log-file "$system_dir/log/score.log" "$system_dir" "$@"

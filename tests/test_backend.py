@@ -1,0 +1,155 @@
+"""apm.backend and steps/score.sh on a synthetic system (clustered random x-vectors)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import pytest
+
+from apm.backend import BackendConfig, EmbeddingProcessor, load_backend_config, score_system
+from apm.data.trials import Trial, read_trials, write_trials
+from apm.metrics import align_trials, challenge_cavg, read_scores
+from apm.utils import ApmError, write_kv
+
+LANGS = ["ja-jp", "ru-ru", "zh-cn"]
+
+
+def _save_scp(directory: Path, name: str, vectors: dict[str, np.ndarray]) -> None:
+    directory.mkdir(parents=True, exist_ok=True)
+    kaldiio.save_ark(
+        str(directory / f"{name}.ark"),
+        {k: v.astype(np.float32) for k, v in vectors.items()},
+        scp=str(directory / f"{name}.scp"),
+    )
+
+
+def make_system(root: Path, seed: int = 0, dim: int = 16, n_train: int = 40) -> Path:
+    """data/{train,task_full,task_open} and exp/sys with x-vectors, logits and languages.txt.
+
+    task_open adds utterances of an unknown language `xx`.
+    """
+    rng = np.random.default_rng(seed)
+    centres = {lang: rng.normal(0, 3, dim) for lang in LANGS + ["xx"]}
+    system = root / "exp" / "sys"
+    system.mkdir(parents=True)
+    (system / "languages.txt").write_text("\n".join(LANGS) + "\n")
+
+    def make_set(name: str, langs: list[str], n: int) -> None:
+        utt2lang = {f"{name}_{lang}_{i:03d}": lang for lang in langs for i in range(n)}
+        write_kv(root / "data" / name / "utt2lang", utt2lang)
+        xv = {u: centres[lang] + rng.normal(0, 1.5, dim) for u, lang in utt2lang.items()}
+        logits = {u: rng.normal(0, 1, len(LANGS)) for u in utt2lang}
+        for u, lang in utt2lang.items():
+            if lang in LANGS:
+                logits[u][LANGS.index(lang)] += 2.0
+        _save_scp(system / "xvectors" / name, "xvector", xv)
+        _save_scp(system / "xvectors" / name, "logits", logits)
+        if name != "train":
+            trials = [Trial(t, u, t == lang) for u, lang in sorted(utt2lang.items()) for t in LANGS]
+            write_trials(root / "data" / name / "trials", trials)
+
+    make_set("train", LANGS, n_train)
+    make_set("task_full", LANGS, 10)
+    make_set("task_open", LANGS + ["xx"], 10)
+    return system
+
+
+def _cavg(root: Path, task: str, name: str, open_set: bool = False) -> float:
+    trials = root / "data" / task / "trials"
+    scores = read_scores(root / "exp" / "sys" / "scores" / name)
+    return challenge_cavg(align_trials(read_trials(trials), scores, trials), open_set).cavg
+
+
+def test_all_backends_write_olr_matrices(tmp_path):
+    system = make_system(tmp_path)
+    conf = BackendConfig(primary="lr", backends=["lr", "cosine", "classifier"])
+    written = score_system(system, tmp_path / "data", "train", ["task_full", "task_open"], conf)
+    names = sorted(p.name for p in written)
+    assert names == sorted(
+        f"{t}{b}.score" for t in ("task_full", "task_open") for b in ("", ".cosine", ".classifier")
+    )
+    s = read_scores(system / "scores" / "task_full.score")
+    assert s.languages == LANGS and s.utts == sorted(s.utts) and len(s.utts) == 30
+    lr = s.matrix
+    assert np.allclose(np.exp(lr).sum(axis=1), 1.0, atol=1e-4)  # log-posteriors
+    # well separated clusters: every back-end recognises the languages
+    for name in ("task_full.score", "task_full.cosine.score", "task_full.classifier.score"):
+        assert _cavg(tmp_path, "task_full", name) < 0.2, name
+    assert _cavg(tmp_path, "task_open", "task_open.score", open_set=True) < 0.3
+    assert load_backend_config(system / "scores" / "backend.yaml") == conf
+
+
+def test_lda_dimension_capped_by_languages():
+    rng = np.random.default_rng(0)
+    x, y = rng.normal(size=(60, 20)), np.repeat([0, 1, 2], 20)
+    z = EmbeddingProcessor(100).fit(x, y)(x)
+    assert z.shape == (60, 2)
+    assert np.allclose(np.linalg.norm(z, axis=1), np.sqrt(2))
+
+
+def test_missing_test_xvectors_error_or_skip(tmp_path):
+    system = make_system(tmp_path)
+    scp = system / "xvectors" / "task_full" / "xvector.scp"
+    lines = scp.read_text().splitlines(keepends=True)
+    scp.write_text("".join(lines[2:]))
+    conf = BackendConfig(backends=["lr"])
+    with pytest.raises(ApmError, match=r"no x-vector for 2 of 30 utterances.*--skip-bad"):
+        score_system(system, tmp_path / "data", "train", ["task_full"], conf)
+    score_system(system, tmp_path / "data", "train", ["task_full"], conf, skip_bad=True)
+    assert len(read_scores(system / "scores" / "task_full.score").utts) == 28
+
+
+def test_task_language_unknown_to_system(tmp_path):
+    system = make_system(tmp_path)
+    write_trials(tmp_path / "data" / "task_full" / "trials", [Trial("ko-kr", "u", True)])
+    with pytest.raises(ApmError, match=r"\['ko-kr'\] are not among the system's languages"):
+        score_system(system, tmp_path / "data", "train", ["task_full"], BackendConfig())
+
+
+def test_logits_size_mismatch(tmp_path):
+    system = make_system(tmp_path)
+    (system / "languages.txt").write_text("ja-jp\nru-ru\nzh-cn\nko-kr\n")
+    conf = BackendConfig(primary="classifier", backends=["classifier"])
+    with pytest.raises(ApmError, match="3 outputs per utterance but 4 languages"):
+        score_system(system, tmp_path / "data", "train", ["task_full"], conf)
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("backends: [lr, plda]\n", "unknown back-end"),
+        ("primary: cosine\nbackends: [lr]\n", "primary 'cosine' must be one of"),
+        ("lda_dim: many\n", "'lda_dim' must be a int"),
+        ("lr_cc: 1\n", r"unknown option\(s\) \['lr_cc'\]"),
+    ],
+)
+def test_bad_config(tmp_path, text, message):
+    (tmp_path / "b.yaml").write_text(text)
+    with pytest.raises(ApmError, match=message):
+        load_backend_config(tmp_path / "b.yaml")
+
+
+def test_recipe_conf_is_valid(repo_root):
+    conf = load_backend_config(repo_root / "egs/olr/conf/backend.yaml")
+    assert conf.primary == "lr" and set(conf.backends) == {"lr", "cosine", "classifier"}
+
+
+def test_score_step_script(tmp_path, repo_root, shell_env):
+    make_system(tmp_path)
+    r = subprocess.run(
+        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+         "--data", "data", "--train-set", "train", "exp/sys", "task_full", "task_open"],
+        cwd=tmp_path, env=shell_env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "exp/sys/scores/task_open.classifier.score").is_file()
+    assert (tmp_path / "exp/sys/log/score.log").is_file()
+    r = subprocess.run(
+        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+         "exp/sys", "task_nope"],
+        cwd=tmp_path, env=shell_env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 1 and "ERROR" in r.stderr and "task_nope/trials" in r.stderr
