@@ -1,0 +1,196 @@
+"""Stage 5: x-vectors and language-branch scores of a feature set from a trained system.
+
+For every cut (speed-perturbed copies `<utt>_sp<factor>` excepted: they only serve training)
+the features get the training-time preparation (`apm.train.data`: VAD, then CMN); an
+utterance with fewer than `extract.min_voiced_frames` voiced frames keeps all its frames
+instead (counted). An utterance longer than `extract.max_chunk_frames` is cut into the fewest
+equal-length chunks of at most that length, evenly spread (neighbours overlap by less than a
+chunk); the x-vector is the mean of the chunk x-vectors and the scores are the classifier's
+margin-free outputs on the mean of the chunk classifier inputs.
+
+Outputs in the set's directory under `exp/<system>/xvectors/<set>/`:
+  xvector.ark/scp   float32 [embed_dim] per utterance (the x-vector layer, `out.embedding`)
+  logits.ark/scp    float32 [num_languages] per utterance, in `languages.txt` order
+Under torchrun, process r embeds every N-th cut; process 0 merges the parts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import kaldiio
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from apm.losses import build_loss
+from apm.nnet import ModelOutput, build_model
+from apm.train import checkpoint
+from apm.train.data import (
+    is_speed_perturbed,
+    load_cut_features,
+    read_cuts,
+    read_scp,
+    subtract_mean,
+    voiced_mask,
+)
+from apm.train.dist import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
+from apm.utils.errors import ApmError
+
+log = logging.getLogger(__name__)
+
+OUTPUTS = ("xvector", "logits")
+
+
+@dataclass
+class ExtractJob:
+    exp_dir: Path
+    fbank_dir: Path
+    out_dir: Path
+    device: str = "auto"  # auto | cpu | cuda
+    model_file: str = "final.pt"  # inside exp_dir
+
+
+@dataclass
+class System:
+    model: torch.nn.Module
+    crit: torch.nn.Module
+    config: dict
+    languages: list[str]
+    feat_dim: int
+    device: torch.device
+
+
+def load_system(state: dict, device: torch.device) -> System:
+    """The trained model and loss of a `final.pt` state, in eval mode on `device`."""
+    cfg, meta = state["config"], state["meta"]
+    model = build_model(cfg["model"], meta["feat_dim"], meta["num_phones"])
+    crit = build_loss(cfg["loss"], model.embed_dim, len(meta["languages"]))
+    model.load_state_dict(state["model"])
+    crit.load_state_dict(state["crit"])
+    model.to(device).eval()
+    crit.to(device).eval()
+    return System(model, crit, cfg, meta["languages"], meta["feat_dim"], device)
+
+
+def chunk_starts(num_frames: int, max_chunk: int) -> tuple[np.ndarray, int]:
+    """Starts and common length of the fewest equal chunks of at most `max_chunk` frames
+    covering `num_frames` frames."""
+    count = math.ceil(num_frames / max_chunk)
+    length = math.ceil(num_frames / count)
+    return np.round(np.linspace(0, num_frames - length, count)).astype(np.int64), length
+
+
+@torch.no_grad()
+def embed(system: System, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(x-vector, language scores) of one utterance's prepared frames [T, F]."""
+    starts, length = chunk_starts(len(feats), system.config["extract"]["max_chunk_frames"])
+    chunks = np.stack([feats[s : s + length] for s in starts])
+    if system.config["train"]["cmn"] == "chunk":
+        chunks = chunks - chunks.mean(axis=1, keepdims=True)
+    x = torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float32)).to(system.device)
+    out = system.model(x, None, phones=False)
+    mean = ModelOutput(
+        embedding=out.embedding.float().mean(0, keepdim=True),
+        phone_logits=None,
+        classifier_input=out.classifier_input.float().mean(0, keepdim=True),
+    )
+    scores = system.crit.scores(mean)
+    return mean.embedding[0].cpu().numpy(), scores[0].float().cpu().numpy()
+
+
+def prepare_frames(cut, vad_table: dict, cmn: str, min_voiced: int) -> tuple[np.ndarray, bool]:
+    """VAD-kept frames of `cut` with utterance CMN; (frames, whether VAD had to be ignored)."""
+    feats = load_cut_features(cut)
+    keep = voiced_mask(cut.id, vad_table, len(feats))
+    unvoiced = int(keep.sum()) < min_voiced
+    if not unvoiced:
+        feats = feats[keep]
+    return subtract_mean(feats, cmn), unvoiced
+
+
+def write_vectors(out_dir: Path, name: str, vectors: dict[str, np.ndarray]) -> None:
+    """`<name>.ark` + `<name>.scp`, sorted by utterance, replacing any previous pair only once
+    both are complete. The scp names the ark by its path under `out_dir` as given."""
+    ark, scp = out_dir / f"{name}.ark", out_dir / f"{name}.scp"
+    tmp_ark, tmp_scp = out_dir / f".{name}.ark.tmp", out_dir / f".{name}.scp.tmp"
+    ordered = {k: vectors[k].astype(np.float32) for k in sorted(vectors)}
+    kaldiio.save_ark(str(tmp_ark), ordered, scp=str(tmp_scp))
+    lines = tmp_scp.read_text(encoding="utf-8").splitlines()
+    with open(tmp_scp, "w", encoding="utf-8") as f:
+        for line in lines:
+            key, _, where = line.partition(" ")
+            f.write(f"{key} {ark}:{where.rsplit(':', 1)[1]}\n")
+    os.replace(tmp_ark, ark)
+    os.replace(tmp_scp, scp)
+
+
+def _embed_cuts(
+    system: System, cuts: list, vad_table: dict, env: DistEnv
+) -> tuple[dict, dict, int]:
+    xvectors, logits, unvoiced = {}, {}, 0
+    ecfg, cmn = system.config["extract"], system.config["train"]["cmn"]
+    for cut in tqdm(cuts, desc="x-vectors", unit="utt", disable=not env.is_main):
+        feats, fell_back = prepare_frames(cut, vad_table, cmn, ecfg["min_voiced_frames"])
+        if feats.shape[1] != system.feat_dim:
+            raise ApmError(
+                f"cut {cut.id}: {feats.shape[1]}-dim features but the system was trained on "
+                f"{system.feat_dim}-dim ones; extract with the same feature config"
+            )
+        unvoiced += fell_back
+        xvectors[cut.id], logits[cut.id] = embed(system, feats)
+    return xvectors, logits, unvoiced
+
+
+def _merge_parts(out_dir: Path, world: int) -> None:
+    for name in OUTPUTS:
+        merged: dict[str, np.ndarray] = {}
+        for rank in range(world):
+            part = out_dir / f"{name}.part{rank}.scp"
+            merged.update({k: np.asarray(v) for k, v in kaldiio.load_scp(str(part)).items()})
+        write_vectors(out_dir, name, merged)
+        for rank in range(world):
+            for ext in ("ark", "scp"):
+                (out_dir / f"{name}.part{rank}.{ext}").unlink()
+
+
+def run_extraction(job: ExtractJob) -> dict:
+    """Embed every (not speed-perturbed) cut of `job.fbank_dir`; returns counts."""
+    start = time.perf_counter()
+    state = checkpoint.load(Path(job.exp_dir) / job.model_file)
+    env = init_distributed(job.device, state["config"]["extract"]["threads"])
+    try:
+        system = load_system(state, env.device)
+        cuts = sorted(read_cuts(job.fbank_dir), key=lambda c: c.id)
+        vad_table = read_scp(Path(job.fbank_dir) / "vad.scp", "VAD (vad.scp)")
+        kept = [c for c in cuts if not is_speed_perturbed(c.id)]
+        skipped = len(cuts) - len(kept)
+        if skipped:
+            log.info("skipping %d speed-perturbed cuts (training copies)", skipped)
+        if not kept:
+            raise ApmError(f"{job.fbank_dir}: no cut to embed")
+        xvectors, logits, unvoiced = _embed_cuts(
+            system, kept[env.rank :: env.world], vad_table, env
+        )
+        job.out_dir.mkdir(parents=True, exist_ok=True)
+        suffix = "" if env.world == 1 else f".part{env.rank}"
+        write_vectors(job.out_dir, f"xvector{suffix}", xvectors)
+        write_vectors(job.out_dir, f"logits{suffix}", logits)
+        barrier(env)
+        if env.world > 1 and env.is_main:
+            _merge_parts(job.out_dir, env.world)
+        counts = all_reduce_sum(torch.tensor([len(xvectors), unvoiced], device=env.device), env)
+        summary = {"embedded": int(counts[0]), "speed_perturbed_skipped": skipped,
+                   "vad_ignored": int(counts[1]), "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        if summary["vad_ignored"]:
+            log.warning("%d utterances had fewer than %d voiced frames: embedded all their frames",
+                        summary["vad_ignored"], system.config["extract"]["min_voiced_frames"])  # fmt: skip
+        log.info("%s: %s", job.out_dir, summary)
+        return summary
+    finally:
+        shutdown(env)

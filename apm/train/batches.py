@@ -1,0 +1,159 @@
+"""Chunk sampling: the plan of an epoch and the batches built from it.
+
+An epoch is planned in full from `(seed, epoch)` alone: the chunk length of every batch, and
+the utterance and start frame of every chunk. Batches are then pure functions of the plan, so
+training is reproducible whatever the number of DataLoader workers, and a resumed run replays
+exactly the epochs it missed. With N processes (DDP), process r takes chunks r, r+N, ... of
+every batch: `batch_size` is the global batch.
+
+An epoch draws as many chunks as the training frames hold (total frames / mean chunk length).
+Utterances are drawn in proportion to their number of frames, or, with `language_balanced`,
+each language equally often and, within it, in proportion to frames. A chunk starts uniformly
+within its utterance; an utterance shorter than the batch's chunk length is taken whole and
+padded with masked frames (phone label -1).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from apm.train.data import Corpus
+
+
+@dataclass
+class EpochPlan:
+    lengths: np.ndarray  # [num_batches] chunk length of each batch
+    utts: np.ndarray  # [num_batches, batch_size] corpus utterance index of each chunk
+    starts: np.ndarray  # [num_batches, batch_size] first frame of each chunk
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+
+def _utterance_probabilities(corpus: Corpus, pool: np.ndarray, balanced: bool) -> np.ndarray:
+    frames = corpus.lengths[pool].astype(np.float64)
+    if not balanced:
+        return frames / frames.sum()
+    langs = corpus.langs[pool]
+    per_lang = np.bincount(langs, weights=frames)
+    return frames / per_lang[langs] / np.count_nonzero(per_lang)
+
+
+def batches_per_epoch(corpus: Corpus, pool: np.ndarray, train_cfg: dict) -> int:
+    """Enough batches for the chunks to hold as many frames as the utterances of `pool`."""
+    mean_chunk = (train_cfg["chunk_min_frames"] + train_cfg["chunk_max_frames"]) / 2
+    total = int(corpus.lengths[pool].sum())
+    return max(1, round(total / mean_chunk / train_cfg["batch_size"]))
+
+
+def plan_epoch(
+    corpus: Corpus, pool: np.ndarray, train_cfg: dict, seed: int, epoch: int
+) -> EpochPlan:
+    """Plan epoch `epoch` (0-based) over the utterances `pool` of `corpus`."""
+    rng = np.random.default_rng([seed, 2, epoch])
+    num_batches = batches_per_epoch(corpus, pool, train_cfg)
+    batch = train_cfg["batch_size"]
+    lengths = rng.integers(train_cfg["chunk_min_frames"], train_cfg["chunk_max_frames"] + 1,
+                           size=num_batches)  # fmt: skip
+    probs = _utterance_probabilities(corpus, pool, train_cfg["language_balanced"])
+    utts = pool[rng.choice(len(pool), size=(num_batches, batch), p=probs)]
+    room = np.maximum(corpus.lengths[utts] - lengths[:, None] + 1, 1)
+    starts = np.floor(rng.random((num_batches, batch)) * room).astype(np.int64)
+    return EpochPlan(lengths=lengths, utts=utts, starts=starts)
+
+
+def gather(
+    corpus: Corpus, utts: np.ndarray, starts: np.ndarray, length: int, cmn: str
+) -> dict[str, torch.Tensor]:
+    """Chunks `[starts, starts + length)` of `utts`, padded (masked) where an utterance ends."""
+    valid = np.minimum(corpus.lengths[utts] - starts, length)
+    frame = np.arange(length)
+    mask = frame[None, :] < valid[:, None]
+    rows = np.where(mask, corpus.offsets[utts][:, None] + starts[:, None] + frame[None, :], 0)
+    feats = corpus.feats[rows]
+    feats[~mask] = 0.0
+    if cmn == "chunk":
+        feats -= feats.sum(axis=1, keepdims=True) / valid[:, None, None]
+        feats[~mask] = 0.0
+    batch = {
+        "feats": torch.from_numpy(feats),
+        "mask": torch.from_numpy(mask),
+        "langs": torch.from_numpy(corpus.langs[utts]),
+    }
+    if corpus.phones is not None:
+        batch["phones"] = torch.from_numpy(np.where(mask, corpus.phones[rows], -1))
+    return batch
+
+
+def spec_augment_masks(
+    num: int, length: int, dim: int, valid: np.ndarray, spec: dict, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """SpecAugment masks of `num` chunks: [num, dim] bins and [num, length] frames to zero."""
+
+    def spans(count: int, width: int, extent: np.ndarray, size: int) -> np.ndarray:
+        w = rng.integers(0, width + 1, size=(num, count))
+        s = np.floor(rng.random((num, count)) * np.maximum(extent[:, None] - w + 1, 1))
+        pos = np.arange(size)[None, :, None]
+        return ((pos >= s[:, None, :]) & (pos < (s + w)[:, None, :])).any(axis=2)
+
+    freq = spans(spec["freq_masks"], spec["freq_width"], np.full(num, dim), dim)
+    time = spans(spec["time_masks"], spec["time_width"], valid, length)
+    return freq, time
+
+
+class ChunkBatches(torch.utils.data.Dataset):
+    """The batches of one epoch plan, as seen by process `rank` of `world`."""
+
+    def __init__(
+        self,
+        corpus: Corpus,
+        plan: EpochPlan,
+        train_cfg: dict,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.corpus, self.plan, self.cfg = corpus, plan, train_cfg
+        self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
+
+    def __len__(self) -> int:
+        return len(self.plan)
+
+    def __getitem__(self, i: int) -> dict:
+        length = int(self.plan.lengths[i])
+        spec = self.cfg["specaugment"]
+        mine = slice(self.rank, None, self.world)
+        utts, starts = self.plan.utts[i], self.plan.starts[i]
+        batch = gather(self.corpus, utts[mine], starts[mine], length, self.cfg["cmn"])
+        if spec is not None:
+            # Drawn for the global batch, then sliced: the same masks for any process count.
+            rng = np.random.default_rng([self.seed, 3, self.epoch, i])
+            valid = np.minimum(self.corpus.lengths[utts] - starts, length)
+            dim = self.corpus.feat_dim
+            freq, time = spec_augment_masks(len(utts), length, dim, valid, spec, rng)
+            drop = torch.from_numpy(freq[mine][:, None, :] | time[mine][:, :, None])
+            batch["feats"].masked_fill_(drop, 0.0)
+        batch["utts"] = [self.corpus.ids[u] for u in utts[mine]]
+        return batch
+
+
+def validation_batches(
+    corpus: Corpus, pool: np.ndarray, train_cfg: dict
+) -> Iterator[dict[str, torch.Tensor]]:
+    """The central `chunk_max_frames` (or all) frames of each utterance in `pool`, batched by
+    length so that padding stays small."""
+    longest = train_cfg["chunk_max_frames"]
+    lengths = np.minimum(corpus.lengths[pool], longest)
+    order = np.argsort(lengths, kind="stable")
+    for first in range(0, len(order), train_cfg["batch_size"]):
+        rows = order[first : first + train_cfg["batch_size"]]
+        utts = pool[rows]
+        starts = (corpus.lengths[utts] - lengths[rows]) // 2
+        batch = gather(corpus, utts, starts, int(lengths[rows].max()), train_cfg["cmn"])
+        batch["utts"] = [corpus.ids[u] for u in utts]
+        yield batch

@@ -1,0 +1,150 @@
+"""System configuration (`conf/<system>.yaml`): sections, defaults of the `train` and `extract`
+sections, validation.
+
+The `model` and `loss` sections belong to `apm.nnet` and `apm.losses` (their MODEL_DEFAULTS and
+LOSS_DEFAULTS; values are checked when the model and loss are built); this module owns `train`
+and `extract`. Every key left out takes its default, and the resolved configuration (all keys
+of all sections, plus the seed) is what `exp/<system>/config.yaml` records.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from apm.losses import LOSS_DEFAULTS
+from apm.nnet import MODEL_DEFAULTS
+from apm.nnet import resolve_config as nnet_resolve
+from apm.utils.errors import ApmError
+
+SECTIONS = ("model", "loss", "train", "extract")
+
+SPECAUGMENT_DEFAULTS: dict[str, Any] = {
+    "freq_masks": 1,  # number of frequency bands zeroed per chunk
+    "freq_width": 6,  # widest band, in feature bins
+    "time_masks": 1,  # number of time spans zeroed per chunk
+    "time_width": 20,  # longest span, in frames
+}
+
+TRAIN_DEFAULTS: dict[str, Any] = {
+    "epochs": 10,
+    # Chunks per optimiser step over all processes together: N processes take every N-th chunk,
+    # so one config trains the same way on 1 or 8 devices.
+    "batch_size": 64,
+    "chunk_min_frames": 200,  # every batch has one chunk length drawn from [min, max]
+    "chunk_max_frames": 400,
+    # Utterances with fewer VAD-kept frames are skipped (and counted); longer ones that are
+    # still shorter than a batch's chunk length are padded with masked frames.
+    "min_utt_frames": 50,
+    "cmn": "utterance",  # utterance | chunk | none: mean subtraction over VAD-kept frames
+    "optimizer": "adam",  # adam | sgd
+    "lr": 1e-3,
+    "momentum": 0.9,  # sgd only
+    "weight_decay": 1e-5,
+    "warmup_epochs": 0.5,  # linear warm-up from lr/100
+    "lr_decay": "cosine",  # cosine | exponential | none, from lr down to lr * final_lr_ratio
+    "final_lr_ratio": 0.05,
+    "grad_clip": 5.0,  # max gradient norm; 0 disables
+    "language_balanced": False,  # draw languages uniformly instead of by amount of speech
+    "specaugment": None,  # null, or a mapping with keys of SPECAUGMENT_DEFAULTS
+    "valid_fraction": 0.05,  # utterances per language held out for validation
+    "average_last": 3,  # final.pt averages the last N epoch checkpoints
+    "amp": True,  # mixed precision on CUDA (ignored on CPU)
+    "num_workers": 0,  # DataLoader workers building batches (0: in the training process)
+    "threads": 0,  # torch CPU threads per process; 0: the cores divided by the processes
+    "log_interval": 20,  # steps between TensorBoard step scalars
+}
+
+EXTRACT_DEFAULTS: dict[str, Any] = {
+    # Longer utterances are cut into equal, overlapping-at-most-by-one-chunk pieces of at most
+    # this many frames; their embeddings are averaged.
+    "max_chunk_frames": 1000,
+    # With fewer VAD-kept frames than this, all frames are used (counted in the log).
+    "min_voiced_frames": 20,
+    "threads": 0,  # torch CPU threads per process; 0: the cores divided by the processes
+}
+
+CHOICES = {
+    "cmn": ("utterance", "chunk", "none"),
+    "optimizer": ("adam", "sgd"),
+    "lr_decay": ("cosine", "exponential", "none"),
+}
+
+
+def _check_keys(section: dict, defaults: dict, where: str) -> dict:
+    unknown = sorted(set(section) - set(defaults))
+    if unknown:
+        raise ApmError(f"{where}: unknown keys {unknown}; valid keys are {sorted(defaults)}")
+    merged = copy.deepcopy(defaults)
+    merged.update(section)
+    return merged
+
+
+def _check_train(train: dict, where: str) -> None:
+    for key, choices in CHOICES.items():
+        if train[key] not in choices:
+            raise ApmError(f"{where}: train.{key} is '{train[key]}'; choose one of {choices}")
+    positive = ("epochs", "batch_size", "chunk_min_frames", "lr", "average_last", "log_interval")
+    for key in positive:
+        if not isinstance(train[key], (int, float)) or train[key] <= 0:
+            raise ApmError(f"{where}: train.{key} must be a positive number, got {train[key]}")
+    if train["chunk_max_frames"] < train["chunk_min_frames"]:
+        raise ApmError(f"{where}: train.chunk_max_frames is below train.chunk_min_frames")
+    if not 0 < train["min_utt_frames"] <= train["chunk_max_frames"]:
+        raise ApmError(f"{where}: train.min_utt_frames must be in (0, chunk_max_frames]")
+    if not 0 <= train["valid_fraction"] < 0.5:
+        raise ApmError(f"{where}: train.valid_fraction must be in [0, 0.5)")
+    if train["specaugment"] is not None:
+        if not isinstance(train["specaugment"], dict):
+            raise ApmError(f"{where}: train.specaugment must be null or a mapping")
+        train["specaugment"] = _check_keys(
+            train["specaugment"], SPECAUGMENT_DEFAULTS, f"{where}: train.specaugment"
+        )
+
+
+def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
+    """Fill in the defaults of `train`/`extract`, validate them and record `seed`."""
+    if not isinstance(raw, dict):
+        raise ApmError(f"{where}: expected a mapping with sections {SECTIONS}")
+    unknown = sorted(set(raw) - set(SECTIONS) - {"seed"})
+    if unknown:
+        raise ApmError(f"{where}: unknown sections {unknown}; valid sections are {SECTIONS}")
+    for section in ("model", "loss"):
+        if not isinstance(raw.get(section), dict):
+            raise ApmError(f"{where}: missing section '{section}'")
+    try:
+        model = nnet_resolve(raw["model"], MODEL_DEFAULTS, "model")
+        loss = nnet_resolve(raw["loss"], LOSS_DEFAULTS, "loss")
+    except ApmError as e:
+        raise ApmError(f"{where}: {e}") from e
+    cfg = {
+        "model": model,
+        "loss": loss,
+        "train": _check_keys(raw.get("train") or {}, TRAIN_DEFAULTS, f"{where}: train"),
+        "extract": _check_keys(raw.get("extract") or {}, EXTRACT_DEFAULTS, f"{where}: extract"),
+    }
+    _check_train(cfg["train"], where)
+    if cfg["extract"]["max_chunk_frames"] < cfg["train"]["chunk_min_frames"]:
+        raise ApmError(f"{where}: extract.max_chunk_frames is below train.chunk_min_frames")
+    cfg["seed"] = int(seed if seed is not None else raw.get("seed", 0))
+    return cfg
+
+
+def load_config(path: str | os.PathLike, seed: int | None = None) -> dict:
+    """Read and resolve a system YAML; `seed` (from the command line) overrides the file's."""
+    path = Path(path)
+    if not path.is_file():
+        raise ApmError(f"{path}: system config not found")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ApmError(f"{path}: not valid YAML: {e}") from e
+    return resolve_config(raw, str(path), seed)
+
+
+def dump_config(cfg: dict) -> str:
+    return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)

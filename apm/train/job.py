@@ -1,0 +1,166 @@
+"""Stage 4 as a function: train one system into `exp/<system>/`.
+
+Layout of the experiment directory:
+  config.yaml          the resolved configuration (every key, and the seed)
+  languages.txt        training languages, one per line: the class order of the classifier
+  phones.txt           copy of the alignment's phone table (with a phone branch)
+  checkpoints/epoch_<N>.pt   after every epoch, atomically (resume point)
+  final.pt             average of the last `train.average_last` epoch checkpoints
+  train_log.jsonl      one record per epoch (losses, accuracies, margins, confidences, lr)
+  train_curves.png     the curves of train_log.jsonl
+  tensorboard/         the same as TensorBoard scalars, plus per-step loss and lr
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from apm.train import checkpoint
+from apm.train.config import dump_config
+from apm.train.data import load_corpus, split_validation
+from apm.train.dist import DistEnv, barrier, init_distributed, shutdown
+from apm.train.monitor import Monitor, plot_curves, write_history
+from apm.train.trainer import Trainer
+from apm.utils.errors import ApmError
+from apm.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+# Keys that change how fast a run goes, not what it computes: a resumed run may change them.
+RUNTIME_KEYS = ("num_workers", "threads", "log_interval")
+OUTPUTS = ("checkpoints", "final.pt", "train_log.jsonl", "train_curves.png", "tensorboard")
+
+
+@dataclass
+class TrainJob:
+    config: dict  # resolved (apm.train.config.load_config)
+    fbank_dir: Path
+    exp_dir: Path
+    ali_dir: Path | None = None
+    resume: bool = True  # continue from the last epoch checkpoint; False starts over
+    skip_unaligned: bool = False  # skip (and count) cuts without an alignment
+    device: str = "auto"  # auto | cpu | cuda
+
+
+def _comparable(cfg: dict) -> dict:
+    train = {k: v for k, v in cfg["train"].items() if k not in RUNTIME_KEYS}
+    return {"model": cfg["model"], "loss": cfg["loss"], "train": train, "seed": cfg["seed"]}
+
+
+def prepare_exp_dir(job: TrainJob) -> None:
+    """Check that a resumed run trains the same system; start over without resume."""
+    exp = job.exp_dir
+    saved = exp / "config.yaml"
+    if job.resume and checkpoint.list_checkpoints(exp) and saved.is_file():
+        old = yaml.safe_load(saved.read_text(encoding="utf-8"))
+        if _comparable(old) != _comparable(job.config):
+            raise ApmError(
+                f"{saved}: {exp} holds checkpoints of another configuration or seed; "
+                "train into a new directory, or pass --resume false to start over"
+            )
+    if not job.resume:
+        for name in OUTPUTS:
+            path = exp / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    exp.mkdir(parents=True, exist_ok=True)
+    with atomic_write(saved, encoding="utf-8") as f:
+        f.write(dump_config(job.config))
+
+
+def _write_inventories(job: TrainJob, languages: list[str]) -> None:
+    with atomic_write(job.exp_dir / "languages.txt", encoding="utf-8") as f:
+        f.write("".join(f"{lang}\n" for lang in languages))
+    if job.ali_dir is not None:
+        with atomic_write(job.exp_dir / "phones.txt", encoding="utf-8") as f:
+            f.write((job.ali_dir / "phones.txt").read_text(encoding="utf-8"))
+
+
+def _alignment_dir(job: TrainJob) -> Path | None:
+    if not job.config["model"]["phone_branch"]:
+        if job.ali_dir is not None:
+            log.info("model has no phone branch: alignments in %s are not used", job.ali_dir)
+        return None
+    if job.ali_dir is None:
+        raise ApmError(
+            "the model has a phone branch (model.phone_branch true) but no --ali-dir was "
+            "given; pass the alignment directory of stage 3"
+        )
+    return job.ali_dir
+
+
+def _resume(trainer: Trainer, job: TrainJob) -> None:
+    found = checkpoint.list_checkpoints(job.exp_dir) if job.resume else {}
+    if found:
+        last = list(found)[-1]
+        trainer.load_state(checkpoint.load(found[last]), str(found[last]))
+        log.info("resuming after epoch %d (%s)", last, found[last])
+
+
+def _train_epochs(trainer: Trainer, job: TrainJob, env: DistEnv) -> None:
+    epochs = job.config["train"]["epochs"]
+    monitor = Monitor(job.exp_dir, trainer.epoch * trainer.steps_per_epoch, env.is_main)
+    try:
+        while trainer.epoch < epochs:
+            record = trainer.run_epoch(monitor)
+            if env.is_main:
+                path = checkpoint.checkpoint_dir(job.exp_dir) / f"epoch_{trainer.epoch}.pt"
+                checkpoint.save(path, trainer.state())
+                write_history(job.exp_dir, trainer.history)
+                monitor.epoch(record, trainer.epoch * trainer.steps_per_epoch)
+                plot_curves(trainer.history, job.exp_dir / "train_curves.png")
+                _log_record(record)
+            barrier(env)
+    finally:
+        monitor.close()
+
+
+def _log_record(r: dict) -> None:
+    def fmt(split: dict) -> str:
+        phone = f", phone acc {split['phone_acc']:.3f}" if "phone_acc" in split else ""
+        return f"loss {split['loss']:.3f}, lang acc {split['lang_acc']:.3f}{phone}"
+
+    valid = f"; valid {fmt(r['valid'])}" if "valid" in r else ""
+    log.info("epoch %d: train %s%s; %.0f frames/s, %.1f s", r["epoch"], fmt(r["train"]), valid,
+             r["frames_per_second"], r["seconds"])  # fmt: skip
+
+
+def run_training(job: TrainJob) -> Path:
+    """Train (or resume) the system of `job`; returns the path of `final.pt`."""
+    env = init_distributed(job.device, job.config["train"]["threads"])
+    try:
+        if env.is_main:
+            prepare_exp_dir(job)
+        barrier(env)
+        tcfg = job.config["train"]
+        corpus = load_corpus(job.fbank_dir, _alignment_dir(job), cmn=tcfg["cmn"],
+                             min_utt_frames=tcfg["min_utt_frames"],
+                             skip_unaligned=job.skip_unaligned)  # fmt: skip
+        if env.is_main:
+            _write_inventories(job, corpus.languages)
+        train_pool, valid_pool = split_validation(
+            corpus, tcfg["valid_fraction"], job.config["seed"]
+        )
+        log.info("%d training and %d validation utterances, %d languages, %d phones, %d frames",
+                 len(train_pool), len(valid_pool), len(corpus.languages), corpus.num_phones,
+                 int(corpus.lengths[train_pool].sum()))  # fmt: skip
+        trainer = Trainer(job.config, corpus, train_pool, valid_pool, job.exp_dir, env)
+        _resume(trainer, job)
+        _train_epochs(trainer, job, env)
+        final = job.exp_dir / "final.pt"
+        if env.is_main:
+            final = checkpoint.write_final(job.exp_dir, tcfg["average_last"])
+            write_history(job.exp_dir, trainer.history)
+            plot_curves(trainer.history, job.exp_dir / "train_curves.png")
+            log.info("wrote %s", final)
+        barrier(env)
+        return final
+    finally:
+        shutdown(env)

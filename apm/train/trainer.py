@@ -1,0 +1,281 @@
+"""The training loop: one optimiser step per planned batch, validation, checkpoints.
+
+Reproducibility: the model is initialised from the seed, every batch is a function of
+(seed, epoch, batch index) (`apm.train.batches`), and a checkpoint stores the model, loss,
+optimiser, LR scheduler, grad scaler and RNG states. A run resumed from epoch N's checkpoint
+therefore computes the same weights as a run that was never interrupted (bit for bit on CPU).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from tqdm import tqdm
+
+from apm.losses import LossOutput, build_loss
+from apm.nnet import ModelOutput, build_model
+from apm.train.batches import ChunkBatches, batches_per_epoch, plan_epoch, validation_batches
+from apm.train.data import Corpus
+from apm.train.dist import DistEnv, all_reduce_sum
+from apm.train.monitor import EpochMetrics, Monitor
+from apm.utils.errors import ApmError
+from apm.utils.io import atomic_write
+
+log = logging.getLogger(__name__)
+
+
+class MultiTaskNet(nn.Module):
+    """Model and loss as one module, so DDP synchronises the classifier weights too."""
+
+    def __init__(self, model: nn.Module, crit: nn.Module) -> None:
+        super().__init__()
+        self.model, self.crit = model, crit
+
+    def forward(
+        self,
+        feats: torch.Tensor,
+        mask: torch.Tensor,
+        langs: torch.Tensor,
+        phones: torch.Tensor | None,
+    ) -> tuple[ModelOutput, LossOutput]:
+        out = self.model(feats, mask)
+        return out, self.crit(out, langs, phones, mask)
+
+
+class LrSchedule:
+    """LR factor per step: linear warm-up from 1/100, then cosine or exponential decay down to
+    `final_lr_ratio` at the last step (or constant with `lr_decay: none`)."""
+
+    def __init__(self, train_cfg: dict, steps_per_epoch: int) -> None:
+        self.total = train_cfg["epochs"] * steps_per_epoch
+        self.warmup = round(train_cfg["warmup_epochs"] * steps_per_epoch)
+        self.decay = train_cfg["lr_decay"]
+        self.final = train_cfg["final_lr_ratio"]
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return 0.01 + 0.99 * step / self.warmup
+        progress = min(1.0, (step - self.warmup) / max(1, self.total - self.warmup))
+        if self.decay == "cosine":
+            return self.final + (1 - self.final) * 0.5 * (1 + math.cos(math.pi * progress))
+        if self.decay == "exponential":
+            return self.final**progress
+        return 1.0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(),
+             "torch": torch.get_rng_state()}  # fmt: skip
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Model + loss + optimiser over a loaded corpus, for one process of `env`."""
+
+    def __init__(
+        self,
+        cfg: dict,
+        corpus: Corpus,
+        train_pool: np.ndarray,
+        valid_pool: np.ndarray,
+        exp_dir: str | os.PathLike,
+        env: DistEnv,
+    ) -> None:
+        self.cfg, self.tcfg, self.seed = cfg, cfg["train"], cfg["seed"]
+        self.corpus, self.train_pool, self.valid_pool = corpus, train_pool, valid_pool
+        self.exp_dir, self.env = Path(exp_dir), env
+        seed_everything(self.seed)
+        self.model = build_model(cfg["model"], corpus.feat_dim, corpus.num_phones)
+        self.crit = build_loss(cfg["loss"], self.model.embed_dim, len(corpus.languages))
+        self.net = MultiTaskNet(self.model, self.crit).to(env.device)
+        self.ddp: nn.Module = self.net
+        if env.world > 1:
+            ids = [env.device.index] if env.device.type == "cuda" else None
+            self.ddp = DistributedDataParallel(self.net, device_ids=ids)
+        self.steps_per_epoch = batches_per_epoch(corpus, train_pool, self.tcfg)
+        self.optimizer = self._optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, LrSchedule(self.tcfg, self.steps_per_epoch)
+        )
+        cuda = env.device.type == "cuda"
+        self.amp_dtype = None
+        if self.tcfg["amp"] and cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+
+    @property
+    def meta(self) -> dict:
+        return {"languages": self.corpus.languages, "num_phones": self.corpus.num_phones,
+                "feat_dim": self.corpus.feat_dim}  # fmt: skip
+
+    def _optimizer(self) -> torch.optim.Optimizer:
+        params, t = self.net.parameters(), self.tcfg
+        if t["optimizer"] == "sgd":
+            return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
+                                   weight_decay=t["weight_decay"], nesterov=True)  # fmt: skip
+        return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
+
+    def state(self) -> dict:
+        """Everything a resumed run needs (checkpoint contents)."""
+        return {
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "crit": self.crit.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "history": self.history,
+            "config": self.cfg,
+            "meta": self.meta,
+        }
+
+    def load_state(self, state: dict, source: str) -> None:
+        if state["meta"] != self.meta:
+            raise ApmError(
+                f"{source}: saved for languages/phones/feature dim {state['meta']}, but the data "
+                f"now gives {self.meta}; train into a new directory or pass --resume false"
+            )
+        self.model.load_state_dict(state["model"])
+        self.crit.load_state_dict(state["crit"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.history = state["epoch"], state["history"]
+
+    def _batches(self, epoch: int):
+        plan = plan_epoch(self.corpus, self.train_pool, self.tcfg, self.seed, epoch)
+        data = ChunkBatches(self.corpus, plan, self.tcfg, self.seed, epoch, self.env.rank,
+                            self.env.world)  # fmt: skip
+        if self.tcfg["num_workers"] == 0:
+            return (data[i] for i in range(len(data)))
+        return torch.utils.data.DataLoader(
+            data, batch_size=None, num_workers=self.tcfg["num_workers"],
+            pin_memory=self.env.device.type == "cuda",
+        )  # fmt: skip
+
+    def _to_device(self, batch: dict) -> dict:
+        return {k: v.to(self.env.device, non_blocking=True) if torch.is_tensor(v) else v
+                for k, v in batch.items()}  # fmt: skip
+
+    def _forward(self, batch: dict, net: nn.Module) -> tuple[ModelOutput, LossOutput]:
+        with torch.autocast(self.env.device.type, dtype=self.amp_dtype,
+                            enabled=self.amp_dtype is not None):  # fmt: skip
+            return net(batch["feats"], batch["mask"], batch["langs"], batch.get("phones"))
+
+    def _check_finite(self, loss: torch.Tensor, batch: dict, step: int) -> None:
+        """Stop every process when any of them got a non-finite loss, saving the utterance ids
+        of the offending batch (one file per process that saw it)."""
+        bad_here = not bool(torch.isfinite(loss.detach()))
+        flag = torch.tensor([float(bad_here)], device=self.env.device)
+        if all_reduce_sum(flag, self.env).item() == 0:
+            return
+        name = "nan_batch.txt" if self.env.world == 1 else f"nan_batch.rank{self.env.rank}.txt"
+        path = self.exp_dir / name
+        if bad_here:
+            with atomic_write(path, encoding="utf-8") as f:
+                f.write("\n".join(batch["utts"]) + "\n")
+            raise ApmError(
+                f"non-finite loss ({loss.item()}) at epoch {self.epoch + 1}, step {step}; the "
+                f"batch's utterances are listed in {path}: check their features and "
+                "alignments, or lower train.lr; rerun resumes from the last checkpoint"
+            )
+        raise ApmError(
+            f"another process got a non-finite loss at epoch {self.epoch + 1}, step {step}; "
+            f"see {self.exp_dir}/nan_batch.rank*.txt"
+        )
+
+    def train_step(self, batch: dict, step: int) -> tuple[ModelOutput, LossOutput]:
+        self.optimizer.zero_grad(set_to_none=True)
+        out, res = self._forward(batch, self.ddp)
+        self._check_finite(res.loss, batch, step)
+        self.scaler.scale(res.loss).backward()
+        if self.tcfg["grad_clip"] > 0:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.tcfg["grad_clip"])
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return out, res
+
+    def train_epoch(self, monitor: Monitor | None = None) -> dict:
+        """Train one epoch (the next one); returns the epoch's train metrics."""
+        epoch, steps = self.epoch, self.steps_per_epoch
+        metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
+        self.net.train()
+        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}", unit="batch",
+                   disable=not self.env.is_main, leave=False)  # fmt: skip
+        for i, batch in enumerate(self._batches(epoch)):
+            self.crit.set_epoch(epoch + i / steps)
+            batch = self._to_device(batch)
+            out, res = self.train_step(batch, i)
+            with torch.no_grad():
+                metrics.add(res, self.crit.scores(out), out.phone_logits, batch)
+            bar.update()
+            if (i + 1) % self.tcfg["log_interval"] == 0:
+                loss = res.loss.item()
+                bar.set_postfix(loss=f"{loss:.3f}")
+                if monitor is not None:
+                    lr = self.scheduler.get_last_lr()[0]
+                    margin = self.crit.classifier.margin
+                    monitor.step(epoch * steps + i + 1, loss, lr, margin)
+        bar.close()
+        self.epoch += 1
+        return metrics.summary(self.env, self.corpus.languages)
+
+    @torch.no_grad()
+    def validate(self) -> dict | None:
+        """Loss and accuracies on the held-out utterances (None without any)."""
+        if len(self.valid_pool) == 0:
+            return None
+        metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
+        self.net.eval()
+        mine = self.valid_pool[self.env.rank :: self.env.world]
+        for batch in validation_batches(self.corpus, mine, self.tcfg):
+            batch = self._to_device(batch)
+            out, res = self._forward(batch, self.net)
+            metrics.add(res, self.crit.scores(out), out.phone_logits, batch)
+        self.net.train()
+        return metrics.summary(self.env, self.corpus.languages)
+
+    def run_epoch(self, monitor: Monitor | None = None) -> dict:
+        """Train and validate the next epoch; append and return its record."""
+        start = time.perf_counter()
+        train = self.train_epoch(monitor)
+        seconds = time.perf_counter() - start
+        record = {"epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0], "train": train,
+                  "seconds": round(seconds, 2),
+                  "frames_per_second": round(train["frames"] / seconds)}  # fmt: skip
+        valid = self.validate()
+        if valid is not None:
+            record["valid"] = valid
+        self.history.append(record)
+        return record
