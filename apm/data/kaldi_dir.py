@@ -189,7 +189,7 @@ def read_kaldi_dir(
     )
     kd.wav = {kd.recording_of(u): resolved[kd.recording_of(u)] for u in good}
     if (path / "trials").is_file():
-        langs = train_languages if train_languages is not None else set(kd.languages)
+        langs = train_languages if train_languages is not None else set(utt2lang.values())
         kd.trials = _checked_trials(path / "trials", kd, bad, langs)
     return kd
 

@@ -63,8 +63,11 @@ class SetSummary:
 
 
 def write_manifest(path: str | os.PathLike, items: Iterable) -> None:
-    """Write lhotse manifest items as jsonl.gz, byte-for-byte reproducible (gzip mtime 0)."""
-    with atomic_write(path, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz:
+    """Write lhotse manifest items as jsonl.gz, byte-for-byte reproducible (no name or mtime in the gzip header)."""
+    with (
+        atomic_write(path, "wb") as raw,
+        gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as gz,
+    ):
         for item in items:
             gz.write((json.dumps(item.to_dict(), ensure_ascii=False) + "\n").encode("utf-8"))
 

@@ -106,7 +106,9 @@ def run_job(job: Job) -> dict:
             audio = cut.load_audio()[0]
         except Exception as e:  # any decoder/pipe failure: lhotse raises many types
             source = cut.recording.sources[0].source
-            what = f"cannot load audio ({type(e).__name__}: {e})"
+            # lhotse's message lists every backend tried; its first line says what failed.
+            first = (str(e).splitlines() or [""])[0][:300]
+            what = f"cannot load audio ({type(e).__name__}: {first})"
             if not job.skip_bad:
                 raise ApmError(
                     f"utterance {cut.id} ({source}): {what}; fix or remove it, or rerun with "
@@ -146,6 +148,8 @@ def _prepare(set_dir: Path, signature: str) -> bool:
     work done for the same inputs and config (anything else is removed)."""
     config = set_dir / CONFIG
     if config.is_file() and config.read_text().strip() == signature:
+        for stale in (set_dir / "jobs").glob(".*.tmp"):  # left by a killed run
+            stale.unlink()
         return (set_dir / DONE).is_file()
     if set_dir.exists():
         log.info("%s: inputs or config changed, recomputing the set", set_dir)
@@ -189,7 +193,10 @@ def _merge(set_dir: Path, n_jobs: int) -> dict:
             for j in range(1, n_jobs + 1):
                 f.write((jobs / f"{stem}.{j}.scp").read_text(encoding="utf-8"))
     with atomic_path(set_dir / "cuts.jsonl.gz") as tmp:
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as out:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", fileobj=raw, mode="wb", mtime=0) as out,
+        ):
             for j in range(1, n_jobs + 1):
                 with gzip.open(jobs / f"cuts.{j}.jsonl.gz", "rb") as part:
                     shutil.copyfileobj(part, out)

@@ -27,8 +27,8 @@ def _need(path: Path) -> Path:
 
 
 def load_cuts(fbank_dir: str | os.PathLike) -> CutSet:
-    """The set's cuts with features attached (`cut.load_features()`), in job order."""
-    return CutSet.from_file(_need(Path(fbank_dir) / "cuts.jsonl.gz"))
+    """The set's cuts (eager, indexable by id) with features: `cut.load_features()`."""
+    return CutSet.from_file(_need(Path(fbank_dir) / "cuts.jsonl.gz")).to_eager()
 
 
 def load_feats(fbank_dir: str | os.PathLike) -> Mapping[str, np.ndarray]:

@@ -1,0 +1,116 @@
+"""Stage 0 (--olr-root): Kaldi data dir validation and import."""
+
+import pytest
+
+from apm.data.kaldi_dir import read_kaldi_dir
+from apm.data.olr import import_olr
+from apm.data.toy import make_toy_corpus
+from apm.utils import ApmError, read_kv
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    return make_toy_corpus(tmp_path / "olr", {"train": 1, "test": 1}, seconds=(0.8, 1.0))
+
+
+def _edit(path, drop=None, add=""):
+    lines = [ln for ln in path.read_text().splitlines(keepends=True) if not drop or drop not in ln]
+    path.write_text("".join(lines) + add)
+
+
+def test_import_writes_sorted_dirs_with_absolute_paths(corpus, tmp_path):
+    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"])
+    assert [len(d.utt2lang) for d in dirs] == [6, 6]
+    wav = read_kv(tmp_path / "data/test/wav.scp")
+    assert all(v.startswith(str(corpus)) and v.endswith(".wav") for v in wav.values())
+    assert (tmp_path / "data/test/trials").read_text() == (corpus / "test/trials").read_text()
+    spk2utt = read_kv(tmp_path / "data/train/spk2utt")
+    assert sorted(u for v in spk2utt.values() for u in v.split()) == sorted(dirs[0].utt2lang)
+
+
+def test_missing_language_names_utterance_and_file(corpus, tmp_path):
+    utt = "train-spk0-ru-ru-000"
+    _edit(corpus / "train/utt2lang", drop=utt)
+    with pytest.raises(ApmError) as e:
+        import_olr(corpus, tmp_path / "data", ["train", "test"])
+    msg = str(e.value)
+    assert utt in msg and "utt2lang" in msg and "has no language" in msg and "--skip-bad" in msg
+    assert not (tmp_path / "data").exists(), "nothing is written when a set fails"
+
+
+def test_duplicate_ids_are_errors_or_skipped(corpus, tmp_path):
+    utt = "train-spk1-zh-cn-000"
+    _edit(corpus / "train/utt2spk", add=f"{utt} train-spk0\n")
+    with pytest.raises(ApmError, match=f"{utt}.*utt2spk.*more than once"):
+        import_olr(corpus, tmp_path / "data", ["train", "test"])
+    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"], skip_bad=True)
+    assert utt not in dirs[0].utt2lang and len(dirs[0].skipped) == 1
+    assert utt not in read_kv(tmp_path / "data/train/utt2spk")
+    assert utt in (tmp_path / "data/train/skipped").read_text()
+
+
+def test_missing_audio_file_and_wav_entry(corpus, tmp_path):
+    (corpus / "wav/test-spk0-ja-jp-000.wav").unlink()
+    _edit(corpus / "test/wav.scp", drop="test-spk1-ja-jp-000")
+    with pytest.raises(ApmError) as e:
+        read_kaldi_dir(corpus / "test", audio_bases=[corpus])
+    assert "test-spk0-ja-jp-000" in str(e.value) and "not found" in str(e.value)
+    assert "test-spk1-ja-jp-000" in str(e.value) and "no audio" in str(e.value)
+    kd = read_kaldi_dir(corpus / "test", audio_bases=[corpus], skip_bad=True)
+    assert len(kd.skipped) == 2 and len(kd.utt2lang) == 4
+    assert all(t.utt in kd.utt2lang for t in kd.trials), "trials of skipped utterances go too"
+
+
+def test_spk2utt_must_agree_with_utt2spk(corpus):
+    text = (corpus / "train/spk2utt").read_text()
+    (corpus / "train/spk2utt").write_text(text.replace("train-spk1", "train-spkX"))
+    with pytest.raises(ApmError, match="spk2utt disagrees"):
+        read_kaldi_dir(corpus / "train", audio_bases=[corpus])
+
+
+def test_trials_checked_against_utterances_and_training_languages(corpus, tmp_path):
+    _edit(corpus / "test/trials", add="zh-cn nosuchutt nontarget\n")
+    with pytest.raises(ApmError, match="nosuchutt.*not in"):
+        import_olr(corpus, tmp_path / "data", ["train", "test"])
+    _edit(corpus / "test/trials", drop="nosuchutt", add="ko-kr test-spk0-ja-jp-000 nontarget\n")
+    with pytest.raises(ApmError, match="language ko-kr.*training set does not have"):
+        import_olr(corpus, tmp_path / "data", ["train", "test"])
+    _edit(corpus / "test/trials", drop="ko-kr")
+    text = (corpus / "test/trials").read_text()
+    (corpus / "test/trials").write_text(
+        text.replace("ja-jp test-spk0-ja-jp-000 target", "ja-jp test-spk0-ja-jp-000 nontarget")
+    )
+    with pytest.raises(ApmError, match="labelled nontarget but utt2lang says ja-jp"):
+        import_olr(corpus, tmp_path / "data", ["train", "test"])
+
+
+def test_open_set_utterances_of_unknown_languages_are_nontarget_only(corpus, tmp_path):
+    utt = "test-spk0-ja-jp-000"
+    text = (corpus / "test/utt2lang").read_text()
+    (corpus / "test/utt2lang").write_text(text.replace(f"{utt} ja-jp", f"{utt} uz-uz"))
+    text = (corpus / "test/trials").read_text()
+    (corpus / "test/trials").write_text(
+        text.replace(f"ja-jp {utt} target", f"ja-jp {utt} nontarget")
+    )
+    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"])
+    assert dirs[1].utt2lang[utt] == "uz-uz"
+    assert not any(t.is_target for t in dirs[1].trials if t.utt == utt)
+
+
+def test_segments_are_validated(corpus, tmp_path):
+    seg = "".join(
+        f"{u}-a {u} 0.0 0.4\n{u}-b {u} 0.4 0.8\n" for u in read_kv(corpus / "train/wav.scp")
+    )
+    (corpus / "train/segments").write_text(seg + "bad-seg x 0.5 0.2\n")
+    utts = {s.split()[0]: s.split()[1] for s in seg.splitlines()}
+    langs = read_kv(corpus / "train/utt2lang")
+    for name, mapping in [("utt2spk", "train-spk0"), ("utt2lang", None)]:
+        (corpus / f"train/{name}").write_text(
+            "".join(f"{u} {mapping or langs[r]}\n" for u, r in sorted(utts.items()))
+        )
+    (corpus / "train/spk2utt").unlink()
+    with pytest.raises(ApmError, match="bad-seg.*bad segment"):
+        read_kaldi_dir(corpus / "train", audio_bases=[corpus])
+    kd = read_kaldi_dir(corpus / "train", audio_bases=[corpus], skip_bad=True)
+    assert len(kd.utt2lang) == 12 and len(kd.wav) == 6
+    assert kd.recording_of("train-spk0-zh-cn-000-b") == "train-spk0-zh-cn-000"
