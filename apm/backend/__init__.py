@@ -3,7 +3,7 @@ and the network's own classifier outputs, written as OLR matrix score files."""
 
 from apm.backend.config import BACKENDS, BackendConfig, load_backend_config
 from apm.backend.models import CosineBackend, EmbeddingProcessor, LogisticBackend
-from apm.backend.scoring import read_languages, score_system
+from apm.backend.scoring import score_system
 
 __all__ = [
     "BACKENDS",
@@ -12,6 +12,5 @@ __all__ = [
     "EmbeddingProcessor",
     "LogisticBackend",
     "load_backend_config",
-    "read_languages",
     "score_system",
 ]

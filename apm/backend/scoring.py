@@ -22,22 +22,12 @@ import yaml
 from apm.backend.config import BackendConfig
 from apm.backend.models import CosineBackend, EmbeddingProcessor, LogisticBackend, classifier_scores
 from apm.data.trials import read_trials
+from apm.metrics.languages import read_languages
 from apm.metrics.scorefile import write_matrix
 from apm.metrics.trialscores import format_ids
 from apm.utils import ApmError, atomic_write, read_kv
 
 log = logging.getLogger(__name__)
-
-
-def read_languages(system_dir: str | os.PathLike) -> list[str]:
-    """The system's class order, one language per line of `languages.txt`."""
-    path = Path(system_dir) / "languages.txt"
-    if not path.is_file():
-        raise ApmError(f"{path}: not found; train the system first (stage 4)")
-    langs = path.read_text(encoding="utf-8").split()
-    if len(langs) < 2 or len(set(langs)) != len(langs):
-        raise ApmError(f"{path}: expected at least 2 distinct languages, got {langs}")
-    return langs
 
 
 def load_vectors(

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Stage 7: metrics and report of the given systems (python -m apm.bin.report).
+set -euo pipefail
+
+help_message="Usage: $0 [options] <exp-dir> <system> [<system> ...]
+For each system with scores: <exp-dir>/<system>/results.json, results.md, plots/det.png and
+plots/confusion_<task>.png; then --output gathers all systems in one table (Cavg / EER%).
+Example: $0 --data data --test-sets \"task_full task_open\" --output RESULTS.md exp apm_am am"
+
+data=data             # directory holding the Kaldi data dirs (trials, utt2lang)
+test_sets=            # tasks to report, space separated (required)
+output=RESULTS.md     # the table gathering all systems
+
+. "$(dirname "$0")/../path.sh"
+. "$(dirname "$0")/../utils/parse_options.sh"
+
+if [ $# -lt 2 ] || [ -z "$test_sets" ]; then
+  echo "$help_message" >&2
+  exit 1
+fi
+exp_dir=$1
+shift
+
+python -m apm.bin.report --data "$data" --test-sets "$test_sets" --output "$output" "$exp_dir" "$@"
