@@ -23,7 +23,7 @@ import os
 import shutil
 import signal
 import time
-from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,18 +161,24 @@ def _prepare(set_dir: Path, signature: str) -> bool:
 
 
 def _run_jobs(todo: list[Job], nj: int, total: int, done: int) -> None:
-    """Run `todo` on `nj` processes with a progress bar over cuts; the first error cancels
-    the rest. The crash hook (env APM_FBANK_CRASH_AFTER_JOBS=N) SIGKILLs this process after
-    N jobs, to test that a killed run resumes."""
+    """Run `todo` on `nj` processes, at most `nj` jobs in flight, with a progress bar over
+    cuts; the first error stops the rest. Test hook: with APM_FBANK_CRASH_AFTER_JOBS=N in the
+    environment this process SIGKILLs itself (and so its workers) after N finished jobs."""
     crash_after = int(os.environ.get(CRASH_ENV, "0"))
-    bar = tqdm(total=total, initial=done, desc="fbank", unit="cut", mininterval=2)
-    with ProcessPoolExecutor(max_workers=nj, initializer=_die_with_parent) as ex:
-        pending = {ex.submit(run_job, job): job for job in todo}
-        finished = 0
-        while pending:
-            done_now, _ = wait(pending, return_when=FIRST_EXCEPTION)
-            for fut in done_now:
-                job = pending.pop(fut)
+    queue = list(reversed(todo))
+    finished = 0
+    with (
+        tqdm(total=total, initial=done, desc="fbank", unit="cut", mininterval=2) as bar,
+        ProcessPoolExecutor(max_workers=nj, initializer=_die_with_parent) as ex,
+    ):
+        running = {}
+        while queue or running:
+            while queue and len(running) < nj:
+                job = queue.pop()
+                running[ex.submit(run_job, job)] = job
+            completed, _ = wait(running, return_when=FIRST_COMPLETED)
+            for fut in completed:
+                job = running.pop(fut)
                 if fut.exception() is not None:
                     ex.shutdown(cancel_futures=True)
                     raise fut.exception()
@@ -180,7 +186,6 @@ def _run_jobs(todo: list[Job], nj: int, total: int, done: int) -> None:
                 finished += 1
                 if crash_after and finished >= crash_after:
                     os.kill(os.getpid(), signal.SIGKILL)
-    bar.close()
 
 
 def _merge(set_dir: Path, n_jobs: int) -> dict:
