@@ -133,8 +133,9 @@ def run_job(job: Job) -> JobSummary:
             except ApmError:
                 raise
             except Exception as e:  # any decoder or audio-reading failure of this utterance
-                summary.failed[cut.id] = f"{type(e).__name__}: {e}"
+                summary.failed[cut.id] = _reason(e)
                 log.warning("%s: alignment failed: %s", cut.id, summary.failed[cut.id])
+                log.debug("%s: full error", cut.id, exc_info=True)
                 labels = None
             if _progress is not None:
                 _progress.put(1)
@@ -146,6 +147,12 @@ def run_job(job: Job) -> JobSummary:
     with atomic_write(summary_path, encoding="utf-8") as f:
         json.dump(asdict(summary), f, indent=1)
     return summary
+
+
+def _reason(error: Exception, limit: int = 300) -> str:
+    """A one-line error summary for logs and the report (lhotse's run to many lines)."""
+    text = " ".join(f"{type(error).__name__}: {error}".split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def finished(job: Job) -> JobSummary | None:
@@ -204,8 +211,10 @@ def decode_cuts(
 
 
 def _run_parallel(todo: list[Job], bar: tqdm) -> dict[int, JobSummary]:
-    # spawn: a fresh interpreter per job, so no decoder or lock state is inherited by a fork.
-    ctx = mp.get_context("spawn")
+    # fork where the OS has it: workers start at once with lhotse already imported (spawn
+    # re-imports it, seconds per job); the parent holds no decoder, so none is inherited.
+    method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"
+    ctx = mp.get_context(method)
     progress = ctx.Queue()
     with ProcessPoolExecutor(
         len(todo),
