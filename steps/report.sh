@@ -10,9 +10,10 @@ Example: $0 --data data --test-sets \"task_full task_open\" --output RESULTS.md 
 data=data             # directory holding the Kaldi data dirs (trials, utt2lang)
 test_sets=            # tasks to report, space separated (required)
 output=RESULTS.md     # the table gathering all systems
+skip_bad=false        # drop (and count) the trials of utterances without scores
 
-. "$(dirname "$0")/../path.sh"
-. "$(dirname "$0")/../utils/parse_options.sh"
+. "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"  # physical: recipes reach steps/ via a symlink
+. "$APM_ROOT/utils/parse_options.sh"
 
 if [ $# -lt 2 ] || [ -z "$test_sets" ]; then
   echo "$help_message" >&2
@@ -21,4 +22,5 @@ fi
 exp_dir=$1
 shift
 
-python -m apm.bin.report --data "$data" --test-sets "$test_sets" --output "$output" "$exp_dir" "$@"
+python -m apm.bin.report --data "$data" --test-sets "$test_sets" --output "$output" \
+  --skip-bad "$skip_bad" "$exp_dir" "$@"

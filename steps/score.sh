@@ -13,8 +13,8 @@ data=data               # directory holding the Kaldi data dirs
 train_set=train         # set whose x-vectors train the back-end
 skip_bad=false          # leave out test utterances without x-vectors instead of stopping
 
-. "$(dirname "$0")/../path.sh"
-. "$(dirname "$0")/../utils/parse_options.sh"
+. "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"  # physical: recipes reach steps/ via a symlink
+. "$APM_ROOT/utils/parse_options.sh"
 
 if [ $# -lt 2 ]; then
   echo "$help_message" >&2

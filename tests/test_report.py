@@ -89,3 +89,15 @@ def test_report_step_script(tmp_path, repo_root, shell_env, scored):
     cmd[-3:] = ["unscored"]
     r = subprocess.run(cmd, cwd=tmp_path, env=shell_env, capture_output=True, text=True)
     assert r.returncode == 1 and "no system among unscored has scores" in r.stderr
+
+
+def test_skip_bad_drops_and_counts_unscored_utterances(tmp_path):
+    system = make_system(tmp_path)
+    scp = system / "xvectors/task_full/xvector.scp"
+    scp.write_text("".join(scp.read_text().splitlines(keepends=True)[2:]))
+    score_system(system, tmp_path / "data", "train", ["task_full"], BackendConfig(), skip_bad=True)
+    with pytest.raises(ApmError, match=r"no score for 6 of 90 trials"):
+        report_system(system, tmp_path / "data", ["task_full"])
+    results = report_system(system, tmp_path / "data", ["task_full"], skip_bad=True)
+    task = results["tasks"]["task_full"]
+    assert task["n_trials_skipped"] == 6 and task["n_trials"] == 84 and task["n_utts"] == 28

@@ -6,7 +6,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from apm.bin.cli import main
+from apm.bin.cli import main, str2bool
 from apm.report import collect_results, render_results_md, report_system
 from apm.utils import ApmError, atomic_write
 
@@ -18,6 +18,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default="data", help="directory of the Kaldi data dirs")
     p.add_argument("--test-sets", required=True, help="tasks (test sets), space separated")
     p.add_argument("--output", default="RESULTS.md", help="the table gathering all systems")
+    p.add_argument(
+        "--skip-bad",
+        type=str2bool,
+        default=False,
+        help="drop (and count) the trials of utterances without scores",
+    )
     p.add_argument("exp", help="directory holding exp/<system>")
     p.add_argument("systems", nargs="+", help="systems to report")
     return p
@@ -33,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
         if not (system_dir / "scores").is_dir():
             log.warning("%s: no scores/ directory, left out of the table", system_dir)
             continue
-        if report_system(system_dir, args.data, tasks) is None:
+        if report_system(system_dir, args.data, tasks, args.skip_bad) is None:
             log.warning("%s: no scores for any of %s, left out", system_dir, " ".join(tasks))
         else:
             reported.append(system)

@@ -38,7 +38,8 @@ def _language_eer(ts: TrialScores, lang: int) -> float | None:
 def evaluate_task(ts: TrialScores, open_set: bool) -> dict:
     """Metrics of one task.
 
-    Keys: `open_set`; counts `n_trials`, `n_utts`, `n_unknown_utts`; `cavg` (challenge
+    Keys: `open_set`; counts `n_trials`, `n_trials_skipped` (no scores, --skip-bad), `n_utts`,
+    `n_unknown_utts`; `cavg` (challenge
     definition: 21 thresholds, 4 decimals) and `cavg_threshold`; `min_cavg` (exact minimum over
     all thresholds, 4 decimals) and `min_cavg_threshold` (null: reject everything); `eer` (percent, pooled trials);
     `accuracy` (percent of known-language utterances whose best-scored language is theirs);
@@ -63,6 +64,7 @@ def evaluate_task(ts: TrialScores, open_set: bool) -> dict:
     return {
         "open_set": open_set,
         "n_trials": len(ts.score),
+        "n_trials_skipped": ts.n_skipped,
         "n_utts": len(ts.utts),
         "n_unknown_utts": ts.n_unknown_utts,
         "cavg": challenge.cavg,

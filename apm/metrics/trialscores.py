@@ -8,6 +8,7 @@ open-set Cavg accepts.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,8 @@ import numpy as np
 from apm.data.trials import Trial
 from apm.metrics.scorefile import Scores
 from apm.utils import ApmError
+
+log = logging.getLogger(__name__)
 
 SHOW_IDS = 5  # how many offending ids an error message lists
 
@@ -29,6 +32,7 @@ class TrialScores:
     cls: np.ndarray  # int64 per trial: class of the trial's utterance; n_lang = unknown
     score: np.ndarray  # float64 per trial
     is_target: np.ndarray  # bool per trial
+    n_skipped: int = 0  # trials left out for lack of scores (skip_missing)
 
     @property
     def n_lang(self) -> int:
@@ -65,8 +69,14 @@ def _utterance_classes(trials: list[Trial], lang_idx: dict[str, int], path: str)
     return cls
 
 
-def align_trials(trials: list[Trial], scores: Scores, trials_path: str | Path) -> TrialScores:
-    """Look up the score of every trial; missing scores and unknown languages are errors."""
+def align_trials(
+    trials: list[Trial], scores: Scores, trials_path: str | Path, skip_missing: bool = False
+) -> TrialScores:
+    """Look up the score of every trial; missing scores and unknown languages are errors.
+
+    With `skip_missing`, every trial of an utterance lacking any of its scores is dropped
+    instead (so no utterance loses its target trial alone), logged and counted in `n_skipped`.
+    """
     languages = sorted({t.lang for t in trials})
     lang_idx = {lang: i for i, lang in enumerate(languages)}
     absent = [lang for lang in languages if lang not in scores.lang_index()]
@@ -92,10 +102,21 @@ def align_trials(trials: list[Trial], scores: Scores, trials_path: str | Path) -
     missing = np.flatnonzero(np.isnan(score))
     if len(missing):
         ids = [f"({trials[i].lang}, {trials[i].utt})" for i in missing[:SHOW_IDS]]
-        raise ApmError(
+        msg = (
             f"{scores.path}: no score for {len(missing)} of {n} trials of {trials_path}, "
-            f"e.g. {format_ids(ids, len(missing))}; score every trial utterance against every trial language"
+            f"e.g. {format_ids(ids, len(missing))}"
         )
+        if not skip_missing:
+            raise ApmError(msg + "; score every trial utterance against every trial language")
+        bad_utts = {trials[i].utt for i in missing}
+        kept = [t for t in trials if t.utt not in bad_utts]
+        if not kept:
+            raise ApmError(msg + "; no trial is left")
+        log.warning("%s; skipping all %d trials of those %d utterances", msg, n - len(kept),
+                    len(bad_utts))  # fmt: skip
+        ts = align_trials(kept, scores, trials_path)
+        ts.n_skipped = n - len(kept)
+        return ts
     return TrialScores(languages, utts, lang, utt, cls, score, is_target)
 
 

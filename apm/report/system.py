@@ -8,10 +8,10 @@
       "backend": "lr",                      # primary back-end (scores/backend.yaml), or null
       "tasks": {                            # scored tasks, in the order asked for
         "task_full": {
-          ...apm.metrics.evaluate_task keys: open_set, n_trials, n_utts, n_unknown_utts,
-             cavg, cavg_threshold, min_cavg, min_cavg_threshold, eer (%), accuracy (%),
-             per_language {lang: {n_utts, accuracy, eer, cost}}, confusion {rows, columns,
-             counts},
+          ...apm.metrics.evaluate_task keys: open_set, n_trials, n_trials_skipped, n_utts,
+             n_unknown_utts, cavg, cavg_threshold, min_cavg, min_cavg_threshold, eer (%),
+             accuracy (%), per_language {lang: {n_utts, accuracy, eer, cost}},
+             confusion {rows, columns, counts},
           "extra_backends": {"cosine": {cavg, min_cavg, eer, accuracy}, ...}
         }, ...
       },
@@ -86,9 +86,15 @@ def _primary_backend(scores_dir: Path) -> str | None:
 
 
 def evaluate_system(
-    system_dir: str | os.PathLike, data_dir: str | os.PathLike, tasks: list[str]
+    system_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    tasks: list[str],
+    skip_bad: bool = False,
 ) -> tuple[dict, dict[str, TrialScores]]:
-    """(results.json content, the primary TrialScores per scored task)."""
+    """(results.json content, the primary TrialScores per scored task).
+
+    `skip_bad` drops the trials of utterances without scores (counted in n_trials_skipped).
+    """
     system_dir, data_dir = Path(system_dir), Path(data_dir)
     languages = read_languages(system_dir)
     scores_dir = system_dir / "scores"
@@ -107,12 +113,13 @@ def evaluate_system(
             continue
         trials_path = data_dir / task / "trials"
         trials = read_trials(trials_path)
-        ts = align_trials(trials, read_scores(files.pop(None)), trials_path)
+        ts = align_trials(trials, read_scores(files.pop(None)), trials_path, skip_bad)
         open_set = _open_set(ts, data_dir / task / "utt2lang", languages)
         entry = evaluate_task(ts, open_set)
         entry["extra_backends"] = {}
         for backend, path in files.items():
-            extra = evaluate_task(align_trials(trials, read_scores(path), trials_path), open_set)
+            extra_ts = align_trials(trials, read_scores(path), trials_path, skip_bad)
+            extra = evaluate_task(extra_ts, open_set)
             entry["extra_backends"][backend] = {k: extra[k] for k in SUMMARY_KEYS}
         results["tasks"][task] = entry
         primary[task] = ts
@@ -131,14 +138,14 @@ def render_system_md(results: dict) -> str:
         "over all thresholds; EER over pooled trials; accuracy: best-scored language of the "
         "known-language utterances.",
         "",
-        "| task | set | Cavg | min Cavg | EER % | accuracy % | utts (unknown) |",
-        "|---|---|---|---|---|---|---|",
+        "| task | set | Cavg | min Cavg | EER % | accuracy % | utts (unknown) | trials skipped |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for task, r in results["tasks"].items():
         out.append(
             f"| {task} | {'open' if r['open_set'] else 'closed'} | {r['cavg']:.4f} | "
             f"{r['min_cavg']:.4f} | {r['eer']:.2f} | {_num(r['accuracy'])} | "
-            f"{r['n_utts']} ({r['n_unknown_utts']}) |"
+            f"{r['n_utts']} ({r['n_unknown_utts']}) | {r['n_trials_skipped']} |"
         )
     for task, r in results["tasks"].items():
         out += ["", f"## {task}", "", "| language | utts | accuracy % | EER % | C_L |",
@@ -172,11 +179,14 @@ def _num(value: float | None) -> str:
 
 
 def report_system(
-    system_dir: str | os.PathLike, data_dir: str | os.PathLike, tasks: list[str]
+    system_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    tasks: list[str],
+    skip_bad: bool = False,
 ) -> dict | None:
     """Write results.json, results.md and plots of a system; None if it has no scores."""
     system_dir = Path(system_dir)
-    results, primary = evaluate_system(system_dir, data_dir, tasks)
+    results, primary = evaluate_system(system_dir, data_dir, tasks, skip_bad)
     if not primary:
         # outputs of an earlier report would describe scores that no longer exist
         for name in ("results.json", "results.md"):
