@@ -6,9 +6,9 @@ set -euo pipefail
 help_message="Usage: $0 [options] <olr-root> <data> <train-set> [<test-set>...]"
 skip_bad=false   # skip (and count) bad utterances instead of stopping
 
-root=$(cd "$(dirname "$0")" && pwd -P)/..  # physical: steps/ is reached via a symlink
-. "$root/path.sh"
-. "$root/utils/parse_options.sh"
+# Physical path: steps/ is usually reached through the recipe's symlink.
+. "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"
+. "$APM_ROOT/utils/parse_options.sh"
 
 if [ $# -lt 3 ]; then
   echo "$help_message" >&2; exit 1

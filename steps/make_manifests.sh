@@ -8,9 +8,9 @@ skip_bad=false      # skip (and count) bad utterances instead of stopping
 speed_perturb=false # add 0.9/1.1 speed-perturbed cuts (<utt>_sp0.9, <utt>_sp1.1)
 perturb_sets=       # sets that get the perturbed copies (space separated)
 
-root=$(cd "$(dirname "$0")" && pwd -P)/..  # physical: steps/ is reached via a symlink
-. "$root/path.sh"
-. "$root/utils/parse_options.sh"
+# Physical path: steps/ is usually reached through the recipe's symlink.
+. "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"
+. "$APM_ROOT/utils/parse_options.sh"
 
 if [ $# -lt 3 ]; then
   echo "$help_message" >&2; exit 1
