@@ -77,8 +77,10 @@ def test_collect_results_names_missing(tmp_path, scored):
 
 
 def test_report_step_script(tmp_path, repo_root, shell_env, scored):
-    # a second system trained but not scored, and a third that does not exist
+    # a second system trained but not scored (with a stale results.json), and a third that
+    # does not exist
     shutil.copytree(scored, tmp_path / "exp/unscored", ignore=shutil.ignore_patterns("scores"))
+    (tmp_path / "exp/unscored/results.json").write_text("{}")
     cmd = [str(repo_root / "steps/report.sh"), "--data", "data", "--test-sets", " ".join(TASKS),
            "--output", "RESULTS.md", "exp", "sys", "unscored", "ghost"]  # fmt: skip
     r = subprocess.run(cmd, cwd=tmp_path, env=shell_env, capture_output=True, text=True)
@@ -86,6 +88,7 @@ def test_report_step_script(tmp_path, repo_root, shell_env, scored):
     md = (tmp_path / "RESULTS.md").read_text()
     assert "| sys | 0." in md and "- unscored: no " in md and "- ghost: no " in md
     assert (tmp_path / "exp/sys/results.json").is_file()
+    assert not (tmp_path / "exp/unscored/results.json").exists()
     cmd[-3:] = ["unscored"]
     r = subprocess.run(cmd, cwd=tmp_path, env=shell_env, capture_output=True, text=True)
     assert r.returncode == 1 and "no system among unscored has scores" in r.stderr

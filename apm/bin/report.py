@@ -36,9 +36,6 @@ def run(args: argparse.Namespace) -> None:
     reported = []
     for system in args.systems:
         system_dir = Path(args.exp) / system
-        if not (system_dir / "scores").is_dir():
-            log.warning("%s: no scores/ directory, left out of the table", system_dir)
-            continue
         if report_system(system_dir, args.data, tasks, args.skip_bad) is None:
             log.warning("%s: no scores for any of %s, left out", system_dir, " ".join(tasks))
         else:

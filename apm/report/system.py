@@ -186,7 +186,11 @@ def report_system(
 ) -> dict | None:
     """Write results.json, results.md and plots of a system; None if it has no scores."""
     system_dir = Path(system_dir)
-    results, primary = evaluate_system(system_dir, data_dir, tasks, skip_bad)
+    results, primary = (
+        evaluate_system(system_dir, data_dir, tasks, skip_bad)
+        if (system_dir / "scores").is_dir()
+        else ({}, {})
+    )
     if not primary:
         # outputs of an earlier report would describe scores that no longer exist
         for name in ("results.json", "results.md"):
