@@ -14,9 +14,9 @@ ali_from=pocketsphinx  # pocketsphinx, oracle (the --oracle-dir labels) or kaldi
 oracle_dir=            # oracle ali.scp + phones.txt; compared against in the report if present
 skip_bad=false         # leave out (and count) utterances that cannot be aligned
 
-root=$(cd "$(dirname "$0")" && pwd -P)/..  # physical: steps/ is reached via a symlink
-. "$root/path.sh"
-. "$root/utils/parse_options.sh"
+# physical path: egs/olr/steps is a symlink to this directory; path.sh sets $APM_ROOT
+. "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"
+. "$APM_ROOT/utils/parse_options.sh"
 
 if [ $# -ne 2 ]; then
   echo "$help_message" >&2

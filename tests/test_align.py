@@ -200,14 +200,17 @@ def test_warped_copy_follows_original(decoded):
     assert np.array_equal(slow, warp_labels(orig, 0.9, len(slow), "utt3_sp0.9"))
 
 
-def test_rerun_resumes_finished_jobs(decoded, speech_dir, caplog):
+def test_rerun_redoes_only_unfinished_jobs(decoded, speech_dir, caplog):
     dst, _, _ = decoded
     src, _ = speech_dir
     before = {p.name: p.stat().st_mtime_ns for p in (dst / "jobs").iterdir()}
+    (dst / "jobs/ali.2.json").unlink()  # as if the run was killed before job 2 finished
     with caplog.at_level(logging.INFO):
         align_phones(src, dst, "pocketsphinx", AlignConfig(), nj=2)
-    assert "2 of 2 jobs already finished" in caplog.text
-    assert {p.name: p.stat().st_mtime_ns for p in (dst / "jobs").iterdir()} == before
+    assert "1 of 2 jobs already finished" in caplog.text
+    after = {p.name: p.stat().st_mtime_ns for p in (dst / "jobs").iterdir()}
+    assert after["ali.1.ark"] == before["ali.1.ark"] and after["ali.2.ark"] != before["ali.2.ark"]
+    assert len(read_labels(dst / "ali.scp")) == 12
 
 
 def test_decoder_recovers_after_a_failure():

@@ -14,7 +14,7 @@ import logging
 import multiprocessing as mp
 import queue
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -33,7 +33,8 @@ from apm.utils.log import setup_logging
 
 log = logging.getLogger(__name__)
 
-_progress: queue.Queue | None = None  # set in each worker process by _init_worker
+# Called with 1 per finished utterance: the bar's update in-process, a queue's put in workers.
+_progress: Callable[[int], object] | None = None
 
 
 @dataclass
@@ -138,7 +139,7 @@ def run_job(job: Job) -> JobSummary:
                 log.debug("%s: full error", cut.id, exc_info=True)
                 labels = None
             if _progress is not None:
-                _progress.put(1)
+                _progress(1)
             if labels is not None:
                 yield cut.id, labels
 
@@ -176,10 +177,11 @@ def split(cuts: Sequence, nj: int) -> list[list]:
     return [list(cuts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
-def _init_worker(progress: queue.Queue, verbose: bool) -> None:
+def _init_worker(progress: queue.Queue, log_setup: tuple | None) -> None:
     global _progress
-    _progress = progress
-    setup_logging(None, verbose)
+    _progress = progress.put
+    if log_setup is not None:  # spawned workers start without the parent's log handlers
+        setup_logging(*log_setup)
 
 
 def decode_cuts(
@@ -199,15 +201,22 @@ def decode_cuts(
         log.info("resuming: %d of %d jobs already finished", len(jobs) - len(todo), len(jobs))
     with tqdm(total=sum(len(j.cuts) for j in todo), desc="align", unit="utt") as bar:
         if len(todo) == 1 or nj == 1:
-            for job in todo:
-                summaries[job.index] = run_job(job)
-                bar.update(len(job.cuts))
+            summaries.update(_run_here(todo, bar))
         elif todo:
             summaries.update(_run_parallel(todo, bar))
     labels: dict[str, np.ndarray] = {}
     for job in jobs:
         labels.update({k: np.asarray(v) for k, v in read_labels(job.paths[1]).items()})
     return labels, [summaries[j.index] for j in jobs]
+
+
+def _run_here(todo: list[Job], bar: tqdm) -> dict[int, JobSummary]:
+    global _progress
+    _progress = bar.update
+    try:
+        return {job.index: run_job(job) for job in todo}
+    finally:
+        _progress = None
 
 
 def _run_parallel(todo: list[Job], bar: tqdm) -> dict[int, JobSummary]:
@@ -220,10 +229,10 @@ def _run_parallel(todo: list[Job], bar: tqdm) -> dict[int, JobSummary]:
         len(todo),
         mp_context=ctx,
         initializer=_init_worker,
-        initargs=(progress, log.isEnabledFor(logging.DEBUG)),
+        initargs=(progress, None if method == "fork" else (None, log.isEnabledFor(logging.DEBUG))),
     ) as pool:
         futures = {job.index: pool.submit(run_job, job) for job in todo}
-        while not all(f.done() for f in futures.values()):
+        while not all(f.done() for f in futures.values()) or not progress.empty():
             try:
                 bar.update(progress.get(timeout=0.2))
             except queue.Empty:
