@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if present")
     p.add_argument("fbank_dir", type=Path, help="stage 2 output of the training set")
     p.add_argument("exp_dir", type=Path, help="output: exp/<system>")
-    return p  # fmt: skip
+    return p
 
 
 def run(args: argparse.Namespace) -> None:

@@ -185,11 +185,18 @@ def run_extraction(job: ExtractJob) -> dict:
         if env.world > 1 and env.is_main:
             _merge_parts(job.out_dir, env.world)
         counts = all_reduce_sum(torch.tensor([len(xvectors), unvoiced], device=env.device), env)
-        summary = {"embedded": int(counts[0]), "speed_perturbed_skipped": skipped,
-                   "vad_ignored": int(counts[1]), "seconds": round(time.perf_counter() - start, 1)}  # fmt: skip
+        summary = {
+            "embedded": int(counts[0]),
+            "speed_perturbed_skipped": skipped,
+            "vad_ignored": int(counts[1]),
+            "seconds": round(time.perf_counter() - start, 1),
+        }
         if summary["vad_ignored"]:
-            log.warning("%d utterances had fewer than %d voiced frames: embedded all their frames",
-                        summary["vad_ignored"], system.config["extract"]["min_voiced_frames"])  # fmt: skip
+            log.warning(
+                "%d utterances had fewer than %d voiced frames: embedded all their frames",
+                summary["vad_ignored"],
+                system.config["extract"]["min_voiced_frames"],
+            )
         log.info("%s: %s", job.out_dir, summary)
         return summary
     finally:

@@ -57,8 +57,9 @@ def plan_epoch(
     rng = np.random.default_rng([seed, 2, epoch])
     num_batches = batches_per_epoch(corpus, pool, train_cfg)
     batch = train_cfg["batch_size"]
-    lengths = rng.integers(train_cfg["chunk_min_frames"], train_cfg["chunk_max_frames"] + 1,
-                           size=num_batches)  # fmt: skip
+    lengths = rng.integers(
+        train_cfg["chunk_min_frames"], train_cfg["chunk_max_frames"] + 1, size=num_batches
+    )
     probs = _utterance_probabilities(corpus, pool, train_cfg["language_balanced"])
     utts = pool[rng.choice(len(pool), size=(num_batches, batch), p=probs)]
     room = np.maximum(corpus.lengths[utts] - lengths[:, None] + 1, 1)

@@ -128,8 +128,14 @@ def _log_record(r: dict) -> None:
         return f"loss {split['loss']:.3f}, lang acc {split['lang_acc']:.3f}{phone}"
 
     valid = f"; valid {fmt(r['valid'])}" if "valid" in r else ""
-    log.info("epoch %d: train %s%s; %.0f frames/s, %.1f s", r["epoch"], fmt(r["train"]), valid,
-             r["frames_per_second"], r["seconds"])  # fmt: skip
+    log.info(
+        "epoch %d: train %s%s; %.0f frames/s, %.1f s",
+        r["epoch"],
+        fmt(r["train"]),
+        valid,
+        r["frames_per_second"],
+        r["seconds"],
+    )
 
 
 def run_training(job: TrainJob) -> Path:
@@ -140,17 +146,26 @@ def run_training(job: TrainJob) -> Path:
             prepare_exp_dir(job)
         barrier(env)
         tcfg = job.config["train"]
-        corpus = load_corpus(job.fbank_dir, _alignment_dir(job), cmn=tcfg["cmn"],
-                             min_utt_frames=tcfg["min_utt_frames"],
-                             skip_unaligned=job.skip_unaligned)  # fmt: skip
+        corpus = load_corpus(
+            job.fbank_dir,
+            _alignment_dir(job),
+            cmn=tcfg["cmn"],
+            min_utt_frames=tcfg["min_utt_frames"],
+            skip_unaligned=job.skip_unaligned,
+        )
         if env.is_main:
             _write_inventories(job, corpus.languages)
         train_pool, valid_pool = split_validation(
             corpus, tcfg["valid_fraction"], job.config["seed"]
         )
-        log.info("%d training and %d validation utterances, %d languages, %d phones, %d frames",
-                 len(train_pool), len(valid_pool), len(corpus.languages), corpus.num_phones,
-                 int(corpus.lengths[train_pool].sum()))  # fmt: skip
+        log.info(
+            "%d training and %d validation utterances, %d languages, %d phones, %d frames",
+            len(train_pool),
+            len(valid_pool),
+            len(corpus.languages),
+            corpus.num_phones,
+            int(corpus.lengths[train_pool].sum()),
+        )
         trainer = Trainer(job.config, corpus, train_pool, valid_pool, job.exp_dir, env)
         _resume(trainer, job)
         _train_epochs(trainer, job, env)

@@ -7,19 +7,22 @@ import json
 import os
 from pathlib import Path
 
-import matplotlib
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import torch  # noqa: E402
-from torch.utils.tensorboard import SummaryWriter  # noqa: E402
+from apm.losses import LossOutput
+from apm.train.dist import DistEnv, all_reduce_sum
+from apm.utils.io import atomic_path, atomic_write
 
-from apm.losses import LossOutput  # noqa: E402
-from apm.train.dist import DistEnv, all_reduce_sum  # noqa: E402
-from apm.utils.io import atomic_path, atomic_write  # noqa: E402
-
-FIELDS = ("loss", "lang_loss", "phone_loss", "chunks", "lang_correct", "phone_correct",
-          "phone_frames", "frames")  # fmt: skip
+FIELDS = (
+    "loss",
+    "lang_loss",
+    "phone_loss",
+    "chunks",
+    "lang_correct",
+    "phone_correct",
+    "phone_frames",
+    "frames",
+)
 
 
 class EpochMetrics:
@@ -102,6 +105,9 @@ class Monitor:
     def __init__(self, exp_dir: str | os.PathLike, purge_step: int, enabled: bool) -> None:
         self.writer = None
         if enabled:
+            # Imported here: tensorboard costs a second at start-up, in every DDP process.
+            from torch.utils.tensorboard import SummaryWriter
+
             self.writer = SummaryWriter(str(Path(exp_dir) / "tensorboard"), purge_step=purge_step)
 
     def step(self, step: int, loss: float, lr: float, margin: float) -> None:
@@ -135,16 +141,29 @@ def write_history(exp_dir: str | os.PathLike, history: list[dict]) -> None:
 
 def plot_curves(history: list[dict], path: str | os.PathLike) -> None:
     """Loss, language accuracy, phone accuracy and learning rate against the epoch."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     epochs = [r["epoch"] for r in history]
-    panels = [("loss", "loss"), ("lang_acc", "language accuracy"),
-              ("phone_acc", "phone frame accuracy")]  # fmt: skip
+    panels = [
+        ("loss", "loss"),
+        ("lang_acc", "language accuracy"),
+        ("phone_acc", "phone frame accuracy"),
+    ]
     fig, axes = plt.subplots(1, len(panels) + 1, figsize=(4 * (len(panels) + 1), 3.2))
     for ax, (key, title) in zip(axes, panels, strict=False):
         for split, style in (("train", "-o"), ("valid", "--s")):
             values = [r.get(split, {}).get(key) for r in history]
             if any(v is not None for v in values):
-                ax.plot(epochs, [float("nan") if v is None else v for v in values], style,
-                        label=split, markersize=3)  # fmt: skip
+                ax.plot(
+                    epochs,
+                    [float("nan") if v is None else v for v in values],
+                    style,
+                    label=split,
+                    markersize=3,
+                )
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)

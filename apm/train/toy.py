@@ -86,12 +86,54 @@ def _cut(cut_id: str, lang: str, feats: np.ndarray, writer: NumpyFilesWriter) ->
     duration = round(len(feats) * FRAME_SHIFT, 4)
     key = writer.write(cut_id, feats)
     features = Features(
-        type="fbank", num_frames=len(feats), num_features=feats.shape[1],
-        frame_shift=FRAME_SHIFT, sampling_rate=16000, start=0.0, duration=duration,
-        storage_type=writer.name, storage_path=str(writer.storage_path), storage_key=key,
+        type="fbank",
+        num_frames=len(feats),
+        num_features=feats.shape[1],
+        frame_shift=FRAME_SHIFT,
+        sampling_rate=16000,
+        start=0.0,
+        duration=duration,
+        storage_type=writer.name,
+        storage_path=str(writer.storage_path),
+        storage_key=key,
         recording_id=cut_id,
-    )  # fmt: skip
-    sup = SupervisionSegment(id=cut_id, recording_id=cut_id, start=0.0, duration=duration,
-                             language=lang, speaker=f"{cut_id}_spk")  # fmt: skip
-    return MonoCut(id=cut_id, start=0.0, duration=duration, channel=0, features=features,
-                   supervisions=[sup])  # fmt: skip
+    )
+    sup = SupervisionSegment(
+        id=cut_id,
+        recording_id=cut_id,
+        start=0.0,
+        duration=duration,
+        language=lang,
+        speaker=f"{cut_id}_spk",
+    )
+    return MonoCut(
+        id=cut_id, start=0.0, duration=duration, channel=0, features=features, supervisions=[sup]
+    )
+
+
+def toy_config(**train: object) -> dict:
+    """A raw system config sized for the toy corpus (a few thousand parameters); `train`
+    overrides keys of the `train` section. Resolve it with `apm.train.config.resolve_config`."""
+    return {
+        "model": {
+            "trunk": "tdnn",
+            "channels": 32,
+            "stats_channels": 64,
+            "embed_dim": 32,
+            "phone_channels": 32,
+            "phone_hidden_layers": 1,
+        },
+        "loss": {"kind": "apm", "margin": 0.2, "scale": 30.0, "phone_weight": 0.3},
+        "train": {
+            "epochs": 2,
+            "batch_size": 16,
+            "chunk_min_frames": 80,
+            "chunk_max_frames": 120,
+            "min_utt_frames": 40,
+            "valid_fraction": 0.1,
+            "threads": 1,
+            "log_interval": 2,
+            **train,
+        },
+        "extract": {"max_chunk_frames": 150, "threads": 1},
+    }

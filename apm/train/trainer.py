@@ -79,8 +79,11 @@ def seed_everything(seed: int) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(),
-             "torch": torch.get_rng_state()}  # fmt: skip
+    state = {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -132,14 +135,22 @@ class Trainer:
 
     @property
     def meta(self) -> dict:
-        return {"languages": self.corpus.languages, "num_phones": self.corpus.num_phones,
-                "feat_dim": self.corpus.feat_dim}  # fmt: skip
+        return {
+            "languages": self.corpus.languages,
+            "num_phones": self.corpus.num_phones,
+            "feat_dim": self.corpus.feat_dim,
+        }
 
     def _optimizer(self) -> torch.optim.Optimizer:
         params, t = self.net.parameters(), self.tcfg
         if t["optimizer"] == "sgd":
-            return torch.optim.SGD(params, lr=t["lr"], momentum=t["momentum"],
-                                   weight_decay=t["weight_decay"], nesterov=True)  # fmt: skip
+            return torch.optim.SGD(
+                params,
+                lr=t["lr"],
+                momentum=t["momentum"],
+                weight_decay=t["weight_decay"],
+                nesterov=True,
+            )
         return torch.optim.Adam(params, lr=t["lr"], weight_decay=t["weight_decay"])
 
     def state(self) -> dict:
@@ -173,22 +184,28 @@ class Trainer:
 
     def _batches(self, epoch: int):
         plan = plan_epoch(self.corpus, self.train_pool, self.tcfg, self.seed, epoch)
-        data = ChunkBatches(self.corpus, plan, self.tcfg, self.seed, epoch, self.env.rank,
-                            self.env.world)  # fmt: skip
+        data = ChunkBatches(
+            self.corpus, plan, self.tcfg, self.seed, epoch, self.env.rank, self.env.world
+        )
         if self.tcfg["num_workers"] == 0:
             return (data[i] for i in range(len(data)))
         return torch.utils.data.DataLoader(
-            data, batch_size=None, num_workers=self.tcfg["num_workers"],
+            data,
+            batch_size=None,
+            num_workers=self.tcfg["num_workers"],
             pin_memory=self.env.device.type == "cuda",
-        )  # fmt: skip
+        )
 
     def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.env.device, non_blocking=True) if torch.is_tensor(v) else v
-                for k, v in batch.items()}  # fmt: skip
+        return {
+            k: v.to(self.env.device, non_blocking=True) if torch.is_tensor(v) else v
+            for k, v in batch.items()
+        }
 
     def _forward(self, batch: dict, net: nn.Module) -> tuple[ModelOutput, LossOutput]:
-        with torch.autocast(self.env.device.type, dtype=self.amp_dtype,
-                            enabled=self.amp_dtype is not None):  # fmt: skip
+        with torch.autocast(
+            self.env.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
+        ):
             return net(batch["feats"], batch["mask"], batch["langs"], batch.get("phones"))
 
     def _check_finite(self, loss: torch.Tensor, batch: dict, step: int) -> None:
@@ -231,8 +248,13 @@ class Trainer:
         epoch, steps = self.epoch, self.steps_per_epoch
         metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
         self.net.train()
-        bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}", unit="batch",
-                   disable=not self.env.is_main, leave=False)  # fmt: skip
+        bar = tqdm(
+            total=steps,
+            desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}",
+            unit="batch",
+            disable=not self.env.is_main,
+            leave=False,
+        )
         for i, batch in enumerate(self._batches(epoch)):
             self.crit.set_epoch(epoch + i / steps)
             batch = self._to_device(batch)
@@ -271,9 +293,13 @@ class Trainer:
         start = time.perf_counter()
         train = self.train_epoch(monitor)
         seconds = time.perf_counter() - start
-        record = {"epoch": self.epoch, "lr": self.scheduler.get_last_lr()[0], "train": train,
-                  "seconds": round(seconds, 2),
-                  "frames_per_second": round(train["frames"] / seconds)}  # fmt: skip
+        record = {
+            "epoch": self.epoch,
+            "lr": self.scheduler.get_last_lr()[0],
+            "train": train,
+            "seconds": round(seconds, 2),
+            "frames_per_second": round(train["frames"] / seconds),
+        }
         valid = self.validate()
         if valid is not None:
             record["valid"] = valid

@@ -1,0 +1,123 @@
+"""Stage 5 extraction: deterministic x-vectors and scores, chunking, VAD fallback, shards."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+
+import kaldiio
+import numpy as np
+import pytest
+import torch
+
+from apm.extract.xvectors import (
+    ExtractJob,
+    _merge_parts,
+    chunk_starts,
+    embed,
+    load_system,
+    prepare_frames,
+    run_extraction,
+    write_vectors,
+)
+from apm.nnet import ModelOutput
+from apm.train import checkpoint
+from apm.train.config import resolve_config
+from apm.train.data import read_cuts, read_scp
+from apm.train.job import TrainJob, run_training
+from apm.train.toy import make_toy_corpus, toy_config
+from apm.utils.errors import ApmError
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sys")
+    toy = make_toy_corpus(root / "toy", num_langs=3, utts_per_lang=5)
+    cfg = resolve_config(toy_config(epochs=1), "toy", seed=1)
+    run_training(TrainJob(cfg, toy.fbank_dir, root / "exp", toy.ali_dir))
+    # A set holding speed-perturbed copies too, and one utterance the VAD found silent.
+    fbank = root / "set"
+    fbank.mkdir()
+    cuts = read_cuts(toy.fbank_dir)
+    copies = [c.with_id(f"{c.id}_sp0.9") for c in cuts.subset(first=4)]
+    (cuts + cuts.from_cuts(copies)).to_file(fbank / "cuts.jsonl.gz")
+    vad = {k: np.asarray(v) for k, v in read_scp(toy.fbank_dir / "vad.scp", "vad").items()}
+    vad["l1_u003"] = np.zeros_like(vad["l1_u003"])
+    kaldiio.save_ark(str(fbank / "vad.ark"), vad, scp=str(fbank / "vad.scp"))
+    return root / "exp", fbank, sorted(cuts.ids)
+
+
+def _read(path):
+    return {k: np.asarray(v) for k, v in kaldiio.load_scp(str(path)).items()}
+
+
+def test_extraction_is_deterministic_and_skips_speed_perturbed(
+    tmp_path, system, repo_root, shell_env
+):
+    exp, fbank, ids = system
+    summary = run_extraction(ExtractJob(exp, fbank, tmp_path / "a", device="cpu"))
+    assert summary["embedded"] == len(ids) and summary["speed_perturbed_skipped"] == 4
+    assert summary["vad_ignored"] == 1
+    cmd = [
+        str(repo_root / "steps/extract_xvectors.sh"),
+        "--ngpu",
+        "0",
+        str(exp),
+        str(fbank),
+        str(tmp_path / "b"),
+    ]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=shell_env, timeout=120)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for name, dim in (("xvector", 32), ("logits", 3)):
+        a, b = _read(tmp_path / "a" / f"{name}.scp"), _read(tmp_path / "b" / f"{name}.scp")
+        assert list(a) == ids and list(b) == ids
+        for utt in ids:
+            assert a[utt].dtype == np.float32 and a[utt].shape == (dim,)
+            np.testing.assert_array_equal(a[utt], b[utt])
+    line = (tmp_path / "b" / "xvector.scp").read_text().splitlines()[0]
+    assert line.split()[1].startswith(f"{tmp_path / 'b' / 'xvector.ark'}:")
+
+
+def test_scores_are_the_classifier_outputs_of_the_chunk_average(system):
+    exp, fbank, _ = system
+    sys_ = load_system(checkpoint.load(exp / "final.pt"), torch.device("cpu"))
+    cut = max(read_cuts(fbank), key=lambda c: c.num_frames)
+    feats, _ = prepare_frames(cut, read_scp(fbank / "vad.scp", "vad"), "utterance", 20)
+    starts, length = chunk_starts(len(feats), sys_.config["extract"]["max_chunk_frames"])
+    assert len(starts) > 1  # the longest toy utterance is chunked
+    xvector, scores = embed(sys_, feats)
+    with torch.no_grad():
+        outs = [sys_.model(torch.from_numpy(feats[s : s + length][None]), None) for s in starts]
+        mean_x = torch.cat([o.embedding for o in outs]).mean(0)
+        mean_c = torch.cat([o.classifier_input for o in outs]).mean(0, keepdim=True)
+        expected = sys_.crit.scores(ModelOutput(mean_x[None], None, mean_c))[0]
+    np.testing.assert_allclose(xvector, mean_x.numpy(), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(scores, expected.numpy(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("frames,max_chunk", [(90, 150), (150, 150), (151, 150), (1234, 300)])
+def test_chunks_are_equal_and_cover_the_utterance(frames, max_chunk):
+    starts, length = chunk_starts(frames, max_chunk)
+    assert length <= max_chunk and starts[0] == 0 and starts[-1] + length == frames
+    assert len(starts) == -(-frames // max_chunk)
+    assert np.all(np.diff(starts) <= length)  # no gap between neighbours
+
+
+def test_shards_merge_into_the_single_process_output(tmp_path):
+    rng = np.random.default_rng(0)
+    vectors = {f"u{i:02d}": rng.normal(size=4).astype(np.float32) for i in range(7)}
+    ids = sorted(vectors)
+    for name in ("xvector", "logits"):
+        for rank in range(2):
+            write_vectors(tmp_path, f"{name}.part{rank}", {u: vectors[u] for u in ids[rank::2]})
+    _merge_parts(tmp_path, 2)
+    merged = _read(tmp_path / "xvector.scp")
+    assert list(merged) == ids and all(np.array_equal(merged[u], vectors[u]) for u in ids)
+    assert not list(tmp_path.glob("*.part*"))
+
+
+def test_missing_final_model_is_a_clear_error(tmp_path, system):
+    exp, fbank, _ = system
+    shutil.copytree(exp, tmp_path / "exp", ignore=shutil.ignore_patterns("final.pt"))
+    with pytest.raises(ApmError, match="final.pt: checkpoint not found"):
+        run_extraction(ExtractJob(tmp_path / "exp", fbank, tmp_path / "out"))
