@@ -10,7 +10,7 @@ from lhotse.utils import compute_num_frames
 from apm.data.manifests import make_manifests
 from apm.data.olr import import_olr
 from apm.data.toy import RATE, make_toy_corpus, toy_utterance
-from apm.features import VadConfig, compute_vad, load_cuts, load_feats, load_vad
+from apm.features import VadConfig, compute_vad, load_cuts, load_feats, load_vad, sliding_cmn
 from apm.features.fbank import FeatureConfig, fbank_and_vad, load_config, make_extractor
 from apm.features.pipeline import make_fbank
 from apm.utils import ApmError, num_frames, read_kv
@@ -40,6 +40,31 @@ def test_vad_matches_kaldi_loop(T, cfg):
     rng = np.random.default_rng(T)
     log_energy = rng.normal(12, 4, T)
     np.testing.assert_array_equal(compute_vad(log_energy, cfg), kaldi_compute_vad(log_energy, cfg))
+
+
+def kaldi_sliding_cmn(feats, cmn_window):
+    """Transcription of Kaldi's SlidingWindowCmnInternal with center=true, norm_vars=false."""
+    T = len(feats)
+    out = np.empty_like(feats)
+    for t in range(T):
+        start = t - cmn_window // 2
+        end = start + cmn_window
+        if start < 0:
+            end -= start
+            start = 0
+        if end > T:
+            start = max(0, start - (end - T))
+            end = T
+        out[t] = feats[t] - feats[start:end].mean(axis=0)
+    return out
+
+
+@pytest.mark.parametrize("T, window", [(1, 300), (50, 300), (700, 300), (301, 300), (40, 7)])
+def test_sliding_cmn_matches_kaldi(T, window):
+    feats = np.random.default_rng(T).normal(5, 2, (T, 3))
+    np.testing.assert_allclose(
+        sliding_cmn(feats, window), kaldi_sliding_cmn(feats, window), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize("n", [400, 401, 479, 480, 16000, 16079, 16080, 23456])

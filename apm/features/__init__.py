@@ -1,6 +1,7 @@
-"""Fbank + Kaldi energy VAD (stage 2) and readers of its output for later stages."""
+"""Fbank + Kaldi energy VAD (stage 2), readers of its output and CMN for later stages."""
 
+from apm.features.cmn import sliding_cmn
 from apm.features.readers import load_cuts, load_feats, load_vad
 from apm.features.vad import VadConfig, compute_vad
 
-__all__ = ["VadConfig", "compute_vad", "load_cuts", "load_feats", "load_vad"]
+__all__ = ["VadConfig", "compute_vad", "load_cuts", "load_feats", "load_vad", "sliding_cmn"]
