@@ -153,3 +153,11 @@ def test_score_step_script(tmp_path, repo_root, shell_env):
         cwd=tmp_path, env=shell_env, capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 1 and "ERROR" in r.stderr and "task_nope/trials" in r.stderr
+
+
+def test_corrupt_ark_is_a_clear_error(tmp_path):
+    system = make_system(tmp_path)
+    ark = system / "xvectors" / "task_full" / "xvector.ark"
+    ark.write_bytes(ark.read_bytes()[:50])
+    with pytest.raises(ApmError, match=r"xvector.scp: cannot be read .*rerun the extraction"):
+        score_system(system, tmp_path / "data", "train", ["task_full"], BackendConfig())

@@ -40,7 +40,11 @@ def load_vectors(
     """
     if not scp.is_file():
         raise ApmError(f"{scp}: not found; run the extraction (stage 5) for this set")
-    table = kaldiio.load_scp(str(scp))
+    wanted = set(utts)
+    try:
+        table = {k: v for k, v in kaldiio.load_scp_sequential(str(scp)) if k in wanted}
+    except Exception as e:  # kaldiio raises assorted types for truncated or foreign arks
+        raise ApmError(f"{scp}: cannot be read ({e}); rerun the extraction (stage 5)") from e
     missing = [u for u in utts if u not in table]
     if missing:
         msg = f"{scp}: no {what} for {len(missing)} of {len(utts)} utterances, e.g. " + format_ids(
