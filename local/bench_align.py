@@ -8,7 +8,8 @@ stage-3 code path (`--nj` processes) and prints audio seconds, wall seconds, job
 time per core (audio / (wall x jobs)), plus the decoder-CPU figure, which is what the machine
 load does not distort. Part 2 labels 0.9/1.1 speed-perturbed copies of a few cuts both ways
 (decode the copy; time-warp the original's labels) and prints the time each takes and, with an
-oracle, the NMI between each and the time-warped oracle labels.
+oracle, the NMI between each and the time-warped oracle labels; it also checks the frame
+delay that puts PocketSphinx's frames on ours. `--sweep` compares decoder settings.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from apm.align.config import load_align_config  # noqa: E402
 from apm.align.decode import JobSummary, align_cut, cut_frames, decode_cuts  # noqa: E402
 from apm.align.labels import perturbed_source, warp_labels  # noqa: E402
 from apm.align.pipeline import load_cuts, oracle_source  # noqa: E402
-from apm.align.sphinx import SphinxAligner  # noqa: E402
+from apm.align.sphinx import FRAME_DELAY, SphinxAligner  # noqa: E402
 
 DATA = REPO / "egs/olr/data"
 
@@ -47,10 +48,10 @@ def pick(cuts: list, seconds: float, seed: int) -> list:
     return sorted(chosen, key=lambda c: c.id)
 
 
-def throughput(cuts: list, cfg, nj: int) -> None:
+def throughput(cuts: list, cfg, nj: int) -> dict[str, np.ndarray]:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        _, summaries = decode_cuts(cuts, cfg, Path(tmp), nj)
+        labels, summaries = decode_cuts(cuts, cfg, Path(tmp), nj)
         wall = time.perf_counter() - start
     audio = sum(s.audio_seconds for s in summaries)
     cpu = sum(s.cpu_seconds for s in summaries)
@@ -60,6 +61,52 @@ def throughput(cuts: list, cfg, nj: int) -> None:
         f"start), jobs {jobs}, xRT/core {audio / (wall * jobs):.1f} "
         f"(decoder CPU: {audio / cpu:.1f}x real time per core)"
     )
+    return labels
+
+
+def delay_check(cuts: list, labels: dict[str, np.ndarray], oracle) -> None:
+    """NMI vs the oracle with the decoder's frames delayed by 0, 1 (ours) and 2 frames."""
+    truth = np.concatenate([oracle.for_cut(c) for c in cuts])
+    for delay in (0, FRAME_DELAY, 2):
+        moved = []
+        for c in cuts:
+            x = labels[c.id]
+            d = delay - FRAME_DELAY
+            moved.append(
+                np.concatenate([x[:1].repeat(d), x[: len(x) - d]])
+                if d >= 0
+                else np.concatenate([x[-d:], x[-1:].repeat(-d)])
+            )
+        nmi = normalized_mutual_info_score(truth, np.concatenate(moved))
+        print(
+            f"  frame delay {delay}: NMI vs oracle {nmi:.4f}{' (used)' if delay == FRAME_DELAY else ''}"
+        )
+
+
+def sweep(cuts: list, cfg, oracle) -> None:
+    """Decoder CPU speed and oracle NMI for a few settings around the default (one process)."""
+    settings = [
+        {"lw": 6.5, "beam": 1e-48, "pbeam": 1e-48},  # PocketSphinx's own defaults
+        {"lw": 2.0, "beam": 1e-20, "pbeam": 1e-20},  # CMUSphinx's suggested all-phone setting
+        {"lw": 1.5, "beam": 1e-20, "pbeam": 1e-20},
+        {"lw": 1.5, "beam": 1e-9, "pbeam": 1e-9},
+        {"lw": 1.5, "beam": 1e-6, "pbeam": 1e-6},
+        {"lw": 1.0, "beam": 1e-9, "pbeam": 1e-9},
+    ]
+    truth = np.concatenate([oracle.for_cut(c) for c in cuts]) if oracle else None
+    for setting in settings:
+        options = {**cfg.pocketsphinx, **setting}
+        aligner = SphinxAligner(options)
+        summary = JobSummary("")
+        start = time.process_time()
+        labels = [align_cut(aligner, c, cfg, summary) for c in cuts]
+        cpu = time.process_time() - start
+        flat = np.concatenate(labels)
+        nmi = f", NMI {normalized_mutual_info_score(truth, flat):.4f}" if truth is not None else ""
+        print(
+            f"  {setting}: {summary.audio_seconds / cpu:5.1f}x RT/CPU, "
+            f"SIL {np.mean(flat == 0):.1%}{nmi}"
+        )
 
 
 def speed_copies(cuts: list, all_ids: dict, factors=(0.9, 1.1)) -> list[tuple]:
@@ -109,6 +156,7 @@ def main() -> None:
     p.add_argument("--nj", type=int, default=2)
     p.add_argument("--copies-of", type=int, default=8, help="utterances for the speed part")
     p.add_argument("--seed", type=int, default=777)
+    p.add_argument("--sweep", action="store_true", help="also compare decoder settings")
     args = p.parse_args()
     if not (Path(args.fbank_dir) / "cuts.jsonl.gz").is_file():
         sys.exit(f"{args.fbank_dir}: no cuts.jsonl.gz; run egs/olr/run.sh --stop-stage 2 first")
@@ -120,8 +168,13 @@ def main() -> None:
     )
     print(f"decoder: {cfg.pocketsphinx}")
     chosen = pick(cuts, args.seconds, args.seed)
-    throughput(chosen, cfg, args.nj)
+    labels = throughput(chosen, cfg, args.nj)
+    if oracle is not None:
+        delay_check(chosen, labels, oracle)
     warp_vs_decode(chosen[: args.copies_of], {c.id: c for c in cuts}, cfg, oracle)
+    if args.sweep:
+        print("decoder settings (same cuts, one process):")
+        sweep(chosen, cfg, oracle)
 
 
 if __name__ == "__main__":
