@@ -159,6 +159,7 @@ def test_unloadable_audio_in_stage_2_stops_or_is_skipped(manifests, tmp_path):
     with pytest.raises(ApmError, match=f"utterance {wav[0]} .*{wav[0]}.wav.*--skip-bad true"):
         make_fbank(manifests, tmp_path / "fbank", ["train"], FeatureConfig())
     assert not (tmp_path / "fbank/train/feats.scp").exists()
+    assert not list((tmp_path / "fbank/train").rglob("*.npy")), "stored features removed"
     (summary,) = make_fbank(
         manifests, tmp_path / "fbank", ["train"], FeatureConfig(), skip_bad=True
     )

@@ -154,26 +154,13 @@ def read_kaldi_dir(
             problems.append(Problem(utt, str(path / name), "id appears more than once", UNIQUE))
     utts |= spk_dups | lang_dups
     bases = audio_bases or [Path.cwd()]
-    resolved: dict[str, str] = {}
-    for rec, entry in wav.items():
-        found = _resolve_audio(entry, bases)
-        if found is not None:
-            resolved[rec] = found
+    resolved = {r: f for r, e in wav.items() if (f := _resolve_audio(e, bases)) is not None}
     spk2utt_speaker = _read_spk2utt(path / "spk2utt") if (path / "spk2utt").is_file() else None
     for utt in sorted(utts):
         problems += _utt_problems(
             utt, path, wav, wav_dups, resolved, utt2spk, utt2lang, segments, spk2utt_speaker, bases
         )
-    for name, mapping in [("utt2spk", utt2spk), ("utt2lang", utt2lang)]:
-        for utt in sorted(set(mapping) - utts):
-            problems.append(
-                Problem(
-                    utt,
-                    str(path / name),
-                    "listed here but has no audio",
-                    f"add it to {'segments' if segments is not None else 'wav.scp'} or remove the line",
-                )
-            )
+    problems += _orphans(path, utts, utt2spk, utt2lang, segments is not None)
     problems = _unique(problems)
     bad = settle(problems, skip_bad, str(path))
     good = sorted(utts - bad)
@@ -192,6 +179,16 @@ def read_kaldi_dir(
         langs = train_languages if train_languages is not None else set(utt2lang.values())
         kd.trials = _checked_trials(path / "trials", kd, bad, langs)
     return kd
+
+
+def _orphans(path: Path, utts: set[str], utt2spk, utt2lang, has_segments: bool) -> list[Problem]:
+    """Utterances with a speaker or language but no audio."""
+    fix = f"add it to {'segments' if has_segments else 'wav.scp'} or remove the line"
+    return [
+        Problem(utt, str(path / name), "listed here but has no audio", fix)
+        for name, mapping in [("utt2spk", utt2spk), ("utt2lang", utt2lang)]
+        for utt in sorted(set(mapping) - utts)
+    ]
 
 
 def _unique(problems: list[Problem]) -> list[Problem]:

@@ -94,34 +94,47 @@ def _write_ark(path: Path, arrays: dict[str, np.ndarray]) -> None:
                 write_array(fark, arr)
 
 
+def _load_audio(cut, skip_bad: bool) -> tuple[np.ndarray | None, str]:
+    """(samples, ""), or for unloadable audio (None, reason) with `skip_bad`, else ApmError."""
+    try:
+        return cut.load_audio()[0], ""
+    except Exception as e:  # any decoder/pipe failure: lhotse raises many types
+        source = cut.recording.sources[0].source
+        # lhotse's message lists every backend tried; its first line says what failed.
+        first = (str(e).splitlines() or [""])[0][:300]
+        what = f"cannot load audio ({type(e).__name__}: {first})"
+        if not skip_bad:
+            raise ApmError(
+                f"utterance {cut.id} ({source}): {what}; fix or remove it, or rerun with "
+                "--skip-bad true"
+            ) from None
+        log.warning("skipping utterance %s (%s): %s", cut.id, source, what)
+        return None, what
+
+
 def run_job(job: Job) -> dict:
-    """Features of one job's cuts; returns its stats (also written to jobs/stats.j.json)."""
+    """Features of one job's cuts; returns its stats (also written to jobs/stats.j.json).
+    On error the feature files it stored are removed again."""
     set_dir, j = Path(job.set_dir), job.index
     jobs = set_dir / "jobs"
     extractor = make_extractor(job.config)
     writer = NumpyFilesWriter(set_dir / "storage")
     feats, vads, cuts, skipped = {}, {}, [], []
-    for cut in job.cuts:
-        try:
-            audio = cut.load_audio()[0]
-        except Exception as e:  # any decoder/pipe failure: lhotse raises many types
-            source = cut.recording.sources[0].source
-            # lhotse's message lists every backend tried; its first line says what failed.
-            first = (str(e).splitlines() or [""])[0][:300]
-            what = f"cannot load audio ({type(e).__name__}: {first})"
-            if not job.skip_bad:
-                raise ApmError(
-                    f"utterance {cut.id} ({source}): {what}; fix or remove it, or rerun with "
-                    "--skip-bad true"
-                ) from None
-            log.warning("skipping utterance %s (%s): %s", cut.id, source, what)
-            skipped.append(f"{cut.id} {what}")
-            continue
-        f, v = fbank_and_vad(audio, cut.sampling_rate, extractor, job.config.vad, cut.id)
-        key = writer.write(cut.id, f)
-        manifest = features_manifest(cut, f, writer.name, str(writer.storage_path), key)
-        cuts.append(fastcopy(cut, features=manifest))
-        feats[cut.id], vads[cut.id] = f, v
+    try:
+        for cut in job.cuts:
+            audio, why = _load_audio(cut, job.skip_bad)
+            if audio is None:
+                skipped.append(f"{cut.id} {why}")
+                continue
+            f, v = fbank_and_vad(audio, cut.sampling_rate, extractor, job.config.vad, cut.id)
+            key = writer.write(cut.id, f)
+            manifest = features_manifest(cut, f, writer.name, str(writer.storage_path), key)
+            cuts.append(fastcopy(cut, features=manifest))
+            feats[cut.id], vads[cut.id] = f, v
+    except BaseException:
+        for cut in cuts:
+            Path(cut.features.storage_path, cut.features.storage_key).unlink(missing_ok=True)
+        raise
     _write_ark(jobs / f"feats.{j}.ark", feats)
     _write_ark(jobs / f"vad.{j}.ark", vads)
     stats = {
