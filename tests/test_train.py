@@ -10,9 +10,11 @@ import pytest
 import torch
 import yaml
 
+from apm.losses import build_loss
+from apm.nnet import build_model
 from apm.train import checkpoint
 from apm.train.batches import ChunkBatches, gather, plan_epoch
-from apm.train.config import resolve_config
+from apm.train.config import load_config, resolve_config
 from apm.train.data import load_corpus, split_validation
 from apm.train.dist import init_distributed
 from apm.train.job import TrainJob, run_training
@@ -213,3 +215,17 @@ def test_resume_refuses_another_config(tmp_path, toy):
     other.resume = False  # starts over
     run_training(other)
     assert yaml.safe_load((exp / "config.yaml").read_text())["train"]["lr"] == 0.5
+
+
+@pytest.mark.parametrize(
+    "system", ["apm_am", "apm_aam", "am", "aam", "softmax", "single_task_softmax"]
+)
+def test_recipe_systems_resolve_and_build(system, repo_root):
+    cfg = load_config(repo_root / "egs/olr/conf" / f"{system}.yaml", seed=1)
+    model = build_model(cfg["model"], 40, 30)
+    crit = build_loss(cfg["loss"], model.embed_dim, 10)
+    feats, mask = torch.randn(2, 50, 40), torch.ones(2, 50, dtype=torch.bool)
+    phones = torch.randint(0, 30, (2, 50)) if cfg["model"]["phone_branch"] else None
+    res = crit(model(feats, mask), torch.tensor([0, 3]), phones, mask)
+    assert torch.isfinite(res.loss)
+    assert (res.phone_loss is not None) == cfg["model"]["phone_branch"]
