@@ -1,6 +1,6 @@
 # Sourced by every recipe and step script: puts the repository on PYTHONPATH and
 # activates the project's virtualenv (created by utils/setup_env.sh).
-APM_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+APM_ROOT=$(cd -P "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 export APM_ROOT
 if [ ! -x "$APM_ROOT/.venv/bin/python" ]; then
   echo "path.sh: $APM_ROOT/.venv is missing; run $APM_ROOT/utils/setup_env.sh first" >&2

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from apm.utils.errors import ApmError
 from apm.utils.io import atomic_write
@@ -12,8 +12,7 @@ from apm.utils.io import atomic_write
 LABELS = {"target": True, "nontarget": False}
 
 
-@dataclass(frozen=True)
-class Trial:
+class Trial(NamedTuple):
     lang: str
     utt: str
     is_target: bool

@@ -84,9 +84,9 @@ for system in $systems; do
 done
 
 for system in $systems; do
-  run_stage 6 "score_$system" steps/score.sh --conf "$backend_conf" --data "$data" \
+  run_stage 6 "score_$system" steps/score.sh --conf "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
     --train-set "$train_set" "$exp/$system" $test_sets
 done
 
-run_stage 7 report steps/report.sh --data "$data" --test-sets "$test_sets" \
+run_stage 7 report steps/report.sh --data "$data" --test-sets "$test_sets" --skip-bad "$skip_bad" \
   --output "$results" "$exp" $systems
