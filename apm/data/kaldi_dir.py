@@ -12,10 +12,10 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from apm.data.atomic import atomic_dir
 from apm.data.problems import Problem, settle
 from apm.data.trials import Trial, read_trials, write_trials
 from apm.utils import ApmError, atomic_write, write_kv
+from apm.utils.io import atomic_dir
 
 REQUIRED = ("wav.scp", "utt2spk", "utt2lang")
 TEXT_FILES = ("wav.scp", "utt2spk", "spk2utt", "utt2lang", "segments", "trials")

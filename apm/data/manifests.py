@@ -30,11 +30,11 @@ from lhotse import (
 from lhotse.qa import validate_recordings_and_supervisions
 from tqdm import tqdm
 
-from apm.data.atomic import atomic_dir
 from apm.data.audio import MIN_DURATION, AudioInfo, AudioProblem, probe
 from apm.data.kaldi_dir import TEXT_FILES, KaldiDir, is_pipe, read_kaldi_dir
 from apm.data.problems import Problem, settle
 from apm.utils import ApmError, atomic_write
+from apm.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
