@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
-from apm.nnet import MaskedBatchNorm1d, build_model, stats_pooling
+from apm.nnet import FrameLayer, MaskedBatchNorm1d, build_model, stats_pooling
 from apm.nnet.layers import context_to_conv
 from apm.nnet.xvector import ETDNN, TDNN
 from apm.utils import ApmError
@@ -75,13 +76,31 @@ def test_context_to_conv():
             context_to_conv(bad)
 
 
+@pytest.mark.parametrize("context", [(-2, -1, 0, 1, 2), (-3, 0, 3), (0,)])
+def test_frame_layer_is_a_dilated_convolution(context):
+    """The spliced affine equals Conv1d with the same taps and zero 'same' padding."""
+    torch.manual_seed(2)
+    layer = FrameLayer(3, 4, context)
+    x = torch.randn(2, 11, 3)
+    kernel, dilation = context_to_conv(context)
+    weight = layer.affine.weight.view(4, kernel, 3).permute(0, 2, 1)
+    conv = F.conv1d(
+        x.transpose(1, 2),
+        weight,
+        layer.affine.bias,
+        padding=dilation * (kernel // 2),
+        dilation=dilation,
+    )
+    assert torch.allclose(layer.affine(layer.splice(x)), conv.transpose(1, 2), atol=1e-5)
+
+
 def test_phone_layer_selects_trunk_output():
     """The phone loss reaches trunk layers up to `phone_layer` and none after it."""
     model = small_model(phone_layer=2)
     assert model.phone_layer == 2 and small_model(phone_layer=-1).phone_layer == 7
     out = model(torch.randn(4, 30, FEAT))
     out.phone_logits.sum().backward()
-    grads = [layer.conv.weight.grad for layer in model.trunk]
+    grads = [layer.affine.weight.grad for layer in model.trunk]
     assert all(g is not None and g.abs().sum() > 0 for g in grads[:3])
     assert all(g is None for g in grads[3:])
 
@@ -108,15 +127,15 @@ def test_padded_batch_equals_one_by_one():
 
 
 def test_stats_pooling_uses_valid_frames_only():
-    x = torch.randn(2, 5, 12)
+    x = torch.randn(2, 12, 5)
     mask = torch.zeros(2, 12, dtype=torch.bool)
     mask[0, :12] = True
     mask[1, 2:9] = True
-    x[1, :, 9:] = 1e4  # padding with large values
+    x[1, 9:] = 1e4  # padding with large values
     pooled = stats_pooling(x, mask)
     for i in range(2):
-        frames = x[i][:, mask[i]]
-        expected = torch.cat([frames.mean(1), torch.sqrt(frames.var(1, unbiased=False) + 1e-5)])
+        frames = x[i][mask[i]]
+        expected = torch.cat([frames.mean(0), torch.sqrt(frames.var(0, unbiased=False) + 1e-5)])
         assert torch.allclose(pooled[i], expected, atol=1e-5)
     empty = stats_pooling(x, torch.zeros(2, 12, dtype=torch.bool))
     assert torch.isfinite(empty).all()
@@ -125,12 +144,12 @@ def test_stats_pooling_uses_valid_frames_only():
 def test_masked_batchnorm_matches_batchnorm_on_valid_frames():
     torch.manual_seed(1)
     masked, plain = MaskedBatchNorm1d(4), torch.nn.BatchNorm1d(4)
-    x = torch.randn(3, 4, 10) * 3 + 2
+    x = torch.randn(3, 10, 4) * 3 + 2
     mask = torch.rand(3, 10) > 0.4
     y = masked(x, mask)
-    ref = plain(x.transpose(1, 2)[mask])
-    assert torch.allclose(y.transpose(1, 2)[mask], ref, atol=1e-6)
-    assert (y.transpose(1, 2)[~mask] == 0).all()
+    ref = plain(x[mask])
+    assert torch.allclose(y[mask], ref, atol=1e-6)
+    assert (y[~mask] == 0).all()
     assert torch.allclose(masked.running_mean, plain.running_mean)
     assert torch.allclose(masked.running_var, plain.running_var)
 

@@ -1,8 +1,11 @@
 """Frame-level building blocks that respect a per-frame mask.
 
-Tensors inside the trunk are laid out [B, C, T]. The mask is [B, T] bool, True for frames
-that count (VAD-kept and not padding). Every frame layer keeps the length T ("same" padding)
-and sets masked frames to exactly zero after its BatchNorm, so that
+Tensors inside the trunk are laid out [B, T, C] (frames x channels), so every layer is one
+matrix product over all B*T frames: a TDNN context is spliced (the shifted copies of the
+input concatenated along channels, as Kaldi's TDNN does) and fed to a Linear layer. On CPU
+this runs at least as fast as Conv1d, and 1x1 layers clearly faster. The mask is [B, T] bool,
+True for frames that count (VAD-kept and not padding). Every frame layer keeps the length T
+(zero "same" padding) and sets masked frames to exactly zero after its BatchNorm, so that
 - a padded frame contributes nothing to the context of its neighbours, which makes a padded
   batch compute the same as its segments one by one (a segment's edge sees zeros either way);
 - BatchNorm statistics in training are taken over valid frames only;
@@ -16,13 +19,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from apm.utils.errors import ApmError
 
 
 class MaskedBatchNorm1d(nn.BatchNorm1d):
-    """BatchNorm1d over [B, C, T] whose training statistics use only frames with mask True.
+    """BatchNorm over frames [B, T, C] whose training statistics use only frames with mask True.
 
     The valid frames are gathered into an [N, C] matrix and normalised by the native kernel,
     so running statistics and momentum behave exactly as in `nn.BatchNorm1d`. Masked frames
@@ -32,19 +36,18 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None or not self.training:
-            return super().forward(x)
-        xt = x.transpose(1, 2)
-        y = super().forward(xt[mask])
+            return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
+        y = super().forward(x[mask])
         out = x.new_zeros(x.shape, dtype=y.dtype)
-        out.transpose(1, 2)[mask] = y
+        out[mask] = y
         return out
 
 
 def context_to_conv(context: Sequence[int]) -> tuple[int, int]:
     """(kernel_size, dilation) of a Kaldi TDNN context such as [-3, 0, 3] or [-2..2].
 
-    Only symmetric, evenly spaced contexts map to one dilated convolution that keeps the
-    frame count; anything else is a configuration error.
+    Only symmetric, evenly spaced contexts (a dilated convolution) are supported: they keep
+    the frame count with symmetric zero padding; anything else is a configuration error.
     """
     ctx = list(context)
     if not ctx or ctx != sorted(ctx) or ctx[0] != -ctx[-1] or 0 not in ctx:
@@ -58,32 +61,40 @@ def context_to_conv(context: Sequence[int]) -> tuple[int, int]:
 
 
 class FrameLayer(nn.Module):
-    """One TDNN layer: dilated Conv1d over `context` -> ReLU -> BatchNorm (Kaldi's order)."""
+    """One TDNN layer: affine over the spliced `context` -> ReLU -> BatchNorm (Kaldi's order)."""
 
     def __init__(self, in_dim: int, out_dim: int, context: Sequence[int]) -> None:
         super().__init__()
-        kernel, dilation = context_to_conv(context)
+        self.kernel, self.dilation = context_to_conv(context)
         self.context = tuple(context)
         self.in_dim, self.out_dim = in_dim, out_dim
-        self.conv = nn.Conv1d(
-            in_dim, out_dim, kernel, dilation=dilation, padding=dilation * (kernel // 2)
-        )
+        self.affine = nn.Linear(in_dim * self.kernel, out_dim)
         self.bn = MaskedBatchNorm1d(out_dim)
 
+    def splice(self, x: Tensor) -> Tensor:
+        """[B, T, C] -> [B, T, k*C]: the context frames side by side, zeros past the edges."""
+        if self.kernel == 1:
+            return x
+        half = self.dilation * (self.kernel // 2)
+        padded = F.pad(x, (0, 0, half, half))
+        frames = x.shape[1]
+        step = self.dilation
+        return torch.cat([padded[:, j * step : j * step + frames] for j in range(self.kernel)], 2)
+
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
-        """x [B, in_dim, T] -> [B, out_dim, T]; `mask` None means every frame is valid."""
-        y = self.bn(torch.relu(self.conv(x)), mask)
+        """x [B, T, in_dim] -> [B, T, out_dim]; `mask` None means every frame is valid."""
+        y = self.bn(torch.relu(self.affine(self.splice(x))), mask)
         if mask is not None and not self.training:
-            y = y * mask.unsqueeze(1).to(y.dtype)
+            y = y * mask.unsqueeze(2).to(y.dtype)
         return y
 
     def macs_per_frame(self) -> int:
         """Multiply-accumulates per output frame (bias, ReLU and BatchNorm not counted)."""
-        return self.in_dim * self.out_dim * len(self.context)
+        return self.affine.weight.numel()
 
 
 def stats_pooling(x: Tensor, mask: Tensor | None, eps: float = 1e-5) -> Tensor:
-    """Mean and standard deviation over valid frames: [B, C, T] -> [B, 2C], in float32.
+    """Mean and standard deviation over valid frames: [B, T, C] -> [B, 2C], in float32.
 
     Computed in float32 whatever the autocast dtype, with the variance taken around the mean
     (not E[x^2] - E[x]^2) so it cannot go negative through cancellation. A segment without
@@ -91,11 +102,11 @@ def stats_pooling(x: Tensor, mask: Tensor | None, eps: float = 1e-5) -> Tensor:
     """
     x = x.float()
     if mask is None:
-        mean = x.mean(dim=2)
-        var = x.var(dim=2, unbiased=False)
+        mean = x.mean(dim=1)
+        var = x.var(dim=1, unbiased=False)
     else:
-        w = mask.unsqueeze(1).to(x.dtype)
-        count = w.sum(dim=2).clamp(min=1.0)
-        mean = (x * w).sum(dim=2) / count
-        var = (((x - mean.unsqueeze(2)) * w) ** 2).sum(dim=2) / count
+        w = mask.unsqueeze(2).to(x.dtype)
+        count = w.sum(dim=1).clamp(min=1.0)
+        mean = (x * w).sum(dim=1) / count
+        var = (((x - mean.unsqueeze(1)) * w) ** 2).sum(dim=1) / count
     return torch.cat([mean, torch.sqrt(var.clamp(min=0.0) + eps)], dim=1)

@@ -107,13 +107,13 @@ class XVector(nn.Module):
         self.segment2_bn = nn.BatchNorm1d(embed_dim)
         self.phone_layer = len(layers) - 1 if phone_layer is None else phone_layer % len(layers)
         self.phone_layers = nn.ModuleList()
-        self.phone_out: nn.Conv1d | None = None
+        self.phone_out: nn.Linear | None = None
         if phone_branch:
             in_dim = self.trunk[self.phone_layer].out_dim
             for _ in range(phone_hidden_layers):
                 self.phone_layers.append(FrameLayer(in_dim, phone_channels, (0,)))
                 in_dim = phone_channels
-            self.phone_out = nn.Conv1d(in_dim, num_phones, 1)
+            self.phone_out = nn.Linear(in_dim, num_phones)
 
     def forward(
         self, feats: Tensor, mask: Tensor | None = None, phones: bool = True
@@ -129,9 +129,9 @@ class XVector(nn.Module):
             )
         if mask is not None and bool(mask.all()):
             mask = None  # the unmasked path uses the fused BatchNorm kernels
-        x = feats.transpose(1, 2)
+        x = feats
         if mask is not None:
-            x = x * mask.unsqueeze(1).to(x.dtype)
+            x = x * mask.unsqueeze(2).to(x.dtype)
         phone_in = None
         for i, layer in enumerate(self.trunk):
             x = layer(x, mask)
@@ -145,7 +145,7 @@ class XVector(nn.Module):
         if phones and self.phone_out is not None:
             for layer in self.phone_layers:
                 phone_in = layer(phone_in, mask)
-            phone_logits = self.phone_out(phone_in).transpose(1, 2)
+            phone_logits = self.phone_out(phone_in)
         return ModelOutput(embedding, phone_logits, classifier_input)
 
     def num_parameters(self) -> int:
@@ -159,7 +159,7 @@ class XVector(nn.Module):
             layers += list(self.phone_layers)
         macs = sum(layer.macs_per_frame() for layer in layers)
         if phones and self.phone_out is not None:
-            macs += self.phone_out.in_channels * self.phone_out.out_channels
+            macs += self.phone_out.weight.numel()
         return macs
 
     def macs_per_segment(self) -> int:
