@@ -1,13 +1,15 @@
 #!/usr/bin/env python
 """Training throughput of the multi-task x-vector: forward + backward frames/s.
 
-For each model config (the default E-TDNN and small CPU configs) and each device (CPU, and
-CUDA when present) this times forward + multi-task APM loss + backward on random
+For each model config (the default E-TDNN, a 256-wide one, the recipe's CPU-sized system
+config) and each device (CPU, and CUDA when present) this times forward + multi-task APM loss + backward on random
 [batch, frames, feat_dim] inputs and prints frames/s next to the model's analytic cost:
 MMAC/frame of the frame layers (trunk, stats layer, phone branch; the segment layers run
 once per segment and are amortised over the frames of a segment) and the achieved GFLOP/s,
 counting training as 3x the forward FLOPs (2 FLOPs per MAC). The "matmul" line measures
 a large float32 matrix product on the same device, a practical peak to compare against.
+On CPU "frames/CPU-s" divides by the process's CPU time instead of wall time: on a shared
+machine it moves less with the other processes' load (frames per core-second).
 
     .venv/bin/python local/bench_nnet.py [--batch 32] [--frames 200] [--steps 5]
 """
@@ -16,28 +18,20 @@ from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
 import torch
+import yaml
 
 from apm.losses import build_loss
 from apm.nnet import build_model
 
 CONFIGS = {
     "default etdnn 512": {},
-    "small etdnn 256": {
-        "channels": 256,
-        "stats_channels": 768,
-        "embed_dim": 256,
-        "phone_channels": 256,
-    },
-    "small tdnn 128": {
-        "trunk": "tdnn",
-        "channels": 128,
-        "stats_channels": 384,
-        "embed_dim": 128,
-        "phone_channels": 128,
-    },
+    "etdnn 256": {"channels": 256, "stats_channels": 768, "embed_dim": 256, "phone_channels": 256},
 }
+REPO = Path(__file__).resolve().parents[1]
+RECIPE_CONF = REPO / "egs/olr/conf/apm_am.yaml"  # the CPU-sized network the recipe trains
 
 
 def sync(device: torch.device) -> None:
@@ -77,17 +71,18 @@ def bench(cfg: dict, args: argparse.Namespace, device: torch.device, amp: bool) 
 
     step()  # warm-up (allocations, kernel selection)
     sync(device)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     for _ in range(args.steps):
         step()
     sync(device)
-    seconds = (time.perf_counter() - start) / args.steps
-    frames_s = args.batch * args.frames / seconds
+    frames = args.batch * args.frames * args.steps
+    frames_s = frames / (time.perf_counter() - start)
     macs = model.macs_per_frame() + model.macs_per_segment() / args.frames
     return {
         "params": model.num_parameters() / 1e6,
         "mmac": macs / 1e6,
         "frames_s": frames_s,
+        "frames_cpu_s": frames / (time.process_time() - cpu_start),
         "gflops": frames_s * 3 * 2 * macs / 1e9,
     }
 
@@ -96,11 +91,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32, help="segments per batch")
     parser.add_argument("--frames", type=int, default=200, help="frames per segment")
-    parser.add_argument("--feat-dim", type=int, default=80)
+    parser.add_argument("--feat-dim", type=int, default=40, help="the recipe's fbank bins")
     parser.add_argument("--phones", type=int, default=40, help="phone inventory size")
     parser.add_argument("--langs", type=int, default=10)
     parser.add_argument("--steps", type=int, default=5, help="timed steps per config")
+    parser.add_argument(
+        "--recipe-conf", type=Path, default=RECIPE_CONF, help="also time this system config's model"
+    )
     args = parser.parse_args()
+    configs = dict(CONFIGS)
+    if args.recipe_conf.is_file():
+        model_cfg = yaml.safe_load(args.recipe_conf.read_text())["model"]
+        configs[f"recipe {args.recipe_conf.stem}"] = model_cfg
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "
@@ -109,21 +111,22 @@ def main() -> None:
     )
     header = (
         f"{'device':<10} {'model':<20} {'amp':<5} {'Mparams':>8} {'MMAC/frame':>11} "
-        f"{'frames/s':>10} {'GFLOP/s':>8}"
+        f"{'frames/s':>10} {'frames/CPU-s':>12} {'GFLOP/s':>8}"
     )
     print(header)
     print("-" * len(header))
     for device in devices:
         for amp in (False, True) if device.type == "cuda" else (False,):
-            for name, cfg in CONFIGS.items():
+            for name, cfg in configs.items():
                 r = bench(cfg, args, device, amp)
+                cpu_s = f"{r['frames_cpu_s']:.0f}" if device.type == "cpu" else "-"
                 print(
                     f"{device.type:<10} {name:<20} {'bf16' if amp else 'fp32':<5} "
-                    f"{r['params']:>8.2f} {r['mmac']:>11.2f} {r['frames_s']:>10.0f} "
+                    f"{r['params']:>8.2f} {r['mmac']:>11.2f} {r['frames_s']:>10.0f} {cpu_s:>12} "
                     f"{r['gflops']:>8.1f}"
                 )
         print(
-            f"{device.type:<10} {'matmul 2048 fp32':<20} {'':<5} {'':>8} {'':>11} {'':>10} "
+            f"{device.type:<10} {'matmul 2048 fp32':<20} {'':<5} {'':>8} {'':>11} {'':>10} {'':>12} "
             f"{matmul_gflops(device):>8.1f}"
         )
 

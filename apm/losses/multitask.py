@@ -148,7 +148,12 @@ def frame_cross_entropy(phone_logits: Tensor, labels: Tensor, mask: Tensor | Non
 
 
 def build_loss(cfg: Mapping[str, Any] | None, embed_dim: int, num_langs: int) -> MultiTaskLoss:
-    """Build the multi-task loss from the `loss` config section (keys/defaults: LOSS_DEFAULTS)."""
+    """Build the multi-task loss from the `loss` config section; unknown keys are an ApmError.
+
+    Keys (default): kind (apm; softmax | am | aam | apm), flavour (am; or aam, the form of the
+    apm margin), margin (0.2), scale (30.0), confidence (max_posterior; or frame_accuracy),
+    confidence_norm (false), margin_warmup_epochs (0), phone_weight (0.3).
+    """
     c = resolve_config(cfg, LOSS_DEFAULTS, "loss")
     check_choice(c["kind"], KINDS, "kind", "loss")
     check_choice(c["flavour"], FLAVOURS, "flavour", "loss")

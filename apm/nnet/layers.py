@@ -31,7 +31,8 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
     The valid frames are gathered into an [N, C] matrix and normalised by the native kernel,
     so running statistics and momentum behave exactly as in `nn.BatchNorm1d`. Masked frames
     of the output are zero. In eval mode (running statistics) every frame is normalised
-    and the caller zeroes the masked ones.
+    and the caller zeroes the masked ones. Input is laid out [B, T, C] (channels last), so
+    `nn.SyncBatchNorm.convert_sync_batchnorm` must not be applied to these layers.
     """
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:

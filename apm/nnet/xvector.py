@@ -64,7 +64,8 @@ class ModelOutput:
     embedding: [B, E] the x-vector (output of the first segment affine layer, before its
         ReLU, as in Kaldi); this is what extraction writes and the back-end scores.
     phone_logits: [B, T, P] frame-level phone logits aligned with the input frames, or None
-        without a phone branch (or when forward was called with `phones=False`).
+        without a phone branch (or when forward was called with `phones=False`). Entries at
+        masked frames are meaningless (the trunk is zero there); the losses ignore them.
     classifier_input: [B, E] the output of the last segment layer, the input of the language
         classifier (the margin softmax sits on top of both segment layers, PAPER.md). Use
         `MultiTaskLoss.scores(out)` rather than feeding `embedding` to the classifier.
@@ -168,10 +169,13 @@ class XVector(nn.Module):
 
 
 def build_model(cfg: Mapping[str, Any] | None, feat_dim: int, num_phones: int) -> XVector:
-    """Build the x-vector from the `model` config section (keys and defaults: MODEL_DEFAULTS).
+    """Build the x-vector from the `model` config section; a key not listed is an ApmError.
 
+    Keys (default): trunk (etdnn; or tdnn), channels (512), stats_channels (1500),
+    embed_dim (512), phone_branch (true), phone_layer (null = last trunk layer; negative
+    indices count from the end), phone_channels (512), phone_hidden_layers (3).
     `num_phones` is the size of the phone inventory (phones.txt); ignored without a phone
-    branch. Logs the parameter count.
+    branch. Logs the parameter count and the MACs per frame.
     """
     c = resolve_config(cfg, MODEL_DEFAULTS, "model")
     check_choice(c["trunk"], tuple(TRUNKS), "trunk", "model")
