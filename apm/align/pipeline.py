@@ -108,10 +108,9 @@ def decoded_source(
     from apm.align.sphinx import SphinxAligner
 
     ids = {c.id for c in cuts}
+    todo = list(cuts)
     if cfg.perturbed == "warp":
-        todo = [c for c in cuts if (perturbed_source(c.id) or (None,))[0] not in ids]
-    else:
-        todo = list(cuts)
+        todo = [c for c in cuts if not _original_in(c.id, ids)]
     log.info("decoding %d of %d cuts with PocketSphinx (%d jobs)", len(todo), len(cuts), nj)
     labels, summaries = decode_cuts(todo, cfg, dst / "jobs", nj)
     table = SphinxAligner.phone_table(cfg.pocketsphinx)
@@ -128,6 +127,27 @@ def decoded_source(
         "perturbed": cfg.perturbed,
     }
     return LabelSource(labels, table, "pocketsphinx"), stats
+
+
+def _original_in(cut_id: str, ids: set[str]) -> bool:
+    source = perturbed_source(cut_id)
+    return source is not None and source[0] in ids
+
+
+def collect(cuts: Sequence, source: LabelSource, failed: dict[str, str]) -> dict[str, np.ndarray]:
+    """Labels of every cut on its frame grid; cuts without any are added to `failed`."""
+    labels: dict[str, np.ndarray] = {}
+    for cut in cuts:
+        vec = None if cut.id in failed else source.for_cut(cut)
+        if vec is not None:
+            labels[cut.id] = vec
+            continue
+        original = perturbed_source(cut.id)
+        if original and original[0] in failed:
+            failed[cut.id] = f"its original {original[0]} has no labels"
+        else:
+            failed.setdefault(cut.id, f"no labels in {source.name}")
+    return labels
 
 
 def align_phones(
@@ -158,24 +178,35 @@ def align_phones(
         raise ApmError(f"--ali-from {ali_from}: expected pocketsphinx, oracle or kaldi:DIR")
 
     failed = dict(stats.get("failed", {}))
-    labels: dict[str, np.ndarray] = {}
-    for cut in cuts:
-        vec = None if cut.id in failed else source.for_cut(cut)
-        if vec is None:
-            failed.setdefault(cut.id, f"no labels in {source.name}")
-        else:
-            labels[cut.id] = vec
+    labels = collect(cuts, source, failed)
     _check_failed(failed, skip_bad, source.name)
 
     dst.mkdir(parents=True, exist_ok=True)
     write_ark_scp(((k, labels[k]) for k in sorted(labels)), dst / "ali.ark", dst / "ali.scp")
     source.table.write(dst / "phones.txt")
+    report = _report(ali_from, cuts, labels, source.table, cfg, stats, failed, oracle)
+    write_report(dst, report)
+    log.info("wrote %d alignments to %s (%d failed)", len(labels), dst / "ali.scp", len(failed))
+    return report
+
+
+def _report(
+    ali_from: str,
+    cuts: Sequence,
+    labels: dict[str, np.ndarray],
+    table: PhoneTable,
+    cfg: AlignConfig,
+    stats: dict,
+    failed: dict[str, str],
+    oracle: LabelSource | None,
+) -> dict:
+    """report.json's content: counts, phone set, per-language statistics, what failed."""
     oracle_labels = None
     if oracle is not None:
         oracle_labels = {
             c.id: v for c in cuts if c.id in labels and (v := oracle.for_cut(c)) is not None
         }
-    report = {
+    return {
         "summary": {
             "source": ali_from,
             "utterances": len(labels),
@@ -184,20 +215,17 @@ def align_phones(
             "failed": len(failed),
             **{k: v for k, v in stats.items() if k not in ("too_short", "silence_only", "failed")},
         },
-        "phones": list(source.table.symbols),
+        "phones": list(table.symbols),
         "languages": build_report(
             labels,
             {c.id: cut_language(c) for c in cuts},
-            source.table,
+            table,
             cfg.report_top_phones,
             oracle_labels,
         ),
         "failed": failed,
         "warnings": {k: stats.get(k, []) for k in ("too_short", "silence_only")},
     }
-    write_report(dst, report)
-    log.info("wrote %d alignments to %s (%d failed)", len(labels), dst / "ali.scp", len(failed))
-    return report
 
 
 def _check_failed(failed: dict[str, str], skip_bad: bool, source: str) -> None:
