@@ -52,8 +52,8 @@ def test_no_phone_branch():
 
 def test_trunk_topologies_follow_the_paper():
     etdnn, tdnn = small_model(), small_model(trunk="tdnn")
-    assert [layer.context for layer in etdnn.trunk] == [c for c, _ in ETDNN]
-    assert [c for c, _ in ETDNN] == [
+    assert [layer.context for layer in etdnn.trunk] == list(ETDNN)
+    assert list(ETDNN) == [
         (-2, -1, 0, 1, 2),
         (0,),
         (-2, 0, 2),
@@ -63,7 +63,7 @@ def test_trunk_topologies_follow_the_paper():
         (-4, 0, 4),
         (0,),
     ]
-    assert [layer.context for layer in tdnn.trunk] == [c for c, _ in TDNN]
+    assert [layer.context for layer in tdnn.trunk] == list(TDNN)
     assert etdnn.phone_layer == 7 and tdnn.phone_layer == 3
 
 

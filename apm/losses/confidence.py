@@ -47,6 +47,9 @@ def phone_confidence(
         raise ApmError(f"confidence source {source!r} is not one of {', '.join(SOURCES)}")
     w = valid.float()
     conf = (frame_score * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)
-    if normalize:
-        conf = conf / conf.mean().clamp(min=NORM_FLOOR)
-    return conf
+    return normalize_confidence(conf) if normalize else conf
+
+
+def normalize_confidence(conf: Tensor) -> Tensor:
+    """c_i / mean(c) over the batch (floored), so the batch's mean margin m * c_i equals m."""
+    return conf / conf.mean().clamp(min=NORM_FLOOR)

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from apm.losses.confidence import SOURCES, phone_confidence
+from apm.losses.confidence import SOURCES, normalize_confidence, phone_confidence
 from apm.losses.margin import FLAVOURS, KINDS, MarginScheduler, MarginSoftmax
 from apm.nnet.config import check_choice, check_number, resolve_config
 from apm.nnet.xvector import ModelOutput
@@ -83,18 +83,17 @@ class MultiTaskLoss(nn.Module):
         phone_labels: Tensor | None,
         mask: Tensor | None,
     ) -> LossOutput:
+        """Loss of a batch: lang_labels [B] (class ids in languages.txt order), phone_labels
+        [B, T] (-1 = unlabelled; None: no phone loss), mask [B, T] (True = valid frame)."""
         confidence = self._confidence(out, phone_labels, mask)
         used = confidence
         if confidence is not None and self.confidence_norm:
-            used = confidence / confidence.mean().clamp(min=1e-6)
+            used = normalize_confidence(confidence)
         if self.classifier.kind == "apm" and used is None:
+            labels = self.confidence_source == "frame_accuracy"
             raise ApmError(
-                "loss kind apm needs phone posteriors: set model.phone_branch true"
-                + (
-                    " and provide phone labels"
-                    if self.confidence_source == "frame_accuracy"
-                    else ""
-                )
+                "loss kind apm needs the phone posteriors: set model.phone_branch true"
+                + (" and give phone labels (confidence frame_accuracy)" if labels else "")
             )
         lang_loss, logits, margins = self.classifier.forward_with_margins(
             out.classifier_input, lang_labels, used

@@ -24,25 +24,20 @@ from apm.utils.errors import ApmError
 
 logger = logging.getLogger(__name__)
 
-# Trunk topologies as (context, width) per layer; width None = the `channels` option.
+# Trunk topologies: the TDNN context of each layer; every layer is `channels` wide.
 # E-TDNN (Snyder et al. 2019, as in PAPER.md): dilated contexts interleaved with 1x1 layers.
 ETDNN = (
-    ((-2, -1, 0, 1, 2), None),
-    ((0,), None),
-    ((-2, 0, 2), None),
-    ((0,), None),
-    ((-3, 0, 3), None),
-    ((0,), None),
-    ((-4, 0, 4), None),
-    ((0,), None),
+    (-2, -1, 0, 1, 2),
+    (0,),
+    (-2, 0, 2),
+    (0,),
+    (-3, 0, 3),
+    (0,),
+    (-4, 0, 4),
+    (0,),
 )
 # Classic x-vector (Snyder et al. 2018): frame1-4; frame5 is the stats layer below.
-TDNN = (
-    ((-2, -1, 0, 1, 2), None),
-    ((-2, 0, 2), None),
-    ((-3, 0, 3), None),
-    ((0,), None),
-)
+TDNN = ((-2, -1, 0, 1, 2), (-2, 0, 2), (-3, 0, 3), (0,))
 TRUNKS = {"etdnn": ETDNN, "tdnn": TDNN}
 
 MODEL_DEFAULTS: dict[str, Any] = {
@@ -97,9 +92,9 @@ class XVector(nn.Module):
         self.feat_dim, self.embed_dim = feat_dim, embed_dim
         self.num_phones = num_phones if phone_branch else 0
         layers, in_dim = [], feat_dim
-        for context, width in TRUNKS[trunk]:
-            layers.append(FrameLayer(in_dim, width or channels, context))
-            in_dim = width or channels
+        for context in TRUNKS[trunk]:
+            layers.append(FrameLayer(in_dim, channels, context))
+            in_dim = channels
         self.trunk = nn.ModuleList(layers)
         self.stats_layer = FrameLayer(in_dim, stats_channels, (0,))
         self.segment1 = nn.Linear(2 * stats_channels, embed_dim)
