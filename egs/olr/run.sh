@@ -68,7 +68,7 @@ run_stage 1 manifests steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" 
 run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --conf "$fbank_conf" --skip-bad "$skip_bad" \
   "$data/manifests" "$data/fbank" $sets
 
-run_stage 3 align steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-from "$ali_from" \
+run_stage 3 align steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-from "$ali_from" --skip-bad "$skip_bad" \
   --oracle-dir "$data/oracle_ali/$train_set" "$data/fbank/$train_set" "$ali_dir"
 
 for system in $systems; do
