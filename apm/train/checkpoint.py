@@ -3,6 +3,8 @@ average of the last N of them.
 
 `final.pt` holds what extraction needs and nothing else: the model and loss weights, the
 resolved config and `meta` (languages in class order, number of phones, feature dimension).
+Averaged weights do not match any checkpoint's BatchNorm statistics, so the trainer
+re-estimates those before writing it (`Trainer.recalibrate_batchnorm`).
 """
 
 from __future__ import annotations
@@ -63,21 +65,18 @@ def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torc
     return out
 
 
-def write_final(exp_dir: str | os.PathLike, last_n: int) -> Path:
-    """Average the model and loss weights of the last `last_n` epoch checkpoints into
-    `final.pt`."""
+def average_last(exp_dir: str | os.PathLike, last_n: int) -> dict:
+    """The `final.pt` state: model and loss weights averaged over the last `last_n` epoch
+    checkpoints, with the config and meta of the last one."""
     found = list_checkpoints(exp_dir)
     if not found:
         raise ApmError(f"{checkpoint_dir(exp_dir)}: no epoch checkpoint to average")
     epochs = list(found)[-last_n:]
     states = [load(found[e]) for e in epochs]
-    final = {
+    return {
         "model": average_state_dicts([s["model"] for s in states]),
         "crit": average_state_dicts([s["crit"] for s in states]),
         "config": states[-1]["config"],
         "meta": states[-1]["meta"],
         "averaged_epochs": epochs,
     }
-    path = Path(exp_dir) / "final.pt"
-    save(path, final)
-    return path

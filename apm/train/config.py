@@ -53,6 +53,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "specaugment": None,  # null, or a mapping with keys of SPECAUGMENT_DEFAULTS
     "valid_fraction": 0.05,  # utterances per language held out for validation
     "average_last": 3,  # final.pt averages the last N epoch checkpoints
+    "bn_recalibration_batches": 50,  # then re-estimates BatchNorm statistics on N batches
     "amp": True,  # mixed precision on CUDA (ignored on CPU)
     "num_workers": 0,  # DataLoader workers building batches (0: in the training process)
     "threads": 0,  # torch CPU threads per process; 0: the cores divided by the processes

@@ -5,7 +5,8 @@ Layout of the experiment directory:
   languages.txt        training languages, one per line: the class order of the classifier
   phones.txt           copy of the alignment's phone table (with a phone branch)
   checkpoints/epoch_<N>.pt   after every epoch, atomically (resume point)
-  final.pt             average of the last `train.average_last` epoch checkpoints
+  final.pt             average of the last `train.average_last` epoch checkpoints, BatchNorm
+                       statistics re-estimated on `train.bn_recalibration_batches` batches
   train_log.jsonl      one record per epoch (losses, accuracies, margins, confidences, lr)
   train_curves.png     the curves of train_log.jsonl
   tensorboard/         the same as TensorBoard scalars, plus per-step loss and lr
@@ -138,6 +139,22 @@ def _log_record(r: dict) -> None:
     )
 
 
+def _write_final(trainer: Trainer, job: TrainJob) -> None:
+    """Average the last checkpoints, re-estimate BatchNorm statistics, save `final.pt`."""
+    final = checkpoint.average_last(job.exp_dir, job.config["train"]["average_last"])
+    trainer.model.load_state_dict(final["model"])
+    trainer.crit.load_state_dict(final["crit"])
+    used = trainer.recalibrate_batchnorm(job.config["train"]["bn_recalibration_batches"])
+    final["model"] = trainer.model.state_dict()
+    final["bn_recalibration_batches"] = used
+    checkpoint.save(job.exp_dir / "final.pt", final)
+    log.info(
+        "final.pt: epochs %s averaged, BatchNorm statistics from %d batches",
+        final["averaged_epochs"],
+        used,
+    )
+
+
 def run_training(job: TrainJob) -> Path:
     """Train (or resume) the system of `job`; returns the path of `final.pt`."""
     env = init_distributed(job.device, job.config["train"]["threads"])
@@ -171,10 +188,9 @@ def run_training(job: TrainJob) -> Path:
         _train_epochs(trainer, job, env)
         final = job.exp_dir / "final.pt"
         if env.is_main:
-            final = checkpoint.write_final(job.exp_dir, tcfg["average_last"])
+            _write_final(trainer, job)
             write_history(job.exp_dir, trainer.history)
             plot_curves(trainer.history, job.exp_dir / "train_curves.png")
-            log.info("wrote %s", final)
         barrier(env)
         return final
     finally:

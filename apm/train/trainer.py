@@ -288,6 +288,33 @@ class Trainer:
         self.net.train()
         return metrics.summary(self.env, self.corpus.languages)
 
+    @torch.no_grad()
+    def recalibrate_batchnorm(self, max_batches: int) -> int:
+        """Re-estimate every BatchNorm's running statistics as the plain average over up to
+        `max_batches` training batches of a fresh epoch plan (no weight changes, no
+        SpecAugment); returns the number of batches used.
+
+        Needed after averaging checkpoints, whose weights match none of the saved statistics;
+        it also removes the bias of running averages that saw only a few hundred steps.
+        """
+        norms = [m for m in self.net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if max_batches <= 0 or not norms:
+            return 0
+        momenta = [bn.momentum for bn in norms]
+        for bn in norms:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average
+        cfg = {**self.tcfg, "specaugment": None}
+        plan = plan_epoch(self.corpus, self.train_pool, cfg, self.seed, self.tcfg["epochs"])
+        data = ChunkBatches(self.corpus, plan, cfg, self.seed, self.tcfg["epochs"])
+        self.net.train()
+        used = min(max_batches, len(data))
+        for i in range(used):
+            self._forward(self._to_device(data[i]), self.net)
+        for bn, momentum in zip(norms, momenta, strict=True):
+            bn.momentum = momentum
+        return used
+
     def run_epoch(self, monitor: Monitor | None = None) -> dict:
         """Train and validate the next epoch; append and return its record."""
         start = time.perf_counter()
