@@ -208,7 +208,8 @@ def make_mini_olr(
     root = out / "mini_olr"
     stamp = _stamp(size_name, seed, langs, unks)
     stamp_file = root / ".stamp"
-    if stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
+    complete = all((out / s / "wav.scp").is_file() for s in SETS)
+    if complete and stamp_file.is_file() and json.loads(stamp_file.read_text()) == stamp:
         log.info("mini-OLR (%s, seed %d) already in %s; skipping", size_name, seed, out)
         return json.loads((root / "stats.json").read_text())
     if stamp_file.exists():

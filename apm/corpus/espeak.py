@@ -21,7 +21,6 @@ AUDIO_OUTPUT_SYNCHRONOUS = 2
 INITIALIZE_PHONEME_EVENTS = 0x0001
 CHARS_UTF8 = 1
 EVENT_LIST_TERMINATED = 0
-EVENT_WORD = 1
 EVENT_PHONEME = 7
 PARAM_RATE, PARAM_PITCH, PARAM_RANGE = 1, 3, 4
 EE_OK = 0
@@ -59,7 +58,6 @@ class Synthesis:
     samples: np.ndarray
     sampling_rate: int
     phonemes: list[tuple[int, str]]
-    word_starts: list[int]
 
 
 def data_path() -> str:
@@ -96,7 +94,6 @@ class Espeak:
             raise ApmError(f"eSpeak NG failed to initialise with data at {data_path()}")
         self._chunks: list[np.ndarray] = []
         self._phonemes: list[tuple[int, str]] = []
-        self._words: list[int] = []
         # Keep a reference: ctypes callbacks are freed when the Python object dies.
         self._callback = _Callback(self._collect)
         self._lib.espeak_SetSynthCallback(self._callback)
@@ -116,8 +113,6 @@ class Espeak:
             if ev.type == EVENT_PHONEME:
                 name = bytes(ev.id).split(b"\0", 1)[0].decode("utf-8", errors="replace")
                 self._phonemes.append((ev.sample, name))
-            elif ev.type == EVENT_WORD:
-                self._words.append(ev.sample)
             i += 1
         return 0
 
@@ -143,14 +138,14 @@ class Espeak:
     def synthesize(self, text: str, seed: int) -> Synthesis:
         """Speak `text`; `seed` seeds eSpeak's noise generator (breathy voices, which is
         otherwise seeded from the clock)."""
-        self._chunks, self._phonemes, self._words = [], [], []
+        self._chunks, self._phonemes = [], []
         self._lib.espeak_ng_SetRandSeed(ctypes.c_long(seed))
         data = text.encode("utf-8") + b"\0"
         rc = self._lib.espeak_Synth(data, len(data), 0, 0, 0, CHARS_UTF8, None, None)
         if rc != EE_OK:
             raise ApmError(f"eSpeak NG synthesis failed (code {rc}) for text '{text}'")
         samples = np.concatenate(self._chunks) if self._chunks else np.zeros(0, np.int16)
-        return Synthesis(samples, self.sampling_rate, self._phonemes, self._words)
+        return Synthesis(samples, self.sampling_rate, self._phonemes)
 
     def text_to_phonemes(self, text: str) -> str:
         """eSpeak's phoneme mnemonics for `text` in the current voice (clauses joined by ' ')."""

@@ -94,7 +94,8 @@ class Renderer:
                 lang = BABBLE[k % len(BABBLE)]
                 text = sample_sentence(self.vocabs[lang.code], 12, rng)
                 variant = VARIANTS[int(rng.integers(len(VARIANTS)))]
-                syn = self._speak(lang, variant, (int(rng.integers(140, 200)), 50, 50), text, k)
+                prosody = (int(rng.integers(140, 200)), 50, 50)
+                syn = self._speak(lang, variant, prosody, text, int(rng.integers(2**31)))
                 x, _ = channel.warp_resample(syn.samples / 32768.0, syn.sampling_rate, 1.0)
                 self._babble.append(x)
         return self._babble
