@@ -72,13 +72,19 @@ def main() -> None:
     p.add_argument("--config", default=str(REPO / "egs/olr/conf/apm_am.yaml"))
     p.add_argument("--fbank-dir", type=Path, default=None)
     p.add_argument("--ali-dir", type=Path, default=None)
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads (default: the config's train.threads; 0: all cores)",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--rounds", type=int, default=3, help="timed epochs of each kind")
     args = p.parse_args()
     cfg = load_config(args.config, seed=0)
     cfg["train"]["valid_fraction"] = 0.0
-    env = init_distributed(args.device, args.threads)
+    threads = cfg["train"]["threads"] if args.threads is None else args.threads
+    env = init_distributed(args.device, threads)
     t = cfg["train"]
     with tempfile.TemporaryDirectory() as tmp:
         fbank, ali = args.fbank_dir, args.ali_dir

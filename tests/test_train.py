@@ -229,3 +229,21 @@ def test_recipe_systems_resolve_and_build(system, repo_root):
     res = crit(model(feats, mask), torch.tensor([0, 3]), phones, mask)
     assert torch.isfinite(res.loss)
     assert (res.phone_loss is not None) == cfg["model"]["phone_branch"]
+
+
+def test_chunk_cmn_zeroes_each_chunk_mean_over_valid_frames(toy):
+    corpus = load_corpus(toy.fbank_dir, toy.ali_dir, cmn="chunk", min_utt_frames=40)
+    utts = np.arange(4)
+    batch = gather(corpus, utts, np.zeros(4, dtype=np.int64), 500, "chunk")
+    mask = batch["mask"]
+    assert not mask.all()  # the toy utterances are shorter than 500 frames: padded
+    mean = (batch["feats"] * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
+    assert mean.abs().max() < 1e-4 and (batch["feats"][~mask] == 0).all()
+
+
+def test_dataloader_workers_give_the_same_batches(tmp_path, toy):
+    trainer = _trainer(toy, tmp_path, num_workers=2, specaugment={})
+    with_workers = list(trainer._batches(0))
+    trainer.tcfg["num_workers"] = 0
+    for a, b in zip(with_workers, trainer._batches(0), strict=True):
+        assert a["utts"] == b["utts"] and torch.equal(a["feats"], b["feats"])
