@@ -185,6 +185,38 @@ def stats_markdown(stats: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_staging(
+    staging: Path, out: Path, plan: list[Utterance], rendered: dict, targets: list[str]
+) -> None:
+    """Data dirs, oracle alignments and texts of every set into `staging`; paths written in
+    them (wav.scp, ali.scp) already point to their final place under `out`."""
+    symbols = sorted({phone_symbol(p) for r in rendered.values() for _, p in r.phonemes} - {SIL})
+    table = {SIL: 0, **{s: i + 1 for i, s in enumerate(symbols)}}
+    (staging / "text").mkdir(parents=True, exist_ok=True)
+    for set_name in SETS:
+        utts = [u for u in plan if u.set == set_name]
+        write_set(staging / "sets" / set_name, utts, out / "mini_olr" / "wav", targets)
+        write_alignments(
+            staging / "oracle_ali" / set_name,
+            out / "oracle_ali" / set_name,
+            [rendered[u.utt] for u in utts],
+            table,
+        )
+        with open(staging / "text" / f"{set_name}.txt", "w", encoding="utf-8") as f:
+            for u in sorted(utts, key=lambda u: u.utt):
+                f.write(f"{u.utt} {rendered[u.utt].text}\n")
+
+
+def publish(staging: Path, out: Path) -> None:
+    """Move the staged corpus into place, replacing any previous one."""
+    _replace_dir(staging / "wav", out / "mini_olr" / "wav")
+    _replace_dir(staging / "text", out / "mini_olr" / "text")
+    for set_name in SETS:
+        _replace_dir(staging / "sets" / set_name, out / set_name)
+        _replace_dir(staging / "oracle_ali" / set_name, out / "oracle_ali" / set_name)
+    shutil.rmtree(staging)
+
+
 def make_mini_olr(
     out_dir: str | os.PathLike,
     size_name: str = "mini",
@@ -226,31 +258,9 @@ def make_mini_olr(
     rendered = {r.utt: r for r in rendered_list}
     skipped = sum(r.skipped for r in rendered_list)
 
-    symbols = sorted({phone_symbol(p) for r in rendered_list for _, p in r.phonemes} - {SIL})
-    table = {SIL: 0, **{s: i + 1 for i, s in enumerate(symbols)}}
-    targets = [lang.code for lang in langs]
-    wav_root = root / "wav"
-    for set_name in SETS:
-        utts = [u for u in plan if u.set == set_name]
-        write_set(staging / "sets" / set_name, utts, wav_root, targets)
-        write_alignments(
-            staging / "oracle_ali" / set_name,
-            out / "oracle_ali" / set_name,
-            [rendered[u.utt] for u in utts],
-            table,
-        )
-        (staging / "text").mkdir(parents=True, exist_ok=True)
-        with open(staging / "text" / f"{set_name}.txt", "w", encoding="utf-8") as f:
-            for u in sorted(utts, key=lambda u: u.utt):
-                f.write(f"{u.utt} {rendered[u.utt].text}\n")
-
     stats = statistics(plan, rendered, vocabs, skipped)
-    _replace_dir(staging / "wav", wav_root)
-    _replace_dir(staging / "text", root / "text")
-    for set_name in SETS:
-        _replace_dir(staging / "sets" / set_name, out / set_name)
-        _replace_dir(staging / "oracle_ali" / set_name, out / "oracle_ali" / set_name)
-    shutil.rmtree(staging)
+    write_staging(staging, out, plan, rendered, [lang.code for lang in langs])
+    publish(staging, out)
     with atomic_write(root / "stats.json") as f:
         json.dump(stats, f, indent=2, ensure_ascii=False)
     with atomic_write(root / "README-stats.md") as f:
