@@ -199,3 +199,18 @@ def _set_voice_in_child(voice: str, variant: str) -> None:
     from apm.corpus.espeak import Espeak
 
     Espeak().set_voice(voice, variant)
+
+
+def test_weak_baseline_cavg() -> None:
+    from weak_baseline import cavg
+
+    targets = ["a", "b", "c"]
+    labels = ["a", "b", "c", "x"]  # 'x': an unknown language
+    perfect = np.log(np.array([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01], [0.01, 0.01, 0.98]]))
+    assert cavg(perfect, labels[:3], targets) == pytest.approx(0.0)
+    uniform = np.log(np.full((4, 3), 1 / 3))  # LLR 0 everywhere: every trial rejected
+    assert cavg(uniform, labels, targets) == pytest.approx(0.5)
+    # Accepting the unknown utterance as 'a' costs (1 - 0.5) / 3 non-target classes / 3 targets.
+    open_set = np.log(np.array([[0.98, 0.01, 0.01], [0.01, 0.98, 0.01], [0.01, 0.01, 0.98],
+                                [0.98, 0.01, 0.01]]))  # fmt: skip
+    assert cavg(open_set, labels, targets) == pytest.approx(0.5 / 3 / 3)
