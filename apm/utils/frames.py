@@ -3,7 +3,8 @@
 Frames are 10 ms apart and not snipped at the edges (Kaldi `--snip-edges=false`, lhotse's
 default): a recording of N samples at rate R has round(N / hop) frames with hop = R / 100,
 computed as (N + hop // 2) // hop exactly as `lhotse.utils.compute_num_frames` does. Frame t
-covers the window centred at t * 10 ms. Every per-frame label (alignments, VAD) has this count.
+covers the 25 ms window centred at (t + 0.5) * 10 ms. Every per-frame label (alignments, VAD)
+has this count.
 """
 
 from __future__ import annotations
