@@ -9,7 +9,9 @@ once per segment and are amortised over the frames of a segment) and the achieve
 counting training as 3x the forward FLOPs (2 FLOPs per MAC). The "matmul" line measures
 a large float32 matrix product on the same device, a practical peak to compare against.
 On CPU "frames/CPU-s" divides by the process's CPU time instead of wall time: on a shared
-machine it moves less with the other processes' load (frames per core-second).
+machine it moves less with the other processes' load (frames per core-second). When other
+processes keep a core busy, multi-threaded ops wait for the descheduled thread: measure
+with --threads 1 then.
 
     .venv/bin/python local/bench_nnet.py [--batch 32] [--frames 200] [--steps 5]
 """
@@ -98,7 +100,12 @@ def main() -> None:
     parser.add_argument(
         "--recipe-conf", type=Path, default=RECIPE_CONF, help="also time this system config's model"
     )
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads (0: torch's default, one per core)"
+    )
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     configs = dict(CONFIGS)
     if args.recipe_conf.is_file():
         model_cfg = yaml.safe_load(args.recipe_conf.read_text())["model"]
