@@ -121,3 +121,18 @@ def test_missing_final_model_is_a_clear_error(tmp_path, system):
     shutil.copytree(exp, tmp_path / "exp", ignore=shutil.ignore_patterns("final.pt"))
     with pytest.raises(ApmError, match="final.pt: checkpoint not found"):
         run_extraction(ExtractJob(tmp_path / "exp", fbank, tmp_path / "out"))
+
+
+def test_config_names_the_embedding_layer(system):
+    exp, fbank, _ = system
+    state = checkpoint.load(exp / "final.pt")
+    feats = np.random.default_rng(0).normal(size=(120, 20)).astype(np.float32)
+    vectors = {}
+    for layer in ("embedding", "classifier_input"):
+        state["config"]["extract"]["layer"] = layer
+        vectors[layer], _ = embed(load_system(state, torch.device("cpu")), feats)
+    model = load_system(state, torch.device("cpu")).model
+    with torch.no_grad():
+        out = model(torch.from_numpy(feats[None]), None)
+    np.testing.assert_allclose(vectors["classifier_input"], out.classifier_input[0], atol=1e-5)
+    np.testing.assert_allclose(vectors["embedding"], out.embedding[0], atol=1e-5)

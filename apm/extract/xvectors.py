@@ -9,7 +9,8 @@ chunk); the x-vector is the mean of the chunk x-vectors and the scores are the c
 margin-free outputs on the mean of the chunk classifier inputs.
 
 Outputs in the set's directory under `exp/<system>/xvectors/<set>/`:
-  xvector.ark/scp   float32 [embed_dim] per utterance (the x-vector layer, `out.embedding`)
+  xvector.ark/scp   float32 [embed_dim] per utterance: the model output `extract.layer` names
+                    (default `embedding`, the first segment layer: Kaldi's x-vector)
   logits.ark/scp    float32 [num_languages] per utterance, in `languages.txt` order
 Under torchrun, process r embeds every N-th cut; process 0 merges the parts.
 """
@@ -101,7 +102,8 @@ def embed(system: System, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         classifier_input=out.classifier_input.float().mean(0, keepdim=True),
     )
     scores = system.crit.scores(mean)
-    return mean.embedding[0].cpu().numpy(), scores[0].float().cpu().numpy()
+    xvector = getattr(mean, system.config["extract"]["layer"])
+    return xvector[0].cpu().numpy(), scores[0].float().cpu().numpy()
 
 
 def prepare_frames(cut, vad_table: dict, cmn: str, min_voiced: int) -> tuple[np.ndarray, bool]:

@@ -61,6 +61,9 @@ TRAIN_DEFAULTS: dict[str, Any] = {
 }
 
 EXTRACT_DEFAULTS: dict[str, Any] = {
+    # Model output written as the x-vector: `embedding` (first segment layer, before its ReLU,
+    # Kaldi's x-vector) or `classifier_input` (second segment layer, what the classifier sees).
+    "layer": "embedding",
     # Longer utterances are cut into equal, overlapping-at-most-by-one-chunk pieces of at most
     # this many frames; their embeddings are averaged.
     "max_chunk_frames": 1000,
@@ -68,6 +71,8 @@ EXTRACT_DEFAULTS: dict[str, Any] = {
     "min_voiced_frames": 20,
     "threads": 0,  # torch CPU threads per process; 0: the cores divided by the processes
 }
+
+EMBEDDING_LAYERS = ("embedding", "classifier_input")
 
 CHOICES = {
     "cmn": ("utterance", "chunk", "none"),
@@ -129,6 +134,8 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
         "extract": _check_keys(raw.get("extract") or {}, EXTRACT_DEFAULTS, f"{where}: extract"),
     }
     _check_train(cfg["train"], where)
+    if cfg["extract"]["layer"] not in EMBEDDING_LAYERS:
+        raise ApmError(f"{where}: extract.layer must be one of {EMBEDDING_LAYERS}")
     if cfg["extract"]["max_chunk_frames"] < cfg["train"]["chunk_min_frames"]:
         raise ApmError(f"{where}: extract.max_chunk_frames is below train.chunk_min_frames")
     cfg["seed"] = int(seed if seed is not None else raw.get("seed", 0))
