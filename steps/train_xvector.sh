@@ -6,13 +6,13 @@ set -euo pipefail
 help_message="Usage: $0 [options] --config <system.yaml> <fbank-dir> <exp-dir>
 e.g.: $0 --config conf/apm_am.yaml --seed 777 --ngpu 0 --ali-dir data/ali/train \\
         data/fbank/train exp/apm_am
---config (or --conf) names the system YAML (sections model, loss, train, extract).
+--config names the system YAML (sections model, loss, train, extract).
 A rerun resumes after the last epoch checkpoint (a killed run loses at most one epoch).
 --ngpu 0 runs one process, on the GPU if there is one; --ngpu N > 1 runs N DDP processes
 with torchrun (gloo on CPU when there is no GPU). Multi-node, as in WeSpeaker: run the same
 command on every node with --nnodes N --node-rank R --master-addr <node-0 host>."
 
-conf=                  # system YAML (also --config)
+config=                # system YAML
 seed=777               # random seed (model init, chunk sampling, validation split)
 ngpu=0                 # 0: one process (GPU if present); N: N processes per node (torchrun)
 ali_dir=               # stage 3 output (ali.scp, phones.txt); needed with a phone branch
@@ -25,19 +25,9 @@ master_port=29500      # free port on node 0 (multi-node)
 
 # Physical path: steps/ is reached through a symlink from the recipe.
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"
-# Here --config is the system YAML, not parse_options.sh's file of shell option values.
-args=()
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --config) args+=(--conf "${2:-}"); shift $(($# > 1 ? 2 : 1)) ;;
-    --config=*) args+=(--conf "${1#--config=}"); shift ;;
-    *) args+=("$1"); shift ;;
-  esac
-done
-set -- ${args[@]+"${args[@]}"}
 . "$APM_ROOT/utils/parse_options.sh"
 
-if [ $# -ne 2 ] || [ -z "$conf" ]; then
+if [ $# -ne 2 ] || [ -z "$config" ]; then
   echo "$help_message" >&2
   exit 1
 fi
@@ -57,6 +47,6 @@ if [ "$ngpu" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
   fi
 fi
 
-"${launcher[@]}" apm.bin.train_xvector --config "$conf" --seed "$seed" --resume "$resume" \
+"${launcher[@]}" apm.bin.train_xvector --config "$config" --seed "$seed" --resume "$resume" \
   --skip-unaligned "$skip_unaligned" --device "$device" ${ali_dir:+--ali-dir "$ali_dir"} \
   --log-file "$exp_dir/log/train.log" "$fbank_dir" "$exp_dir"

@@ -7,8 +7,9 @@
 #
 # `--some-option value` and `--some-option=value` set $some_option; an option with no
 # variable of that name is an error that lists the valid ones; `--help` prints $help_message,
-# then every option with its default and the comment on its line; `--config FILE` sources
-# FILE (lines `name=value`) first. Positional arguments are left in "$@".
+# then every option with its default and the comment on its line. Positional arguments are
+# left in "$@". Unlike Kaldi, `--config` is an ordinary option here (our step scripts use it
+# for a YAML file), not a file of shell assignments.
 
 _apm_opts_script=${BASH_SOURCE[1]:-$0}
 
@@ -32,10 +33,6 @@ while true; do
       echo "Options:"
       _apm_list_options
       exit 0 ;;
-    --config)
-      [ -f "${2:-}" ] || { echo "$0: --config: no such file '${2:-}'" >&2; exit 1; }
-      # shellcheck disable=SC1090
-      . "$2"; shift 2 ;;
     --*=*)
       _apm_name=${1%%=*}; _apm_value=${1#*=}; shift
       set -- "$_apm_name" "$_apm_value" "$@" ;;

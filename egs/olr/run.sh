@@ -73,7 +73,7 @@ run_stage 3 align steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-fr
 
 for system in $systems; do
   run_stage 4 "train_$system" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
-    --ngpu "$ngpu" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
+    --ngpu "$ngpu" --skip-unaligned "$skip_bad" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
 done
 
 for system in $systems; do
