@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -145,3 +146,29 @@ def test_script_help():
     text = done.stdout + done.stderr
     for option in ("--corpus-size", "--seeds", "--margins", "--nj", "--data", "--out"):
         assert option in text
+
+
+def test_margin_distribution_of_a_trained_system(tmp_path):
+    from apm.train.config import resolve_config
+    from apm.train.data import read_cuts
+    from apm.train.job import TrainJob, run_training
+    from apm.train.toy import make_toy_corpus, toy_config
+    from apm.utils import write_kv
+
+    toy = make_toy_corpus(tmp_path / "toy", num_langs=2, utts_per_lang=4)
+    cfg = resolve_config(toy_config(epochs=1), "toy", seed=1)
+    run_training(TrainJob(cfg, toy.fbank_dir, tmp_path / "exp", toy.ali_dir))
+    data = tmp_path / "data"
+    (data / "fbank").mkdir(parents=True)
+    (data / "fbank/task_full").symlink_to(toy.fbank_dir)
+    # one utterance without a language (not in the task) is left out
+    utts = sorted(c.id for c in read_cuts(toy.fbank_dir))
+    write_kv(data / "task_full/utt2lang", {u: u.split("_")[0] for u in utts[1:]})
+    dist = paper.margin_distribution(tmp_path / "exp", data, ["task_full"])
+    assert list(dist) == ["task_full"] and list(dist["task_full"]) == ["l0", "l1"]
+    assert [len(v) for v in dist["task_full"].values()] == [3, 4]
+    values = np.concatenate(list(dist["task_full"].values()))
+    # m * c_i with c_i a mean max posterior: within (m / num_phones, m]
+    assert np.all(values > 0.2 / 12) and np.all(values <= 0.2 + 1e-6)
+    paper.plot_margins(dist, tmp_path / "margins.png", "toy")
+    assert (tmp_path / "margins.png").read_bytes()[:4] == b"\x89PNG"
