@@ -123,7 +123,7 @@ def test_logits_size_mismatch(tmp_path):
         ("backends: [lr, plda]\n", "unknown back-end"),
         ("primary: cosine\nbackends: [lr]\n", "primary 'cosine' must be one of"),
         ("lda_dim: many\n", "'lda_dim' must be a int"),
-        ("lr_cc: 1\n", r"unknown option\(s\) \['lr_cc'\]"),
+        ("lr_cc: 1\n", r"unknown keys \[.lr_cc.\]"),
     ],
 )
 def test_bad_config(tmp_path, text, message):

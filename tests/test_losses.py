@@ -244,7 +244,10 @@ def test_margin_warmup_schedule():
 @pytest.mark.parametrize(
     "cfg, fragment",
     [
-        ({"margn": 0.2}, "valid keys: confidence, confidence_norm, flavour, kind, margin"),
+        (
+            {"margn": 0.2},
+            r"unknown keys \['margn'\]; valid keys are \['confidence', 'confidence_norm'",
+        ),
         ({"kind": "arcface"}, "softmax, am, aam, apm"),
         ({"flavour": "apm"}, "flavour"),
         ({"confidence": "entropy"}, "max_posterior"),

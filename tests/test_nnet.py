@@ -190,7 +190,7 @@ def test_macs_per_frame_by_hand():
 @pytest.mark.parametrize(
     "cfg, fragment",
     [
-        ({"chanels": 64}, "valid keys: channels"),
+        ({"chanels": 64}, r"unknown keys \['chanels'\]; valid keys are \['channels'"),
         ({"trunk": "resnet"}, "etdnn"),
         ({"phone_layer": 8}, "phone_layer"),
         ({"channels": 0}, "channels"),

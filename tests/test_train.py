@@ -46,7 +46,7 @@ def test_config_rejects_unknown_keys_and_fills_defaults():
         resolve_config(toy_config(batchsize=3), "x.yaml")
     with pytest.raises(ApmError, match="unknown sections"):
         resolve_config({**toy_config(), "optim": {}}, "x.yaml")
-    with pytest.raises(ApmError, match="x.yaml: unknown key"):
+    with pytest.raises(ApmError, match="x.yaml: model: unknown keys"):
         resolve_config({**toy_config(), "model": {"chanels": 3}}, "x.yaml")
     cfg = _cfg()
     assert cfg["train"]["optimizer"] == "adam" and cfg["model"]["trunk"] == "tdnn"

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, fields
-from pathlib import Path
 from typing import Any
 
-import yaml
-
+from apm.utils.config import load_yaml, reject_unknown
 from apm.utils.errors import ApmError
 
 PERTURBED_MODES = ("warp", "decode")
@@ -47,15 +45,8 @@ def load_align_config(path: str | os.PathLike | None) -> AlignConfig:
     """Read the YAML conf; a missing path means the defaults above."""
     if path is None:
         return AlignConfig()
-    path = Path(path)
-    if not path.is_file():
-        raise ApmError(f"{path}: align conf not found")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    known = {f.name for f in fields(AlignConfig)}
-    unknown = set(data) - known
-    if unknown:
-        raise ApmError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    data = load_yaml(path, "align conf")
+    reject_unknown(data, (f.name for f in fields(AlignConfig)), str(path))
     if "pocketsphinx" in data:
         data["pocketsphinx"] = {**AlignConfig().pocketsphinx, **(data["pocketsphinx"] or {})}
     try:

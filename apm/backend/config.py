@@ -5,9 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
-import yaml
-
 from apm.utils import ApmError
+from apm.utils.config import load_yaml, reject_unknown
 
 BACKENDS = ("lr", "cosine", "classifier")
 
@@ -63,19 +62,8 @@ def load_backend_config(path: str | os.PathLike | None) -> BackendConfig:
     """Read a back-end YAML file; None gives the defaults."""
     if path is None:
         return BackendConfig()
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except FileNotFoundError:
-        raise ApmError(f"{path}: back-end configuration not found") from None
-    except yaml.YAMLError as e:
-        raise ApmError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise ApmError(f"{path}: expected a mapping of options")
-    known = {f.name for f in fields(BackendConfig)}
-    unknown = sorted(set(raw) - known)
-    if unknown:
-        raise ApmError(f"{path}: unknown option(s) {unknown}; valid: {sorted(known)}")
+    raw = load_yaml(path, "back-end configuration")
+    reject_unknown(raw, (f.name for f in fields(BackendConfig)), str(path))
     if isinstance(raw.get("backends"), str):
         raw["backends"] = [raw["backends"]]
     defaults = BackendConfig()

@@ -11,13 +11,13 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
-import yaml
 from lhotse import Features
 from lhotse.cut import Cut
 from lhotse.features.kaldi.extractors import Fbank, FbankConfig
 
 from apm.features.vad import VadConfig, compute_vad
 from apm.utils import FRAME_SHIFT, ApmError, num_frames
+from apm.utils.config import load_yaml
 
 INT16_SCALE = 32768.0
 # Fbank options a user may set; the frame shift, edges and dither are fixed by the frame
@@ -50,11 +50,7 @@ def load_config(path: str | os.PathLike | None) -> FeatureConfig:
     """Read the stage-2 YAML (see egs/olr/conf/fbank.yaml); None gives the defaults."""
     if path is None:
         return FeatureConfig()
-    try:
-        with open(path, encoding="utf-8") as f:
-            raw = yaml.safe_load(f) or {}
-    except (OSError, yaml.YAMLError) as e:
-        raise ApmError(f"{path}: cannot read feature config ({e})") from e
+    raw = load_yaml(path, "feature config")
     unknown = set(raw) - {"fbank", "vad", "cuts_per_job"}
     unknown |= {f"fbank.{k}" for k in set(raw.get("fbank") or {}) - FBANK_KEYS}
     unknown |= {f"vad.{k}" for k in set(raw.get("vad") or {}) - set(vars(VadConfig()))}

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from apm.losses.confidence import SOURCES, normalize_confidence, phone_confidence
 from apm.losses.margin import FLAVOURS, KINDS, MarginScheduler, MarginSoftmax
-from apm.nnet.config import check_choice, check_number, resolve_config
 from apm.nnet.xvector import ModelOutput
+from apm.utils.config import check_choice, check_number, merge_section
 from apm.utils.errors import ApmError
 
 LOSS_DEFAULTS: dict[str, Any] = {
@@ -153,7 +153,7 @@ def build_loss(cfg: Mapping[str, Any] | None, embed_dim: int, num_langs: int) ->
     apm margin), margin (0.2), scale (30.0), confidence (max_posterior; or frame_accuracy),
     confidence_norm (false), margin_warmup_epochs (0), phone_weight (0.3).
     """
-    c = resolve_config(cfg, LOSS_DEFAULTS, "loss")
+    c = merge_section(cfg, LOSS_DEFAULTS, "loss")
     check_choice(c["kind"], KINDS, "kind", "loss")
     check_choice(c["flavour"], FLAVOURS, "flavour", "loss")
     check_choice(c["confidence"], SOURCES, "confidence", "loss")

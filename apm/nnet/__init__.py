@@ -1,7 +1,6 @@
 """Multi-task x-vector: frame trunk (TDNN / E-TDNN), masked statistics pooling, segment
 layers (the x-vector) and a frame-level phone branch. See `apm.nnet.xvector`."""
 
-from apm.nnet.config import resolve_config
 from apm.nnet.layers import FrameLayer, MaskedBatchNorm1d, stats_pooling
 from apm.nnet.xvector import MODEL_DEFAULTS, ModelOutput, XVector, build_model
 
@@ -12,6 +11,5 @@ __all__ = [
     "ModelOutput",
     "XVector",
     "build_model",
-    "resolve_config",
     "stats_pooling",
 ]

@@ -18,8 +18,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from apm.nnet.config import check_choice, check_number, resolve_config
 from apm.nnet.layers import FrameLayer, stats_pooling
+from apm.utils.config import check_choice, check_number, merge_section
 from apm.utils.errors import ApmError
 
 logger = logging.getLogger(__name__)
@@ -172,7 +172,7 @@ def build_model(cfg: Mapping[str, Any] | None, feat_dim: int, num_phones: int) -
     `num_phones` is the size of the phone inventory (phones.txt); ignored without a phone
     branch. Logs the parameter count and the MACs per frame.
     """
-    c = resolve_config(cfg, MODEL_DEFAULTS, "model")
+    c = merge_section(cfg, MODEL_DEFAULTS, "model")
     check_choice(c["trunk"], tuple(TRUNKS), "trunk", "model")
     for key in ("channels", "stats_channels", "embed_dim", "phone_channels"):
         _check_int(c[key], key, minimum=1)

@@ -9,16 +9,14 @@ of all sections, plus the seed) is what `exp/<system>/config.yaml` records.
 
 from __future__ import annotations
 
-import copy
 import os
-from pathlib import Path
 from typing import Any
 
 import yaml
 
 from apm.losses import LOSS_DEFAULTS
 from apm.nnet import MODEL_DEFAULTS
-from apm.nnet import resolve_config as nnet_resolve
+from apm.utils.config import load_yaml, merge_section
 from apm.utils.errors import ApmError
 
 SECTIONS = ("model", "loss", "train", "extract")
@@ -81,15 +79,6 @@ CHOICES = {
 }
 
 
-def _check_keys(section: dict, defaults: dict, where: str) -> dict:
-    unknown = sorted(set(section) - set(defaults))
-    if unknown:
-        raise ApmError(f"{where}: unknown keys {unknown}; valid keys are {sorted(defaults)}")
-    merged = copy.deepcopy(defaults)
-    merged.update(section)
-    return merged
-
-
 def _check_train(train: dict, where: str) -> None:
     for key, choices in CHOICES.items():
         if train[key] not in choices:
@@ -107,7 +96,7 @@ def _check_train(train: dict, where: str) -> None:
     if train["specaugment"] is not None:
         if not isinstance(train["specaugment"], dict):
             raise ApmError(f"{where}: train.specaugment must be null or a mapping")
-        train["specaugment"] = _check_keys(
+        train["specaugment"] = merge_section(
             train["specaugment"], SPECAUGMENT_DEFAULTS, f"{where}: train.specaugment"
         )
 
@@ -122,16 +111,11 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
     for section in ("model", "loss"):
         if not isinstance(raw.get(section), dict):
             raise ApmError(f"{where}: missing section '{section}'")
-    try:
-        model = nnet_resolve(raw["model"], MODEL_DEFAULTS, "model")
-        loss = nnet_resolve(raw["loss"], LOSS_DEFAULTS, "loss")
-    except ApmError as e:
-        raise ApmError(f"{where}: {e}") from e
     cfg = {
-        "model": model,
-        "loss": loss,
-        "train": _check_keys(raw.get("train") or {}, TRAIN_DEFAULTS, f"{where}: train"),
-        "extract": _check_keys(raw.get("extract") or {}, EXTRACT_DEFAULTS, f"{where}: extract"),
+        "model": merge_section(raw["model"], MODEL_DEFAULTS, f"{where}: model"),
+        "loss": merge_section(raw["loss"], LOSS_DEFAULTS, f"{where}: loss"),
+        "train": merge_section(raw.get("train") or {}, TRAIN_DEFAULTS, f"{where}: train"),
+        "extract": merge_section(raw.get("extract") or {}, EXTRACT_DEFAULTS, f"{where}: extract"),
     }
     _check_train(cfg["train"], where)
     if cfg["extract"]["layer"] not in EMBEDDING_LAYERS:
@@ -144,14 +128,7 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
 
 def load_config(path: str | os.PathLike, seed: int | None = None) -> dict:
     """Read and resolve a system YAML; `seed` (from the command line) overrides the file's."""
-    path = Path(path)
-    if not path.is_file():
-        raise ApmError(f"{path}: system config not found")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        raise ApmError(f"{path}: not valid YAML: {e}") from e
-    return resolve_config(raw, str(path), seed)
+    return resolve_config(load_yaml(path, "system config"), str(path), seed)
 
 
 def dump_config(cfg: dict) -> str:
