@@ -109,11 +109,11 @@ def test_results_md_and_reading(tmp_path):
     assert "a larger margin helps on short/cross-channel" in md and "it hurts open-set" in md
     am_line = next(ln for ln in md.splitlines() if ln.startswith("- **Margin size (AM)"))
     assert am_line.endswith("is reproduced here.")
-    assert "open-set 0.2000 vs 0.4000 (APM lower: it reduces the open-set loss)" in md
+    assert "open-set 0.2000 vs 0.4000 (APM lower, as the paper claims)" in md
     aam_apm = next(ln for ln in md.splitlines() if "APM-AAM (PocketSphinx labels)" in ln)
     assert (
         "lower mean Cavg on 0 and the higher on 3 of 5 tasks" in aam_apm
-        and "APM not lower" in aam_apm
+        and "APM not lower, unlike the paper" in aam_apm
     )
     assert "than the single-task one on 3 and the higher on 0 of 5 tasks" in md
     assert "## Missing" not in md

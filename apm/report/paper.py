@@ -288,7 +288,7 @@ def _apm_reading(cells: Mapping, kind: str, m: float, tasks: Sequence[str]) -> l
             continue
         open_txt = (
             f"open-set {opens[0]:.4f} vs {opens[1]:.4f} ("
-            f"{'APM lower: it reduces the open-set loss' if opens[0] < opens[1] else 'APM not lower'})"
+            f"{'APM lower, as the paper claims' if opens[0] < opens[1] else 'APM not lower, unlike the paper'})"
             if None not in opens
             else "no open-set result"
         )
@@ -456,5 +456,5 @@ def plot_margins(
         ax.set_title(_short(task))
         ax.grid(True, axis="y", alpha=0.3)
     axes[0][0].set_ylabel("margin m * c_i")
-    fig.suptitle(title)
+    fig.suptitle(title, y=1.04)
     _save(fig, path)
