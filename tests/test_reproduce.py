@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from apm.report import paper
+from apm.report.plots import plot_margins
 from apm.utils import ApmError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -170,5 +171,5 @@ def test_margin_distribution_of_a_trained_system(tmp_path):
     values = np.concatenate(list(dist["task_full"].values()))
     # m * c_i with c_i a mean max posterior: within (m / num_phones, m]
     assert np.all(values > 0.2 / 12) and np.all(values <= 0.2 + 1e-6)
-    paper.plot_margins(dist, tmp_path / "margins.png", "toy")
+    plot_margins(dist, tmp_path / "margins.png", "toy")
     assert (tmp_path / "margins.png").read_bytes()[:4] == b"\x89PNG"

@@ -16,6 +16,7 @@ import yaml
 
 from apm.bin.cli import main
 from apm.report import paper
+from apm.report.plots import plot_margins
 from apm.utils import ApmError, atomic_write
 
 log = logging.getLogger("paper_tables")
@@ -59,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
             name = paper.system_name("apm_am", report.chosen["am"])
             system_dir = out / f"apm_seed{report.seeds[0]}" / name
             dist = paper.margin_distribution(system_dir, args.data, report.tasks)
-            paper.plot_margins(dist, out / "margins.png", f"APM margins: {name}")
+            plot_margins(dist, out / "margins.png", f"APM margins: {name}")
             report.margin_plot, report.margin_plot_system = "margins.png", name
         with atomic_write(out / "RESULTS.md", encoding="utf-8") as f:
             f.write(paper.render_paper_md(report))

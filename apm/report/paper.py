@@ -438,23 +438,3 @@ def margin_distribution(
             per_lang.setdefault(utt2lang[cut.id], []).append(margin * c)
         out[task] = {lang: np.array(v) for lang, v in sorted(per_lang.items())}
     return out
-
-
-def plot_margins(
-    dist: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike, title: str
-) -> None:
-    """One box plot panel per task, one box per language."""
-    from apm.report.plots import _save, plt
-
-    fig, axes = plt.subplots(
-        1, len(dist), figsize=(3.2 * len(dist), 3.6), sharey=True, squeeze=False
-    )
-    for ax, (task, per_lang) in zip(axes[0], dist.items(), strict=True):
-        langs = list(per_lang)
-        ax.boxplot([per_lang[lang] for lang in langs], showfliers=False)
-        ax.set_xticks(range(1, len(langs) + 1), langs, rotation=60, ha="right", fontsize=7)
-        ax.set_title(_short(task))
-        ax.grid(True, axis="y", alpha=0.3)
-    axes[0][0].set_ylabel("margin m * c_i")
-    fig.suptitle(title, y=1.04)
-    _save(fig, path)

@@ -66,3 +66,21 @@ def plot_confusion(
     ax.set_title(title)
     fig.colorbar(image, ax=ax, fraction=0.046, label="fraction of the row")
     _save(fig, path)
+
+
+def plot_margins(
+    dist: Mapping[str, Mapping[str, np.ndarray]], path: str | os.PathLike, title: str
+) -> None:
+    """One box plot panel per task, one box per language."""
+    fig, axes = plt.subplots(
+        1, len(dist), figsize=(3.2 * len(dist), 3.6), sharey=True, squeeze=False
+    )
+    for ax, (task, per_lang) in zip(axes[0], dist.items(), strict=True):
+        langs = list(per_lang)
+        ax.boxplot([per_lang[lang] for lang in langs], showfliers=False)
+        ax.set_xticks(range(1, len(langs) + 1), langs, rotation=60, ha="right", fontsize=7)
+        ax.set_title(task.removeprefix("task_"))
+        ax.grid(True, axis="y", alpha=0.3)
+    axes[0][0].set_ylabel("margin m * c_i")
+    fig.suptitle(title, y=1.04)
+    _save(fig, path)
