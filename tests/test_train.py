@@ -28,6 +28,9 @@ def toy(tmp_path_factory):
     return make_toy_corpus(tmp_path_factory.mktemp("toy"), num_langs=3, utts_per_lang=8)
 
 
+MODEL_KEY = "trunk.0.affine.weight"
+
+
 def _cfg(**train):
     return resolve_config(toy_config(**train), "toy", seed=3)
 
@@ -204,6 +207,24 @@ def test_resumed_run_equals_uninterrupted_run(tmp_path, toy):
         for key, value in final[part].items():
             assert torch.equal(value, resumed[part][key]), key
     assert (exp / "train_log.jsonl").read_text().count("\n") == 3
+
+
+def test_rerun_on_changed_data_retrains_instead_of_resuming(tmp_path, caplog):
+    """Stage 4 rerun after stages 2-3 made other data: old checkpoints must not be reused."""
+    exp = tmp_path / "exp"
+    first = make_toy_corpus(tmp_path / "data", num_langs=3, utts_per_lang=8, seed=1)
+    job = TrainJob(_cfg(epochs=1), first.fbank_dir, exp, first.ali_dir)
+    before = checkpoint.load(run_training(job))
+    again = TrainJob(_cfg(epochs=1), first.fbank_dir, exp, first.ali_dir)
+    assert torch.equal(
+        checkpoint.load(run_training(again))["model"][MODEL_KEY], before["model"][MODEL_KEY]
+    )
+    assert "starts over" not in caplog.text
+    second = make_toy_corpus(tmp_path / "data", num_langs=3, utts_per_lang=8, seed=2)
+    changed = TrainJob(_cfg(epochs=1), second.fbank_dir, exp, second.ali_dir)
+    after = checkpoint.load(run_training(changed))
+    assert "training starts over" in caplog.text
+    assert not torch.equal(after["model"][MODEL_KEY], before["model"][MODEL_KEY])
 
 
 def test_resume_refuses_another_config(tmp_path, toy):

@@ -2,6 +2,7 @@
 
 Layout of the experiment directory:
   config.yaml          the resolved configuration (every key, and the seed)
+  inputs.sha256        fingerprint of the features and alignments the checkpoints were trained on
   languages.txt        training languages, one per line: the class order of the classifier
   phones.txt           copy of the alignment's phone table (with a phone branch)
   checkpoints/epoch_<N>.pt   after every epoch, atomically (resume point)
@@ -14,6 +15,7 @@ Layout of the experiment directory:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -53,10 +55,50 @@ def _comparable(cfg: dict) -> dict:
     return {"model": cfg["model"], "loss": cfg["loss"], "train": train, "seed": cfg["seed"]}
 
 
+def input_signature(fbank_dir: Path, ali_dir: Path | None) -> str:
+    """sha256 over the training cuts, the feature/VAD/label scp files and the arks they name.
+
+    A rerun of stage 4 after stage 2 or 3 produced other data must retrain, not resume.
+    """
+    h = hashlib.sha256()
+    files = [fbank_dir / "cuts.jsonl.gz", fbank_dir / "feats.scp", fbank_dir / "vad.scp"]
+    if ali_dir is not None:
+        files += [ali_dir / "ali.scp", ali_dir / "phones.txt"]
+    for path in files:
+        if not path.is_file():
+            continue
+        h.update(path.read_bytes())
+        if path.suffix == ".scp":
+            arks = {line.split(maxsplit=1)[1].rsplit(":", 1)[0] for line in _lines(path)}
+            for ark in sorted(arks):
+                if Path(ark).is_file():
+                    h.update(Path(ark).read_bytes())
+    return h.hexdigest()
+
+
+def _lines(path: Path) -> list[str]:
+    return [line for line in path.read_text(encoding="utf-8").splitlines() if " " in line]
+
+
 def prepare_exp_dir(job: TrainJob) -> None:
-    """Check that a resumed run trains the same system; start over without resume."""
+    """Check that a resumed run trains the same system on the same data; start over when the
+    data changed, or without resume."""
     exp = job.exp_dir
     saved = exp / "config.yaml"
+    signature = input_signature(job.fbank_dir, _alignment_dir(job))
+    signature_file = exp / "inputs.sha256"
+    if (
+        job.resume
+        and checkpoint.list_checkpoints(exp)
+        and signature_file.is_file()
+        and signature_file.read_text(encoding="utf-8").strip() != signature
+    ):
+        log.warning(
+            "%s: the features or alignments changed since its checkpoints were written; "
+            "training starts over",
+            exp,
+        )
+        job.resume = False
     if job.resume and checkpoint.list_checkpoints(exp) and saved.is_file():
         old = yaml.safe_load(saved.read_text(encoding="utf-8"))
         if _comparable(old) != _comparable(job.config):
@@ -74,6 +116,8 @@ def prepare_exp_dir(job: TrainJob) -> None:
     exp.mkdir(parents=True, exist_ok=True)
     with atomic_write(saved, encoding="utf-8") as f:
         f.write(dump_config(job.config))
+    with atomic_write(signature_file, encoding="utf-8") as f:
+        f.write(signature + "\n")
 
 
 def _write_inventories(job: TrainJob, languages: list[str]) -> None:
