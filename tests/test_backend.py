@@ -161,3 +161,15 @@ def test_corrupt_ark_is_a_clear_error(tmp_path):
     ark.write_bytes(ark.read_bytes()[:50])
     with pytest.raises(ApmError, match=r"xvector.scp: cannot be read .*rerun the extraction"):
         score_system(system, tmp_path / "data", "train", ["task_full"], BackendConfig())
+
+
+def test_logistic_backend_scores_two_languages():
+    from apm.backend.models import LogisticBackend
+
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(-1, 1, (20, 3)), rng.normal(1, 1, (20, 3))])
+    labels = np.array([0] * 20 + [1] * 20)
+    scores = LogisticBackend(1.0, 100, "balanced").fit(x, labels)(x)
+    assert scores.shape == (40, 2)
+    assert np.allclose(np.exp(scores).sum(axis=1), 1.0)
+    assert (scores.argmax(axis=1) == labels).mean() > 0.8

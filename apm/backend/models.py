@@ -62,7 +62,8 @@ class LogisticBackend:
         return self
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return log_softmax(self.model.decision_function(x), axis=1)
+        # Not log_softmax(decision_function): for two classes sklearn returns one column.
+        return self.model.predict_log_proba(x)
 
 
 class CosineBackend:
