@@ -79,3 +79,23 @@ def test_stage_runner_records_skips_and_reports_failure(tmp_path, repo_root):
     # --stage/--stop-stage restrict what runs
     r = _run(s, "--stage", "3")
     assert r.returncode == 0 and "stage" not in r.stdout
+
+
+def test_stage_reruns_when_a_named_file_changes(tmp_path, repo_root):
+    conf = tmp_path / "a.yaml"
+    conf.write_text("margin: 0.2\n")
+    s = _script(
+        tmp_path, repo_root, f"run_stage 1 one bash -c 'echo ran >> {tmp_path}/count' {conf}\n"
+    )
+    assert _run(s).returncode == 0 and _run(s).returncode == 0
+    assert (tmp_path / "count").read_text() == "ran\n"
+    conf.write_text("margin: 0.3\n")
+    assert _run(s).returncode == 0
+    assert (tmp_path / "count").read_text() == "ran\nran\n"
+
+
+def test_recipe_rejects_a_stage_that_is_not_a_number(repo_root):
+    r = subprocess.run(
+        [str(repo_root / "egs/olr/run.sh"), "--stage", "4-5"], capture_output=True, text=True
+    )
+    assert r.returncode != 0 and "take stage numbers" in r.stderr

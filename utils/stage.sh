@@ -5,8 +5,8 @@
 #   run_stage 2 fbank steps/make_fbank.sh --nj 2 data/manifests data/fbank train
 #
 # runs the command when 2 is within [stage, stop_stage], logs it to $exp/log/stage2.fbank.log
-# and the console, and records completion together with the command line: a rerun with the
-# same command skips it (unless --force true); a finished run invalidates the records of
+# and the console, and records completion together with the command line and the content of
+# the files it names: a rerun with the same command and files skips it (unless --force true); a finished run invalidates the records of
 # all later stages, since their inputs changed. On failure it prints the stage, the log path
 # and the last lines of the log, and exits.
 
@@ -20,6 +20,11 @@ run_stage() {
   local log=$log_dir/stage$n.$name.log marker=$done_dir/stage$n.$name
   local signature
   signature=$(printf '%q ' "$@")
+  # Arguments that are files (configs) count by content: an edited conf/*.yaml reruns the stage.
+  local arg
+  for arg in "$@"; do
+    [ -f "$arg" ] && signature+=" $arg=$(sha256sum < "$arg" | cut -c1-16)"
+  done
   mkdir -p "$log_dir" "$done_dir"
   if [ "${force:-false}" != true ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$signature" ]; then
     echo "$(date '+%F %T') stage $n ($name): done before, skipping (--force true redoes it)"

@@ -38,6 +38,7 @@ ali_dir=                    # stage 3 output and stage 4 input (default: <data>/
 align_conf=conf/align.yaml  # aligner configuration
 systems="apm_am am"         # systems to train and score, each <system-conf-dir>/<system>.yaml
 system_conf_dir=conf        # where the system configs live
+resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 backend_conf=conf/backend.yaml  # back-end configuration
 data=data                   # where data dirs, manifests, features, alignments go
@@ -48,6 +49,10 @@ results=RESULTS.md          # the table gathering all systems (stage 7)
 . utils/parse_options.sh
 . utils/stage.sh
 
+if ! [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]]; then
+  echo "$0: --stage and --stop-stage take stage numbers (0-7), got '$stage' and '$stop_stage'" >&2
+  exit 1
+fi
 if [ $# -ne 0 ]; then
   echo "$0: unexpected arguments: $*  (see --help)" >&2
   exit 1
@@ -73,7 +78,7 @@ run_stage 3 align steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-fr
 
 for system in $systems; do
   run_stage 4 "train_$system" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
-    --ngpu "$ngpu" --skip-unaligned "$skip_bad" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
+    --ngpu "$ngpu" --resume "$resume" --skip-unaligned "$skip_bad" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
 done
 
 for system in $systems; do
