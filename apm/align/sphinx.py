@@ -1,7 +1,8 @@
 """PocketSphinx all-phone decoding: one 1-best phone per 10 ms frame.
 
-Frame grid: PocketSphinx frame t is the 25.6 ms window starting at sample 160 t, i.e. centred
-12.8 ms after our frame t (ours is centred at 10 t ms, apm.utils.frames). Its segmentation
+Frame grid: PocketSphinx frame t is the 25.6 ms window starting at sample 160 t, centred at
+10 t + 12.8 ms, i.e. 7.8 ms (0.78 frame) after our frame t, which is centred at 10 t + 5 ms
+(apm.utils.frames). Its segmentation
 covers frames 0..N-2 of our N frames, so delaying it by one frame (`FRAME_DELAY`, repeating the
 first label) puts it on our grid with our count; eSpeak-synthesized speech confirms it: the
 agreement with eSpeak's own phoneme timings peaks at this delay (see README, stage 3).
