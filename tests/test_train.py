@@ -268,3 +268,21 @@ def test_dataloader_workers_give_the_same_batches(tmp_path, toy):
     trainer.tcfg["num_workers"] = 0
     for a, b in zip(with_workers, trainer._batches(0), strict=True):
         assert a["utts"] == b["utts"] and torch.equal(a["feats"], b["feats"])
+
+
+def test_sliding_cmn_normalises_before_vad_selection():
+    from apm.features.cmn import sliding_cmn
+    from apm.train.data import select_and_normalize
+
+    feats = np.random.default_rng(0).normal(3.0, 1.0, (50, 4)).astype(np.float32)
+    keep = np.arange(50) % 3 != 0
+    out = select_and_normalize(feats, keep, "sliding")
+    assert np.allclose(out, sliding_cmn(feats)[keep])
+    utt = select_and_normalize(feats, keep, "utterance")
+    assert np.allclose(utt.mean(axis=0), 0.0, atol=1e-5)
+    assert np.array_equal(select_and_normalize(feats, keep, "chunk"), feats[keep])
+
+
+def test_config_checks_extraction_floor():
+    with pytest.raises(ApmError, match="min_voiced_frames"):
+        resolve_config({**toy_config(), "extract": {"min_voiced_frames": 0}}, "x.yaml")

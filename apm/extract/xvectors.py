@@ -37,7 +37,7 @@ from apm.train.data import (
     load_cut_features,
     read_cuts,
     read_scp,
-    subtract_mean,
+    select_and_normalize,
     voiced_mask,
 )
 from apm.train.dist import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
@@ -107,13 +107,13 @@ def embed(system: System, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def prepare_frames(cut, vad_table: dict, cmn: str, min_voiced: int) -> tuple[np.ndarray, bool]:
-    """VAD-kept frames of `cut` with utterance CMN; (frames, whether VAD had to be ignored)."""
+    """VAD-kept frames of `cut`, normalised as in training; (frames, whether VAD was ignored)."""
     feats = load_cut_features(cut)
     keep = voiced_mask(cut.id, vad_table, len(feats))
     unvoiced = int(keep.sum()) < min_voiced
-    if not unvoiced:
-        feats = feats[keep]
-    return subtract_mean(feats, cmn), unvoiced
+    if unvoiced:
+        keep = np.ones(len(feats), dtype=bool)
+    return select_and_normalize(feats, keep, cmn), unvoiced
 
 
 def write_vectors(out_dir: Path, name: str, vectors: dict[str, np.ndarray]) -> None:

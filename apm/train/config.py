@@ -38,7 +38,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     # Utterances with fewer VAD-kept frames are skipped (and counted); longer ones that are
     # still shorter than a batch's chunk length are padded with masked frames.
     "min_utt_frames": 50,
-    "cmn": "utterance",  # utterance | chunk | none: mean subtraction over VAD-kept frames
+    "cmn": "utterance",  # utterance | sliding | chunk | none (apm.train.data.select_and_normalize)
     "optimizer": "adam",  # adam | sgd
     "lr": 1e-3,
     "momentum": 0.9,  # sgd only
@@ -73,7 +73,7 @@ EXTRACT_DEFAULTS: dict[str, Any] = {
 EMBEDDING_LAYERS = ("embedding", "classifier_input")
 
 CHOICES = {
-    "cmn": ("utterance", "chunk", "none"),
+    "cmn": ("utterance", "sliding", "chunk", "none"),
     "optimizer": ("adam", "sgd"),
     "lr_decay": ("cosine", "exponential", "none"),
 }
@@ -122,6 +122,11 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
         raise ApmError(f"{where}: extract.layer must be one of {EMBEDDING_LAYERS}")
     if cfg["extract"]["max_chunk_frames"] < cfg["train"]["chunk_min_frames"]:
         raise ApmError(f"{where}: extract.max_chunk_frames is below train.chunk_min_frames")
+    if (
+        not isinstance(cfg["extract"]["min_voiced_frames"], int)
+        or cfg["extract"]["min_voiced_frames"] < 1
+    ):
+        raise ApmError(f"{where}: extract.min_voiced_frames must be a whole number >= 1")
     cfg["seed"] = int(seed if seed is not None else raw.get("seed", 0))
     return cfg
 

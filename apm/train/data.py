@@ -2,10 +2,12 @@
 
 Training sets of an LID recipe are small enough (hours of speech, 40-dim frames) to keep every
 VAD-kept frame in one array: chunk sampling is then index arithmetic, with no per-step I/O.
-Frame preparation is shared with extraction so both see the same input:
+Frame preparation (`select_and_normalize`) is shared with extraction so both see the same input:
  - VAD: only frames with `vad > 0.5` are kept (Kaldi `select-voiced-frames`);
  - CMN (`cmn: utterance`): the mean over the kept frames of the whole utterance is subtracted;
-   with `cmn: chunk` the mean of each training/extraction chunk is subtracted instead.
+   `cmn: sliding` is Kaldi's x-vector recipe order (`apply-cmvn-sliding --cmn-window=300` over
+   all frames, then `select-voiced-frames`); with `cmn: chunk` the mean of each
+   training/extraction chunk is subtracted instead.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 from lhotse import CutSet
 from tqdm import tqdm
 
+from apm.features.cmn import sliding_cmn
 from apm.utils.errors import ApmError
 from apm.utils.frames import fit_frame_count
 
@@ -91,10 +94,14 @@ def voiced_mask(cut_id: str, vad_table: dict, num_frames: int) -> np.ndarray:
     return fit_frame_count(vad, num_frames, cut_id) > 0.5
 
 
-def subtract_mean(feats: np.ndarray, cmn: str) -> np.ndarray:
-    """Per-utterance CMN (`cmn == "utterance"`); other modes leave the frames as they are."""
+def select_and_normalize(feats: np.ndarray, keep: np.ndarray, cmn: str) -> np.ndarray:
+    """The frames `keep` selects, mean-normalised as `cmn` says (see the module docstring);
+    `chunk` and `none` leave the selected frames as they are."""
+    if cmn == "sliding":
+        feats = sliding_cmn(feats)
+    feats = feats[keep]
     if cmn == "utterance" and len(feats):
-        return feats - feats.mean(axis=0, keepdims=True)
+        feats = feats - feats.mean(axis=0, keepdims=True)
     return feats
 
 
@@ -177,7 +184,7 @@ def load_corpus(
             phones.append(_load_alignment(cut.id, ali_table, len(x), num_phones)[keep])
         ids.append(cut.id)
         langs.append(lang)
-        feats.append(subtract_mean(x[keep], cmn))
+        feats.append(select_and_normalize(x, keep, cmn))
     if not ids:
         raise ApmError(
             f"{fbank_dir}: no usable training cut ({len(skipped['short'])} shorter than "

@@ -117,6 +117,11 @@ class Trainer:
         self.crit = build_loss(cfg["loss"], self.model.embed_dim, len(corpus.languages))
         self.net = MultiTaskNet(self.model, self.crit).to(env.device)
         self.ddp: nn.Module = self.net
+        if self.tcfg["batch_size"] % env.world:
+            raise ApmError(
+                f"train.batch_size {self.tcfg['batch_size']} is global and must be a multiple of "
+                f"the {env.world} training processes"
+            )
         if env.world > 1:
             ids = [env.device.index] if env.device.type == "cuda" else None
             self.ddp = DistributedDataParallel(self.net, device_ids=ids)
