@@ -14,12 +14,13 @@ plot <out>/margins.png, a written reading). Reruns skip finished stages.
      the lowest Cavg (mean over tasks and seeds) are chosen; APM-AM and APM-AAM at them into
      <out>/apm_seed<k> (PocketSphinx labels) and <out>/oracle_seed<k> (oracle labels)
   4. python -m apm.bin.paper_tables report
-Cost on 2 CPU cores, mini-OLR: ~3.5 min per system and seed, 12 systems per seed (about
-45 min per seed plus the data stages); --seeds \"1 2 3\" takes about 3x as long.
+Cost on 2 CPU cores, mini-OLR (measured): about 2.6 min per system and seed, 12 systems:
+31 min per seed plus the data stages (~4 min from scratch). The default two seeds fit the
+90-min budget; --seeds \"1 2 3\" takes about 100 min.
 e.g.: local/reproduce_tables.sh --seeds \"1 2 3\" --out egs/olr/exp/paper"
 
 corpus_size=mini        # mini-OLR size: tiny, mini or full
-seeds="1"               # training seeds (each seed trains all 12 systems)
+seeds="1 2"             # training seeds (each seed trains all 12 systems)
 margins="0.1 0.2 0.3"   # AM/AAM margins compared; APM uses the best AM and AAM ones
 nj=2                    # parallel jobs of the data stages (0-3)
 data=                   # data dir (default: the recipe's egs/olr/data, with its stage records)
