@@ -6,8 +6,9 @@
 #
 # runs the command when 2 is within [stage, stop_stage], logs it to $exp/log/stage2.fbank.log
 # and the console, and records completion together with the command line and the content of
-# the files it names: a rerun with the same command and files skips it (unless --force true); a finished run invalidates the records of
-# all later stages, since their inputs changed. On failure it prints the stage, the log path
+# the config files (*.yaml, *.conf, ...) it names: a rerun with the same command and configs
+# skips it (unless --force true); a finished run invalidates the records of all later stages,
+# since their inputs changed. On failure it prints the stage, the log path
 # and the last lines of the log, and exits.
 
 run_stage() {
@@ -20,10 +21,13 @@ run_stage() {
   local log=$log_dir/stage$n.$name.log marker=$done_dir/stage$n.$name
   local signature
   signature=$(printf '%q ' "$@")
-  # Arguments that are files (configs) count by content: an edited conf/*.yaml reruns the stage.
+  # Config files named on the command line count by content: an edited conf/*.yaml reruns the
+  # stage. (Only configs: other named files may be the stage's own outputs.)
   local arg
   for arg in "$@"; do
-    [ -f "$arg" ] && signature+=" $arg=$(sha256sum < "$arg" | cut -c1-16)"
+    case "$arg" in
+      *.yaml|*.yml|*.conf|*.cfg) [ -f "$arg" ] && signature+=" $arg=$(sha256sum < "$arg" | cut -c1-16)" ;;
+    esac
   done
   mkdir -p "$log_dir" "$done_dir"
   if [ "${force:-false}" != true ] && [ -f "$marker" ] && [ "$(cat "$marker")" = "$signature" ]; then
