@@ -122,7 +122,7 @@ def test_logits_size_mismatch(tmp_path):
     [
         ("backends: [lr, plda]\n", "unknown back-end"),
         ("primary: cosine\nbackends: [lr]\n", "primary 'cosine' must be one of"),
-        ("lda_dim: many\n", "'lda_dim' must be a int"),
+        ("lda_dim: many\n", "'lda_dim' is 'many'; it must be an integer"),
         ("lr_cc: 1\n", r"unknown keys \[.lr_cc.\]"),
     ],
 )

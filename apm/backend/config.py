@@ -6,9 +6,17 @@ import os
 from dataclasses import dataclass, field, fields
 
 from apm.utils import ApmError
-from apm.utils.config import load_yaml, reject_unknown
+from apm.utils.config import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    load_yaml,
+    reject_unknown,
+)
 
 BACKENDS = ("lr", "cosine", "classifier")
+LDA_IMPLS = ("sklearn", "kaldi")
 
 
 @dataclass
@@ -22,7 +30,12 @@ class BackendConfig:
         log-posteriors; `cosine`: cosine between the processed test x-vector and each
         language's mean processed training x-vector; `classifier`: the network's own language
         outputs (logits.scp).
-    lda_dim: LDA output dimension, capped by (training languages - 1) and the x-vector size.
+    lda_dim: LDA output dimension, capped by the x-vector size and, with `lda_impl: sklearn`,
+        by (training languages - 1).
+    lda_impl: `sklearn` (scikit-learn's LDA, at most languages - 1 dimensions) or `kaldi`
+        (Kaldi's `ivector-compute-lda`: whiten the within-class covariance, keep the top
+        `lda_dim` eigenvectors of the between-class covariance, so more than languages - 1
+        dimensions can be kept, as the OLR baselines' `lda100` does).
     lr_c: inverse L2 strength of the logistic regression.
     lr_max_iter: L-BFGS iterations of the logistic regression.
     lr_class_weight: `balanced` (equal language priors whatever the training counts) or `none`.
@@ -32,6 +45,7 @@ class BackendConfig:
     primary: str = "lr"
     backends: list[str] = field(default_factory=lambda: ["lr"])
     lda_dim: int = 100
+    lda_impl: str = "sklearn"
     lr_c: float = 1.0
     lr_max_iter: int = 1000
     lr_class_weight: str = "balanced"
@@ -47,10 +61,12 @@ class BackendConfig:
             )
         if len(set(self.backends)) != len(self.backends):
             raise ApmError(f"{where}: a back-end is listed twice in backends {self.backends}")
-        if self.lda_dim < 1 or self.lr_c <= 0 or self.lr_max_iter < 1:
-            raise ApmError(f"{where}: lda_dim, lr_c and lr_max_iter must be positive")
-        if self.lr_class_weight not in ("balanced", "none"):
-            raise ApmError(f"{where}: lr_class_weight must be 'balanced' or 'none'")
+        self.lda_dim = check_int(self.lda_dim, "lda_dim", "", minimum=1, path=where)
+        self.lr_max_iter = check_int(self.lr_max_iter, "lr_max_iter", "", minimum=1, path=where)
+        self.lr_c = check_number(self.lr_c, "lr_c", "", strict=True, path=where)
+        check_choice(self.lda_impl, LDA_IMPLS, "lda_impl", "", path=where)
+        check_choice(self.lr_class_weight, ("balanced", "none"), "lr_class_weight", "", path=where)
+        check_bool(self.classifier_log_softmax, "classifier_log_softmax", "", path=where)
         return self
 
     def score_name(self, task: str, backend: str) -> str:
@@ -66,11 +82,11 @@ def load_backend_config(path: str | os.PathLike | None) -> BackendConfig:
     reject_unknown(raw, (f.name for f in fields(BackendConfig)), str(path))
     if isinstance(raw.get("backends"), str):
         raw["backends"] = [raw["backends"]]
-    defaults = BackendConfig()
-    for key, value in raw.items():
-        expected = type(getattr(defaults, key))
-        if expected is float and type(value) is int:
-            raw[key] = float(value)
-        elif type(value) is not expected:
-            raise ApmError(f"{path}: option '{key}' must be a {expected.__name__}, got {value!r}")
+    for key in ("primary", "lda_impl", "lr_class_weight"):
+        if key in raw and not isinstance(raw[key], str):
+            raise ApmError(f"{path}: '{key}' is {raw[key]!r}; it must be a name")
+    if "backends" in raw and not (
+        isinstance(raw["backends"], list) and all(isinstance(b, str) for b in raw["backends"])
+    ):
+        raise ApmError(f"{path}: 'backends' is {raw['backends']!r}; it must be a list of names")
     return BackendConfig(**raw).validate(str(path))

@@ -17,7 +17,7 @@ from lhotse.features.kaldi.extractors import Fbank, FbankConfig
 
 from apm.features.vad import VadConfig, compute_vad
 from apm.utils import FRAME_SHIFT, ApmError, num_frames
-from apm.utils.config import load_yaml
+from apm.utils.config import check_bool, check_choice, check_int, check_number, load_yaml
 
 INT16_SCALE = 32768.0
 # Fbank options a user may set; the frame shift, edges and dither are fixed by the frame
@@ -34,6 +34,8 @@ FBANK_KEYS = {
     "round_to_power_of_two",
     "raw_energy",
 }
+WINDOW_TYPES = ("povey", "hanning", "hamming", "rectangular", "blackman")
+MAX_FRAME_LENGTH = 0.1  # seconds; longer analysis windows are surely a unit mistake
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,58 @@ def load_config(path: str | os.PathLike | None) -> FeatureConfig:
             f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: fbank.{{"
             f"{', '.join(sorted(FBANK_KEYS))}}}, vad.{{{', '.join(vars(VadConfig()))}}}, cuts_per_job"
         )
-    cfg = FeatureConfig(
-        fbank={"num_mel_bins": 40, **(raw.get("fbank") or {})},
-        vad=VadConfig(**(raw.get("vad") or {})),
-        cuts_per_job=int(raw.get("cuts_per_job", 200)),
+    where = str(path)
+    fbank = _check_fbank({"num_mel_bins": 40, **(raw.get("fbank") or {})}, where)
+    vad = {**vars(VadConfig()), **(raw.get("vad") or {})}
+    for key in ("energy_threshold", "energy_mean_scale", "proportion_threshold"):
+        vad[key] = _number(vad[key], key, "vad", where, minimum=None)
+    if not vad["energy_mean_scale"] >= 0 or not 0 <= vad["proportion_threshold"] <= 1:
+        raise ApmError(
+            f"{where}: vad.energy_mean_scale must be >= 0 and vad.proportion_threshold in [0, 1]"
+        )
+    vad["frames_context"] = check_int(vad["frames_context"], "frames_context", "vad", path=where)
+    cuts_per_job = check_int(
+        raw.get("cuts_per_job", 200), "cuts_per_job", "", minimum=1, path=where
     )
-    if cfg.cuts_per_job < 1:
-        raise ApmError(f"{path}: cuts_per_job must be at least 1")
-    return cfg
+    return FeatureConfig(fbank=fbank, vad=VadConfig(**vad), cuts_per_job=cuts_per_job)
+
+
+def _number(value, key: str, section: str, where: str, **bounds) -> float:
+    """check_number, keeping a number's own type (20 stays 20) so feature records of existing
+    configs do not change; numeric strings ("2e-3") become floats."""
+    out = check_number(value, key, section, path=where, **bounds)
+    return value if isinstance(value, (int, float)) else out
+
+
+def _check_fbank(fbank: dict, where: str) -> dict:
+    """Typed and range-checked fbank options (Kaldi's names; times in seconds, not ms)."""
+    fbank["num_mel_bins"] = check_int(
+        fbank["num_mel_bins"], "num_mel_bins", "fbank", minimum=1, path=where
+    )
+    if "frame_length" in fbank:
+        value = fbank["frame_length"]
+        ms = isinstance(value, (int, float)) and value > 1
+        fbank["frame_length"] = _number(
+            value, "frame_length", "fbank", where, minimum=FRAME_SHIFT, maximum=MAX_FRAME_LENGTH,
+            hint=f"frame_length is in seconds (0.025), got {value!r}"
+            + (f" (Kaldi's unit is ms: {value} ms is {value / 1000:g})" if ms else ""),
+        )  # fmt: skip
+    for key, minimum, maximum in (("low_freq", 0.0, None), ("preemph_coeff", 0.0, 1.0)):
+        if key in fbank:
+            fbank[key] = _number(fbank[key], key, "fbank", where, minimum=minimum, maximum=maximum)
+    if "high_freq" in fbank:
+        fbank["high_freq"] = _number(
+            fbank["high_freq"], "high_freq", "fbank", where, minimum=None,
+            hint="in Hz; <= 0 is an offset from the Nyquist frequency",
+        )  # fmt: skip
+    if "energy_floor" in fbank:
+        fbank["energy_floor"] = _number(fbank["energy_floor"], "energy_floor", "fbank", where)
+    for key in ("remove_dc_offset", "round_to_power_of_two", "raw_energy"):
+        if key in fbank:
+            check_bool(fbank[key], key, "fbank", path=where)
+    if "window_type" in fbank:
+        check_choice(fbank["window_type"], WINDOW_TYPES, "window_type", "fbank", path=where)
+    return fbank
 
 
 def make_extractor(cfg: FeatureConfig) -> Fbank:

@@ -16,7 +16,7 @@ import yaml
 
 from apm.losses import LOSS_DEFAULTS
 from apm.nnet import MODEL_DEFAULTS
-from apm.utils.config import load_yaml, merge_section
+from apm.utils.config import check_bool, check_int, check_number, load_yaml, merge_section
 from apm.utils.errors import ApmError
 
 SECTIONS = ("model", "loss", "train", "extract")
@@ -79,14 +79,44 @@ CHOICES = {
 }
 
 
+# Typed keys of `train` (every other key is a choice, a boolean or `specaugment`): integers
+# with their minimum, and floats with their range (None: unbounded; strict: minimum excluded).
+TRAIN_INTS = {
+    "epochs": 1,
+    "batch_size": 1,
+    "chunk_min_frames": 1,
+    "chunk_max_frames": 1,
+    "min_utt_frames": 1,
+    "average_last": 1,
+    "bn_recalibration_batches": 0,
+    "num_workers": 0,
+    "threads": 0,
+    "log_interval": 1,
+}
+TRAIN_FLOATS = {  # key: (minimum, maximum, strict)
+    "lr": (0.0, None, True),
+    "momentum": (0.0, 1.0, False),
+    "weight_decay": (0.0, None, False),
+    "warmup_epochs": (0.0, None, False),
+    "final_lr_ratio": (0.0, 1.0, False),
+    "grad_clip": (0.0, None, False),
+    "valid_fraction": (0.0, None, False),
+}
+EXTRACT_INTS = {"max_chunk_frames": 1, "min_voiced_frames": 1, "threads": 0}
+
+
 def _check_train(train: dict, where: str) -> None:
     for key, choices in CHOICES.items():
         if train[key] not in choices:
             raise ApmError(f"{where}: train.{key} is '{train[key]}'; choose one of {choices}")
-    positive = ("epochs", "batch_size", "chunk_min_frames", "lr", "average_last", "log_interval")
-    for key in positive:
-        if not isinstance(train[key], (int, float)) or train[key] <= 0:
-            raise ApmError(f"{where}: train.{key} must be a positive number, got {train[key]}")
+    for key, minimum in TRAIN_INTS.items():
+        train[key] = check_int(train[key], key, "train", minimum=minimum, path=where)
+    for key, (minimum, maximum, strict) in TRAIN_FLOATS.items():
+        train[key] = check_number(
+            train[key], key, "train", minimum=minimum, maximum=maximum, strict=strict, path=where
+        )
+    for key in ("language_balanced", "amp"):
+        check_bool(train[key], key, "train", path=where)
     if train["chunk_max_frames"] < train["chunk_min_frames"]:
         raise ApmError(f"{where}: train.chunk_max_frames is below train.chunk_min_frames")
     if not 0 < train["min_utt_frames"] <= train["chunk_max_frames"]:
@@ -96,9 +126,12 @@ def _check_train(train: dict, where: str) -> None:
     if train["specaugment"] is not None:
         if not isinstance(train["specaugment"], dict):
             raise ApmError(f"{where}: train.specaugment must be null or a mapping")
-        train["specaugment"] = merge_section(
+        spec = merge_section(
             train["specaugment"], SPECAUGMENT_DEFAULTS, f"{where}: train.specaugment"
         )
+        for key in SPECAUGMENT_DEFAULTS:
+            spec[key] = check_int(spec[key], key, "train.specaugment", path=where)
+        train["specaugment"] = spec
 
 
 def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
@@ -118,16 +151,17 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
         "extract": merge_section(raw.get("extract") or {}, EXTRACT_DEFAULTS, f"{where}: extract"),
     }
     _check_train(cfg["train"], where)
+    for key, minimum in EXTRACT_INTS.items():
+        cfg["extract"][key] = check_int(
+            cfg["extract"][key], key, "extract", minimum=minimum, path=where
+        )
     if cfg["extract"]["layer"] not in EMBEDDING_LAYERS:
         raise ApmError(f"{where}: extract.layer must be one of {EMBEDDING_LAYERS}")
     if cfg["extract"]["max_chunk_frames"] < cfg["train"]["chunk_min_frames"]:
         raise ApmError(f"{where}: extract.max_chunk_frames is below train.chunk_min_frames")
-    if (
-        not isinstance(cfg["extract"]["min_voiced_frames"], int)
-        or cfg["extract"]["min_voiced_frames"] < 1
-    ):
-        raise ApmError(f"{where}: extract.min_voiced_frames must be a whole number >= 1")
-    cfg["seed"] = int(seed if seed is not None else raw.get("seed", 0))
+    if seed is None:
+        seed = check_int(raw.get("seed", 0), "seed", "", minimum=0, path=where)
+    cfg["seed"] = int(seed)
     return cfg
 
 
