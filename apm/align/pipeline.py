@@ -18,6 +18,7 @@ import numpy as np
 from apm.align.arkio import read_labels, write_ark_scp
 from apm.align.config import AlignConfig
 from apm.align.decode import cut_frames, decode_cuts
+from apm.align.kaldi import UnsnippedLabels
 from apm.align.labels import perturbed_source, warp_labels
 from apm.align.phones import PhoneTable, map_labels, normalise_table, read_phones_txt
 from apm.align.report import build_report, write_report
@@ -83,9 +84,14 @@ class LabelSource:
 
 
 def read_label_dir(
-    directory: str | os.PathLike, silence: Sequence[str], merge_positions: bool, name: str
+    directory: str | os.PathLike,
+    silence: Sequence[str],
+    merge_positions: bool,
+    name: str,
+    snip_edges: bool = False,
 ) -> LabelSource:
-    """An `ali.scp` (or `ali.ark`) + `phones.txt` directory as a LabelSource."""
+    """An `ali.scp` (or `ali.ark`) + `phones.txt` directory as a LabelSource; `snip_edges`:
+    the labels are on Kaldi's --snip-edges=true grid and are re-gridded (apm.align.kaldi)."""
     directory = Path(directory)
     ali = directory / "ali.scp"
     if not ali.is_file():
@@ -94,7 +100,10 @@ def read_label_dir(
         raise ApmError(f"{directory}: neither ali.scp nor ali.ark found ({name} alignment)")
     phones = directory / "phones.txt"
     table, lookup = normalise_table(read_phones_txt(phones), silence, merge_positions, str(phones))
-    return LabelSource(read_labels(ali), table, f"{name} alignment {ali}", lookup)
+    labels = read_labels(ali)
+    if snip_edges:
+        labels = UnsnippedLabels(labels)
+    return LabelSource(labels, table, f"{name} alignment {ali}", lookup)
 
 
 def oracle_source(oracle_dir: str | os.PathLike, cfg: AlignConfig) -> LabelSource:
@@ -173,7 +182,10 @@ def align_phones(
             raise ApmError(f"--ali-from oracle needs the oracle directory; {oracle_dir} not found")
         source, oracle = oracle, None
     elif ali_from.startswith("kaldi:") and ali_from[6:]:
-        source = read_label_dir(ali_from[6:], cfg.kaldi_silence, cfg.kaldi_merge_positions, "kaldi")
+        source = read_label_dir(
+            ali_from[6:], cfg.kaldi_silence, cfg.kaldi_merge_positions, "kaldi",
+            snip_edges=cfg.kaldi_snip_edges,
+        )  # fmt: skip
     else:
         raise ApmError(f"--ali-from {ali_from}: expected pocketsphinx, oracle or kaldi:DIR")
 
