@@ -114,3 +114,81 @@ def test_segments_are_validated(corpus, tmp_path):
     kd = read_kaldi_dir(corpus / "train", audio_bases=[corpus], skip_bad=True)
     assert len(kd.utt2lang) == 12 and len(kd.wav) == 6
     assert kd.recording_of("train-spk0-zh-cn-000-b") == "train-spk0-zh-cn-000"
+
+
+def test_segment_times_of_long_recordings_are_written_exactly(corpus, tmp_path):
+    rec = "train-spk0-zh-cn-000"
+    times = [(10003.406, 10012.125), (0.0, 0.5), (7200.1234567, -1.0)]
+    seg = "".join(f"{rec}-{i} {rec} {a} {b}\n" for i, (a, b) in enumerate(times))
+    (corpus / "train/segments").write_text(seg)
+    for name, values in [("utt2spk", ["train-spk0"] * 3), ("utt2lang", ["zh-cn", "ru-ru"] * 2)]:
+        (corpus / f"train/{name}").write_text(
+            "".join(f"{rec}-{i} {values[i]}\n" for i in range(len(times)))
+        )
+    (corpus / "train/spk2utt").unlink()
+    import_olr(corpus, tmp_path / "data", ["train"])
+    written = (tmp_path / "data/train/segments").read_text()
+    assert "10003.406 10012.125" in written and "7200.1234567 -1" in written, written
+    kd = read_kaldi_dir(tmp_path / "data/train")
+    assert [(kd.segments[f"{rec}-{i}"].start, kd.segments[f"{rec}-{i}"].end)
+            for i in range(len(times))] == times  # fmt: skip
+
+
+def test_tab_separated_files_are_read_and_extra_fields_refused(corpus, tmp_path):
+    for s, name in [("train", "utt2lang"), ("train", "utt2spk"), ("train", "wav.scp"),
+                    ("test", "trials"), ("test", "utt2lang")]:  # fmt: skip
+        path = corpus / s / name
+        path.write_text(path.read_text().replace(" ", "\t"))
+    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"])
+    assert dirs[0].languages == ["ja-jp", "ru-ru", "zh-cn"]
+    assert len(dirs[1].trials) == 18
+    assert read_kv(tmp_path / "data/train/utt2lang") == dirs[0].utt2lang
+
+    text = (corpus / "train/utt2lang").read_text().splitlines(keepends=True)
+    text[2] = text[2].rstrip("\n") + " extra\n"
+    (corpus / "train/utt2lang").write_text("".join(text))
+    with pytest.raises(ApmError) as e:
+        import_olr(corpus, tmp_path / "data", ["train", "test"])
+    msg = str(e.value)
+    assert "train/utt2lang:3" in msg and "expected 2" in msg and "fix or remove" in msg, msg
+
+
+def test_segments_line_with_wrong_field_count_names_the_line(corpus):
+    (corpus / "train/segments").write_text("a train-spk0-zh-cn-000 0.0 0.5\nb x 0.1\n")
+    with pytest.raises(ApmError, match=r"segments:2: expected 4 .*<utt> <recording> <start> <end>"):
+        read_kaldi_dir(corpus / "train", audio_bases=[corpus])
+
+
+def test_test_sets_need_trials_with_a_target_per_known_utterance(corpus, tmp_path):
+    trials = (corpus / "test/trials").read_text()
+    (corpus / "test/trials").unlink()
+    with pytest.raises(ApmError, match="test set.*test have no trials file.*--test-sets"):
+        import_olr(corpus, tmp_path / "data", ["train", "test"])
+    utt = "test-spk1-ru-ru-000"
+    (corpus / "test/trials").write_text(trials.replace(f"ru-ru {utt} target\n", ""))
+    with pytest.raises(ApmError, match=f"{utt} \\(language ru-ru\\).*no target trial"):
+        import_olr(corpus, tmp_path / "data", ["train", "test"])
+    assert not (tmp_path / "data").exists()
+
+
+def test_relative_path_in_a_pipe_is_named_with_its_line(corpus, tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    lines = (corpus / "train/wav.scp").read_text().splitlines()
+    rec, path = lines[1].split()
+    lines[1] = f"{rec} sox {path} -t wav - |"
+    (corpus / "train/wav.scp").write_text("\n".join(lines) + "\n")
+    with caplog.at_level("WARNING"):
+        kd = read_kaldi_dir(corpus / "train", audio_bases=[corpus])
+    assert kd.wav[rec] == f"sox {path} -t wav - |", "commands are kept as written"
+    assert f"train/wav.scp:2: the command of {rec} names {path} by a relative path" in caplog.text
+
+
+def test_nothing_usable_stops_stage_0_even_when_skipping(corpus, tmp_path):
+    (corpus / "train/utt2lang").write_text(
+        "".join(f"{u} zh-cn\n" for u in read_kv(corpus / "train/utt2lang"))
+    )
+    with pytest.raises(ApmError, match="training set has 1 language"):
+        import_olr(corpus, tmp_path / "data", ["train"], skip_bad=True)
+    (corpus / "train/utt2spk").write_text("")
+    with pytest.raises(ApmError, match="no usable utterance .*even with --skip-bad true"):
+        import_olr(corpus, tmp_path / "data", ["train"], skip_bad=True)

@@ -114,3 +114,56 @@ def test_missing_language_is_caught_in_stage_1_too(data):
     write_kv(data / "train/utt2lang", utt2lang)
     with pytest.raises(ApmError, match=f"{BAD_UTT}.*utt2lang.*has no language"):
         make_manifests(data, data / "manifests", ["train"])
+
+
+def _segment_set(data, overshoot):
+    """data/train as one segment per recording, ending `overshoot` s past the recording."""
+    wav = read_kv(data / "train/wav.scp")
+    seg = {f"{r}-s": f"{r} 0.1 {sf.info(p).duration + overshoot}" for r, p in wav.items()}
+    write_kv(data / "train/segments", seg)
+    write_kv(data / "train/utt2spk", {u: "spk" for u in seg})
+    write_kv(data / "train/utt2lang", {u: "-".join(u.split("-")[2:4]) for u in seg})
+    (data / "train/spk2utt").unlink(missing_ok=True)
+
+
+def test_segments_a_little_past_the_end_are_truncated_and_counted(data, caplog):
+    _segment_set(data, 0.3)
+    with caplog.at_level("WARNING"):
+        (summary,) = make_manifests(data, data / "manifests", ["train"])
+    assert summary.utterances == 6 and summary.skipped == 0
+    assert "6 segment(s) end up to 0.5 s past their recording and were cut" in caplog.text
+    cuts = CutSet.from_file(data / "manifests/train/cuts.jsonl.gz").to_eager()
+    rec = cuts[f"{BAD_UTT}-s"].recording
+    assert abs(cuts[f"{BAD_UTT}-s"].end - rec.duration) < 1e-9
+    _segment_set(data, 0.6)
+    with pytest.raises(ApmError, match=r"segment ends at .*\(more than 0.5 s past its end\)"):
+        make_manifests(data, data / "manifests2", ["train"])
+
+
+def test_bad_audio_of_every_set_is_reported_in_one_run(data, tmp_path):
+    _write_bad(tmp_path / "8k.wav", "8k")
+    _set_wav(data, str(tmp_path / "8k.wav"))
+    wav = read_kv(data / "test/wav.scp")
+    test_utt = sorted(wav)[0]
+    wav[test_utt] = str(tmp_path / "missing.wav")
+    _write_bad(tmp_path / "missing.wav", "stereo")
+    write_kv(data / "test/wav.scp", wav)
+    with pytest.raises(ApmError) as e:
+        make_manifests(data, data / "manifests", ["train", "test"])
+    msg = str(e.value)
+    assert "2 of 2 sets have problems" in msg, msg
+    assert BAD_UTT in msg and "8000 Hz" in msg and test_utt in msg and "2 channels" in msg
+
+
+def test_a_set_with_nothing_usable_fails_even_when_skipping(data, tmp_path):
+    _write_bad(tmp_path / "8k.wav", "8k")
+    for utt in read_kv(data / "train/wav.scp"):
+        _set_wav(data, str(tmp_path / "8k.wav"), utt)
+    with pytest.raises(ApmError, match="no usable utterance left.*even with --skip-bad true"):
+        make_manifests(data, data / "manifests", ["train"], skip_bad=True)
+
+
+@pytest.mark.parametrize("nj", [0, -1])
+def test_nj_below_one_is_refused(data, nj):
+    with pytest.raises(ApmError, match=f"--nj {nj}: .*at least 1"):
+        make_manifests(data, data / "manifests", ["train"], nj=nj)

@@ -165,3 +165,32 @@ def test_unloadable_audio_in_stage_2_stops_or_is_skipped(manifests, tmp_path):
     )
     assert summary.skipped == 1 and summary.cuts == 5
     assert (tmp_path / "fbank/train/skipped").read_text().startswith(wav[0])
+
+
+def test_a_set_whose_audio_all_fails_stops_even_when_skipping(manifests, tmp_path):
+    for path in (tmp_path / "olr" / "wav").glob("*.wav"):
+        path.unlink()
+    with pytest.raises(ApmError, match="every utterance was skipped.*even with --skip-bad true"):
+        make_fbank(manifests, tmp_path / "fbank", ["train"], FeatureConfig(), skip_bad=True)
+    with pytest.raises(ApmError, match="--nj 0: .*at least 1"):
+        make_fbank(manifests, tmp_path / "fbank", ["train"], FeatureConfig(), nj=0)
+
+
+def test_paths_in_outputs_are_relative_to_the_recipe_directory(manifests, tmp_path, monkeypatch):
+    recipe = tmp_path / "recipe"
+    recipe.mkdir()
+    monkeypatch.chdir(recipe)
+    make_fbank(manifests, "data/fbank", ["train"], FeatureConfig())
+    scp = (recipe / "data/fbank/train/feats.scp").read_text()
+    assert scp.split()[1].startswith("data/fbank/train/jobs/feats.1.ark:"), scp
+    assert load_cuts("data/fbank/train")[0].features.storage_path == "data/fbank/train/storage"
+    moved = tmp_path / "elsewhere" / "recipe"
+    moved.parent.mkdir()
+    recipe.rename(moved)
+    monkeypatch.chdir(moved)
+    cuts, feats = load_cuts("data/fbank/train"), load_feats("data/fbank/train")
+    for cut in cuts:
+        np.testing.assert_array_equal(cut.load_features(), feats[cut.id])
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ApmError, match="relative to the recipe directory"):
+        load_feats(moved / "data/fbank/train")

@@ -7,10 +7,15 @@ itself is opened in stage 1 (`apm.data.audio`).
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import shlex
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from apm.data.problems import Problem, settle
 from apm.data.trials import Trial, read_trials, write_trials
@@ -20,6 +25,9 @@ from apm.utils.io import atomic_dir
 REQUIRED = ("wav.scp", "utt2spk", "utt2lang")
 TEXT_FILES = ("wav.scp", "utt2spk", "spk2utt", "utt2lang", "segments", "trials")
 UNIQUE = "ids must be unique: remove or rename the repeated lines"
+MAX_WARNED = 10  # warnings spelled out one by one
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -62,36 +70,66 @@ def is_pipe(entry: str) -> bool:
     return entry.rstrip().endswith("|")
 
 
-def read_map(path: Path) -> tuple[dict[str, str], set[str]]:
-    """Read `key value...` lines; return the map and the keys that occur more than once
-    (those are dropped from the map: we cannot tell which line is right)."""
+def read_table(
+    path: Path, columns: int | None = 2, form: str = "<id> <value>"
+) -> tuple[dict[str, str], set[str], dict[str, int]]:
+    """Read a Kaldi text table: whitespace-separated fields (spaces or tabs), one key per line.
+
+    `columns` is the exact number of fields a line must have (key included), or None for
+    "key, then the rest of the line" (wav.scp: a path or a `command |`; spk2utt). A line with
+    another number of fields is an ApmError naming `path:line` and the expected `form`.
+    Returns {key: value} (fields after the key joined by one space, or the rest of the line
+    as written), the keys that occur more than once (dropped from the map: we cannot tell
+    which line is right) and {key: line number}.
+    """
     out: dict[str, str] = {}
     dups: set[str] = set()
+    lines: dict[str, int] = {}
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
-            key, _, value = line.strip().partition(" ")
-            if not key:
+            fields = line.split()
+            if not fields:
                 continue
-            if not value.strip():
-                raise ApmError(f"{path}:{lineno}: '{key}' has no value; expected '<id> <value>'")
+            key = fields[0]
+            if columns is None:
+                parts = line.strip().split(maxsplit=1)
+                value = parts[1] if len(parts) == 2 else ""
+                if not value:
+                    raise ApmError(f"{path}:{lineno}: '{key}' has no value; expected '{form}'")
+            elif len(fields) != columns:
+                raise ApmError(
+                    f"{path}:{lineno}: expected {columns} whitespace-separated fields "
+                    f"'{form}', found {len(fields)}: '{line.strip()}'; fix or remove the line"
+                    + (" (an id or value cannot contain spaces)" if len(fields) > columns else "")
+                )
+            else:
+                value = " ".join(fields[1:])
             if key in out or key in dups:
                 dups.add(key)
                 out.pop(key, None)
                 continue
-            out[key] = value.strip()
+            out[key] = value
+            lines[key] = lineno
+    return out, dups, lines
+
+
+def read_map(path: Path) -> tuple[dict[str, str], set[str]]:
+    """`key rest-of-line` table (see `read_table`): the map and the repeated keys."""
+    out, dups, _ = read_table(path, None)
     return out, dups
 
 
 def _read_segments(path: Path, problems: list[Problem]) -> tuple[dict[str, Segment], set[str]]:
-    raw, dups = read_map(path)
+    raw, dups, _ = read_table(path, 4, "<utt> <recording> <start> <end>")
     segments: dict[str, Segment] = {}
     for utt, value in raw.items():
         fields = value.split()
         try:
             seg = Segment(fields[0], float(fields[1]), float(fields[2]))
-            if len(fields) != 3 or seg.start < 0 or (seg.end != -1 and seg.end <= seg.start):
+            finite = math.isfinite(seg.start) and math.isfinite(seg.end)
+            if not finite or seg.start < 0 or (seg.end != -1 and seg.end <= seg.start):
                 raise ValueError
-        except (ValueError, IndexError):
+        except ValueError:
             problems.append(
                 Problem(
                     utt,
@@ -105,9 +143,24 @@ def _read_segments(path: Path, problems: list[Problem]) -> tuple[dict[str, Segme
     return segments, dups
 
 
+def portable_path(path: str | os.PathLike) -> str:
+    """How a generated file names `path`: relative to the current directory (the recipe
+    directory, where run.sh runs every stage) when it lies under it, else absolute. kaldiio
+    and lhotse open such paths as they are, so a recipe directory moved as a whole, with its
+    data/ and exp/, stays valid."""
+    absolute = os.path.abspath(path)
+    cwd = os.getcwd()
+    if absolute == cwd:
+        return "."
+    if absolute.startswith(cwd.rstrip(os.sep) + os.sep):
+        return os.path.relpath(absolute, cwd)
+    return absolute
+
+
 def _resolve_audio(entry: str, bases: list[Path]) -> str | None:
-    """Absolute path of a relative file entry (first base where it exists), None if missing.
-    Pipe commands are returned unchanged: their paths cannot be rewritten safely."""
+    """The path to write for a file entry (relative ones: first base where it exists; see
+    `portable_path`), None if missing. Pipe commands are returned unchanged: their paths
+    cannot be rewritten safely (see `_warn_relative_pipes`)."""
     if is_pipe(entry):
         return entry
     if os.path.isabs(entry):
@@ -115,8 +168,44 @@ def _resolve_audio(entry: str, bases: list[Path]) -> str | None:
     for base in bases:
         candidate = (base / entry).resolve()
         if candidate.is_file():
-            return str(candidate)
+            return portable_path(candidate)
     return None
+
+
+def _warn_relative_pipes(
+    wav_scp: Path, wav: dict[str, str], lines: dict[str, int], bases: list[Path]
+) -> int:
+    """Warn about `command |` entries whose arguments look like relative paths of files that
+    exist under one of `bases` but not under the current directory, from where the command
+    runs (the recipe directory). Returns how many entries were warned about."""
+    warned = 0
+    cwd = Path.cwd()
+    for rec, entry in wav.items():
+        if not is_pipe(entry):
+            continue
+        try:
+            words = shlex.split(entry.rstrip()[:-1])
+        except ValueError:
+            continue
+        relative = [
+            w
+            for w in words[1:]
+            if not w.startswith("-")
+            and not os.path.isabs(w)
+            and not (cwd / w).exists()
+            and any((b / w).is_file() for b in bases)
+        ]
+        if relative:
+            warned += 1
+            if warned <= MAX_WARNED:
+                log.warning(
+                    "%s:%d: the command of %s names %s by a relative path; wav.scp commands run "
+                    "in the recipe directory (%s), where it does not exist: write it absolute",
+                    wav_scp, lines.get(rec, 0), rec, relative[0], cwd,
+                )  # fmt: skip
+    if warned > MAX_WARNED:
+        log.warning("%s: %d commands in all name relative paths", wav_scp, warned)
+    return warned
 
 
 def read_kaldi_dir(
@@ -142,9 +231,11 @@ def read_kaldi_dir(
         if not (path / name).is_file():
             raise ApmError(f"{path}: missing {name}; a Kaldi data dir needs {', '.join(REQUIRED)}")
     problems: list[Problem] = []
-    wav, wav_dups = read_map(path / "wav.scp")
-    utt2spk, spk_dups = read_map(path / "utt2spk")
-    utt2lang, lang_dups = read_map(path / "utt2lang")
+    wav, wav_dups, wav_lines = read_table(
+        path / "wav.scp", None, "<recording> <file> or <recording> <command> |"
+    )
+    utt2spk, spk_dups, _ = read_table(path / "utt2spk", 2, "<utt> <speaker>")
+    utt2lang, lang_dups, _ = read_table(path / "utt2lang", 2, "<utt> <language>")
     segments, seg_dups = None, set()
     if (path / "segments").is_file():
         segments, seg_dups = _read_segments(path / "segments", problems)
@@ -155,6 +246,7 @@ def read_kaldi_dir(
     utts |= spk_dups | lang_dups
     bases = audio_bases or [Path.cwd()]
     resolved = {r: f for r, e in wav.items() if (f := _resolve_audio(e, bases)) is not None}
+    _warn_relative_pipes(path / "wav.scp", wav, wav_lines, bases)
     spk2utt_speaker = _read_spk2utt(path / "spk2utt") if (path / "spk2utt").is_file() else None
     for utt in sorted(utts):
         problems += _utt_problems(
@@ -165,7 +257,10 @@ def read_kaldi_dir(
     bad = settle(problems, skip_bad, str(path))
     good = sorted(utts - bad)
     if not good:
-        raise ApmError(f"{path}: no usable utterances")
+        raise ApmError(
+            f"{path}: no usable utterance ({len(problems)} bad); a set without utterances "
+            "cannot go on, even with --skip-bad true"
+        )
     kd = KaldiDir(
         path=path,
         wav={},
@@ -259,7 +354,25 @@ def _checked_trials(
         kept.append(t)
     if not kept:
         raise ApmError(f"{path}: no trials left")
+    # (A second target trial is impossible: trials are unique and agree with utt2lang.)
+    targets: dict[str, int] = defaultdict(int)
+    for t in kept:
+        targets[t.utt] += t.is_target
+    for utt in sorted(targets):
+        lang = kd.utt2lang[utt]
+        if targets[utt] == 0 and lang in languages:
+            raise ApmError(
+                f"{path}: utterance {utt} (language {lang}) has trials but no target trial; "
+                f"add the line '{lang} {utt} target' (only utterances of languages outside "
+                "the training set may lack one)"
+            )
     return kept
+
+
+def format_time(seconds: float) -> str:
+    """A segment time as written: the shortest decimal that reads back as the same float
+    (10003.406 stays 10003.406, 0.5 is 0.5, -1 stays -1), never in exponent notation."""
+    return np.format_float_positional(float(seconds), trim="-")
 
 
 def write_kaldi_dir(kd: KaldiDir, out: str | os.PathLike) -> None:
@@ -276,7 +389,10 @@ def write_kaldi_dir(kd: KaldiDir, out: str | os.PathLike) -> None:
         if kd.segments is not None:
             write_kv(
                 tmp / "segments",
-                {u: f"{s.recording} {s.start:g} {s.end:g}" for u, s in kd.segments.items()},
+                {
+                    u: f"{s.recording} {format_time(s.start)} {format_time(s.end)}"
+                    for u, s in kd.segments.items()
+                },
             )
         if kd.trials is not None:
             write_trials(tmp / "trials", kd.trials)

@@ -31,7 +31,7 @@ from lhotse.qa import validate_recordings_and_supervisions
 from tqdm import tqdm
 
 from apm.data.audio import MIN_DURATION, AudioInfo, AudioProblem, probe
-from apm.data.kaldi_dir import TEXT_FILES, KaldiDir, is_pipe, read_kaldi_dir
+from apm.data.kaldi_dir import TEXT_FILES, KaldiDir, format_time, is_pipe, read_kaldi_dir
 from apm.data.problems import Problem, settle
 from apm.utils import ApmError, atomic_write
 from apm.utils.io import atomic_dir
@@ -39,7 +39,7 @@ from apm.utils.io import atomic_dir
 log = logging.getLogger(__name__)
 
 SPEED_FACTORS = (0.9, 1.1)
-SEGMENT_OVERSHOOT = 0.1  # seconds a segment may end past its recording (rounding in segments)
+SEGMENT_OVERSHOOT = 0.5  # seconds a segment may end past its recording (truncated, as Kaldi)
 DONE = ".done"  # per-set record of the inputs and options that made the manifests
 
 
@@ -82,6 +82,7 @@ def _probe_one(entry: str) -> tuple[AudioInfo | None, tuple[str, str] | None]:
 
 def probe_recordings(wav: dict[str, str], nj: int) -> dict[str, AudioInfo | tuple[str, str]]:
     """Open every recording of `wav` with `nj` processes: {rec: AudioInfo or (what, fix)}."""
+    check_nj(nj)
     recs = sorted(wav)
     entries = [wav[r] for r in recs]
     chunksize = max(1, len(recs) // (nj * 20))
@@ -116,15 +117,18 @@ def _recording(rec: str, entry: str, info: AudioInfo) -> Recording:
 
 
 def _span(kd: KaldiDir, utt: str, info: AudioInfo) -> tuple[float, float] | tuple[str, str]:
-    """(start, duration) of `utt` in its recording, or (what, fix) when it does not fit."""
+    """(start, duration) of `utt` in its recording, or (what, fix) when it does not fit.
+    A segment ending at most SEGMENT_OVERSHOOT past the recording is cut at its end (the
+    caller counts those)."""
     if kd.segments is None:
         return 0.0, info.duration
     seg = kd.segments[utt]
     end = info.duration if seg.end == -1 else seg.end
     if end > info.duration + SEGMENT_OVERSHOOT:
         return (
-            f"segment ends at {end:g} s but the recording is {info.duration:.3f} s long",
-            "fix segments",
+            f"segment ends at {format_time(end)} s but the recording is {info.duration:.3f} s "
+            f"long (more than {SEGMENT_OVERSHOOT} s past its end)",
+            "fix its end time in segments",
         )
     end = min(end, info.duration)
     if end - seg.start < MIN_DURATION:
@@ -136,7 +140,7 @@ def build_manifests(
     kd: KaldiDir, infos: dict[str, AudioInfo | tuple[str, str]], skip_bad: bool
 ) -> tuple[RecordingSet, SupervisionSet, CutSet, list[Problem]]:
     """Recordings, supervisions and one cut per utterance; bad audio raises or is skipped."""
-    problems, spans = [], {}
+    problems, spans, truncated = [], {}, []
     for utt in kd.utterances:
         rec = kd.recording_of(utt)
         got = infos[rec]
@@ -145,6 +149,15 @@ def build_manifests(
             problems.append(Problem(utt, kd.wav[rec], *span))
         else:
             spans[utt] = span
+            seg = kd.segments[utt] if kd.segments is not None else None
+            if seg is not None and seg.end != -1 and seg.end > got.duration:
+                truncated.append(utt)
+    if truncated:
+        log.warning(
+            "%s: %d segment(s) end up to %g s past their recording and were cut at its end "
+            "(as Kaldi does), e.g. %s",
+            kd.path, len(truncated), SEGMENT_OVERSHOOT, " ".join(truncated[:5]),
+        )  # fmt: skip
     skipped = settle(problems, skip_bad, str(kd.path))
     recordings, supervisions, cuts = {}, [], []
     for utt, (start, duration) in spans.items():
@@ -174,7 +187,10 @@ def build_manifests(
             )
         )
     if not cuts:
-        raise ApmError(f"{kd.path}: no usable utterances left")
+        raise ApmError(
+            f"{kd.path}: no usable utterance left ({len(problems)} bad, see above); "
+            "a set without utterances cannot go on, even with --skip-bad true"
+        )
     rset = RecordingSet.from_recordings(recordings[r] for r in sorted(recordings))
     sset = SupervisionSet.from_segments(supervisions)
     try:
@@ -242,14 +258,39 @@ def make_manifests(
     perturb_sets: Iterable[str] = (),
 ) -> list[SetSummary]:
     """Stage 1 for `sets` under `data` -> `out/<set>/`; logs and returns a summary per set
-    that was (re)made."""
+    that was (re)made.
+
+    Every set is checked even when an earlier one fails, so one run reports the problems of
+    all sets together (one ApmError at the end); the sets that passed are written."""
+    check_nj(nj)
     data, out = Path(data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     perturb_sets = set(perturb_sets)
-    summaries = []
+    summaries, failures = [], []
     for name in sets:
-        summary = make_set_manifests(data / name, out / name, nj, skip_bad, name in perturb_sets)
+        try:
+            summary = make_set_manifests(
+                data / name, out / name, nj, skip_bad, name in perturb_sets
+            )
+        except ApmError as e:
+            log.warning("set %s has problems (listed at the end); checking the others", name)
+            failures.append((name, str(e)))
+            continue
         if summary is not None:
             log.info("%s", summary.line())
             summaries.append(summary)
+    if len(failures) == 1:
+        raise ApmError(failures[0][1])
+    if failures:
+        raise ApmError(
+            f"{len(failures)} of {len(sets)} sets have problems "
+            f"({' '.join(n for n, _ in failures)}):\n"
+            + "\n".join(f"[{n}] {msg}" for n, msg in failures)
+        )
     return summaries
+
+
+def check_nj(nj: int) -> None:
+    """Refuse a job count below 1 (the CLIs' --nj)."""
+    if not isinstance(nj, int) or nj < 1:
+        raise ApmError(f"--nj {nj}: the number of parallel jobs must be at least 1")

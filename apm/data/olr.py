@@ -32,6 +32,13 @@ def import_olr(
             f"--olr-root {root}: no data dir for set(s) {' '.join(missing)}; it has: "
             f"{' '.join(found) or 'none'} (pick them with --train-set / --test-sets)"
         )
+    no_trials = [s for s in sets[1:] if not (root / s / "trials").is_file()]
+    if no_trials:
+        raise ApmError(
+            f"--olr-root {root}: test set(s) {' '.join(no_trials)} have no trials file "
+            f"(e.g. {root / no_trials[0] / 'trials'}); every test set needs OLR trials, "
+            "'<lang> <utt> target|nontarget' per line (or leave the set out of --test-sets)"
+        )
     dirs: list[KaldiDir] = []
     for name in sets:
         train_languages = set(dirs[0].languages) if dirs else None
@@ -42,6 +49,11 @@ def import_olr(
                 audio_bases=[root / name, root],
                 train_languages=train_languages,
             )
+        )
+    if len(dirs[0].languages) < 2:
+        raise ApmError(
+            f"{root / sets[0]}: the training set has {len(dirs[0].languages)} language(s) "
+            f"({' '.join(dirs[0].languages)}) left; language recognition needs at least 2"
         )
     for name, kd in zip(sets, dirs, strict=True):
         write_kaldi_dir(kd, Path(data) / name)

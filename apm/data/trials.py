@@ -32,11 +32,14 @@ def read_trials(path: str | os.PathLike) -> list[Trial]:
                 continue
             if len(fields) != 3 or fields[2] not in LABELS:
                 raise ApmError(
-                    f"{path}:{lineno}: expected '<lang> <utt> target|nontarget', got '{line.strip()}'"
+                    f"{path}:{lineno}: expected 3 whitespace-separated fields "
+                    f"'<lang> <utt> target|nontarget', got '{line.strip()}'; fix or remove the line"
                 )
             lang, utt, label = fields
             if (lang, utt) in seen:
-                raise ApmError(f"{path}:{lineno}: trial ({lang}, {utt}) appears twice")
+                raise ApmError(
+                    f"{path}:{lineno}: trial ({lang}, {utt}) appears twice; remove one line"
+                )
             seen.add((lang, utt))
             trials.append(Trial(lang, utt, LABELS[label]))
     if not trials:

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from apm.data.kaldi_dir import portable_path
 from apm.losses import build_loss
 from apm.nnet import ModelOutput, build_model
 from apm.train import checkpoint
@@ -118,16 +119,18 @@ def prepare_frames(cut, vad_table: dict, cmn: str, min_voiced: int) -> tuple[np.
 
 def write_vectors(out_dir: Path, name: str, vectors: dict[str, np.ndarray]) -> None:
     """`<name>.ark` + `<name>.scp`, sorted by utterance, replacing any previous pair only once
-    both are complete. The scp names the ark by its path under `out_dir` as given."""
+    both are complete. The scp names the ark relative to the current directory (the recipe
+    directory) when it lies under it, else absolutely (`apm.data.kaldi_dir.portable_path`)."""
     ark, scp = out_dir / f"{name}.ark", out_dir / f"{name}.scp"
     tmp_ark, tmp_scp = out_dir / f".{name}.ark.tmp", out_dir / f".{name}.scp.tmp"
     ordered = {k: vectors[k].astype(np.float32) for k in sorted(vectors)}
+    ark_name = portable_path(ark)
     kaldiio.save_ark(str(tmp_ark), ordered, scp=str(tmp_scp))
     lines = tmp_scp.read_text(encoding="utf-8").splitlines()
     with open(tmp_scp, "w", encoding="utf-8") as f:
         for line in lines:
             key, _, where = line.partition(" ")
-            f.write(f"{key} {ark}:{where.rsplit(':', 1)[1]}\n")
+            f.write(f"{key} {ark_name}:{where.rsplit(':', 1)[1]}\n")
     os.replace(tmp_ark, ark)
     os.replace(tmp_scp, scp)
 

@@ -10,6 +10,10 @@ The cuts are cut into fixed-size jobs (`cuts_per_job`, independent of --nj, so a
 splits alike). A job's files are written under temporary names and renamed, its cuts file
 last: a job whose cuts file exists is finished and is not redone. A killed run, rerun,
 therefore gives the same bytes as an uninterrupted one.
+
+Paths inside feats.scp, vad.scp and the cuts' feature storage are relative to the current
+directory (the recipe directory: run.sh runs every stage there) when `<out>` lies under it,
+absolute otherwise (`apm.data.kaldi_dir.portable_path`); readers open them from there.
 """
 
 from __future__ import annotations
@@ -35,7 +39,8 @@ from lhotse.features.io import NumpyFilesWriter
 from lhotse.utils import fastcopy
 from tqdm import tqdm
 
-from apm.data.manifests import write_manifest
+from apm.data.kaldi_dir import portable_path
+from apm.data.manifests import check_nj, write_manifest
 from apm.features.fbank import FeatureConfig, fbank_and_vad, features_manifest, make_extractor
 from apm.utils import ApmError, atomic_path, atomic_write
 
@@ -240,7 +245,7 @@ def make_set_fbank(
     cuts = list(CutSet.from_file(cuts_path))
     size = cfg.cuts_per_job
     jobs = [
-        Job(i + 1, cuts[k : k + size], str(set_dir.resolve()), cfg, skip_bad)
+        Job(i + 1, cuts[k : k + size], portable_path(set_dir), cfg, skip_bad)
         for i, k in enumerate(range(0, len(cuts), size))
     ]
     todo = [job for job in jobs if not (set_dir / "jobs" / f"cuts.{job.index}.jsonl.gz").is_file()]
@@ -251,7 +256,10 @@ def make_set_fbank(
     _run_jobs(todo, nj, len(cuts), len(cuts) - sum(len(j.cuts) for j in todo))
     totals = _merge(set_dir, len(jobs))
     if totals["cuts"] == 0:
-        raise ApmError(f"{set_dir}: every utterance was skipped; see {set_dir / 'skipped'}")
+        raise ApmError(
+            f"{set_dir}: every utterance was skipped (see {set_dir / 'skipped'}); a set "
+            "without features cannot go on, even with --skip-bad true"
+        )
     with atomic_write(set_dir / DONE) as f:
         f.write("\n")
     return FbankSummary(
@@ -275,6 +283,7 @@ def make_fbank(
     skip_bad: bool = False,
 ) -> list[FbankSummary]:
     """Stage 2: `<manifests>/<set>/cuts.jsonl.gz` -> `<out>/<set>/` for each set."""
+    check_nj(nj)
     summaries = []
     for name in sets:
         summary = make_set_fbank(

@@ -5,6 +5,8 @@
     vad = load_vad("data/fbank/train")            # {utt: float32 [frames]} of 0/1
 
 Features are raw log mel energies (Kaldi scale, no CMN): the consumer normalises them.
+Relative paths inside these files are relative to the recipe directory (stage 2 writes them
+so, `apm.features.pipeline`): call these from there, as run.sh does.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from apm.utils import ApmError
 def _need(path: Path) -> Path:
     if not path.is_file():
         raise ApmError(f"{path}: not found; run stage 2 (features) for this set first")
+    if path.suffix == ".scp":
+        with open(path, encoding="utf-8") as f:
+            fields = f.readline().split(maxsplit=1)
+        ark = fields[1].rsplit(":", 1)[0] if len(fields) == 2 else ""
+        if ark and not os.path.isabs(ark) and not os.path.exists(ark):
+            raise ApmError(
+                f"{path}: names {ark}, which is relative to the recipe directory but not found "
+                f"from {os.getcwd()}; run from the recipe directory (egs/olr)"
+            )
     return path
 
 

@@ -79,8 +79,7 @@ def read_kv(path: str | os.PathLike, *, allow_empty_value: bool = False) -> dict
             line = line.strip()
             if not line:
                 continue
-            key, _, value = line.partition(" ")
-            value = value.strip()
+            key, value = (line.split(maxsplit=1) + [""])[:2]  # spaces or tabs
             if not value and not allow_empty_value:
                 raise ApmError(f"{path}:{lineno}: key '{key}' has no value")
             if key in out:
