@@ -13,10 +13,17 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from apm.corpus import SETS, TEST_SETS, make_mini_olr
+from apm.corpus import DEV_SETS, SCORED_SETS, SETS, TEST_SETS, make_mini_olr
 from apm.corpus.build import _pool, frame_labels, phone_symbol
 from apm.corpus.languages import TARGETS, UNKNOWNS, Language, resolve
-from apm.corpus.spec import TEST_VARIANTS, TRAIN_VARIANTS, VARIANTS, get_size, make_speakers
+from apm.corpus.spec import (
+    DEV_VARIANTS,
+    TEST_VARIANTS,
+    TRAIN_VARIANTS,
+    VARIANTS,
+    get_size,
+    make_speakers,
+)
 from apm.corpus.text import Vocabulary, is_speakable
 from apm.data.trials import read_trials
 from apm.utils import ApmError, num_frames, read_kv
@@ -75,21 +82,23 @@ def test_rerun_with_same_options_skips(tiny: Path) -> None:
     assert stamp.stat().st_mtime_ns == before
 
 
-def test_train_and_test_speakers_are_disjoint(tiny: Path) -> None:
-    assert not set(TRAIN_VARIANTS) & set(TEST_VARIANTS)
-    assert set(TRAIN_VARIANTS) | set(TEST_VARIANTS) == set(VARIANTS)
-    train_spk = set(read_kv(tiny / "train" / "utt2spk").values())
-    for s in TEST_SETS:
-        assert not train_spk & set(read_kv(tiny / s / "utt2spk").values())
+def test_train_dev_and_test_speakers_are_disjoint(tiny: Path) -> None:
+    pools = [set(TRAIN_VARIANTS), set(DEV_VARIANTS), set(TEST_VARIANTS)]
+    assert sum(map(len, pools)) == len(set().union(*pools)) == len(VARIANTS)
+    speakers = {s: set(read_kv(tiny / s / "utt2spk").values()) for s in SETS}
+    dev = set().union(*(speakers[s] for s in DEV_SETS))
+    test = set().union(*(speakers[s] for s in TEST_SETS))
+    assert dev and test and not speakers["train"] & (dev | test) and not dev & test
     for code in TARGETS:
         assert all(s.variant in TRAIN_VARIANTS for s in make_speakers(SEED, code, "tr", 20))
         assert all(s.variant in TEST_VARIANTS for s in make_speakers(SEED, code, "te", 20))
+        assert all(s.variant in DEV_VARIANTS for s in make_speakers(SEED, code, "dv", 20))
 
 
 def test_trials_match_utt2lang(tiny: Path) -> None:
     targets = set(read_kv(tiny / "train" / "utt2lang").values())
     assert len(targets) <= 4
-    for s in TEST_SETS:
+    for s in SCORED_SETS:
         utt2lang = read_kv(tiny / s / "utt2lang")
         trials = read_trials(tiny / s / "trials")
         assert {(t.lang, t.utt) for t in trials} == {(g, u) for u in utt2lang for g in targets}
@@ -101,8 +110,9 @@ def test_trials_match_utt2lang(tiny: Path) -> None:
 
 
 def test_durations(tiny: Path) -> None:
-    for path in read_kv(tiny / "task_short" / "wav.scp").values():
-        assert sf.info(path).frames == 16000
+    for short in ("dev_short", "task_short"):
+        for path in read_kv(tiny / short / "wav.scp").values():
+            assert sf.info(path).frames == 16000
     for path in read_kv(tiny / "task_full" / "wav.scp").values():
         assert 3.0 <= sf.info(path).duration <= 10.0
 

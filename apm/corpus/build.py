@@ -28,7 +28,7 @@ from tqdm import tqdm
 from apm.corpus import synth
 from apm.corpus.espeak import Espeak
 from apm.corpus.languages import BABBLE, TARGETS, UNKNOWNS, Language, resolve
-from apm.corpus.spec import SETS, TEST_SETS, Size, Utterance, get_size, plan_corpus
+from apm.corpus.spec import SCORED_SETS, SETS, Size, Utterance, get_size, plan_corpus
 from apm.data.trials import Trial, write_trials
 from apm.utils import atomic_write, num_frames, write_kv
 from apm.utils.errors import ApmError
@@ -126,7 +126,7 @@ def write_set(set_dir: Path, utts: list[Utterance], wav_root: Path, targets: lis
     for u in sorted(utts, key=lambda u: u.utt):
         spk2utt[u.speaker.id].append(u.utt)
     write_kv(set_dir / "spk2utt", {s: " ".join(v) for s, v in spk2utt.items()})
-    if utts[0].set in TEST_SETS:
+    if utts[0].set in SCORED_SETS:
         trials = [
             Trial(lang, u.utt, u.language.code == lang)
             for u in sorted(utts, key=lambda u: u.utt)

@@ -16,9 +16,10 @@ from apm.corpus.languages import Language
 from apm.utils.errors import ApmError
 
 # eSpeak NG voice variants (espeak-ng-data/voices/!v) that sound like speech; robots,
-# whisper, croak and novelty voices are left out. Train/test split rule: in this sorted
-# list, every third variant (positions 2, 5, 8, ...) belongs to test speakers only, the
-# others to training speakers only, so no test speaker shares a voice with training.
+# whisper, croak and novelty voices are left out. Split rule: in this sorted list, every third
+# variant (positions 2, 5, 8, ...) is held out from training; of those, alternate ones belong
+# to test speakers and to dev speakers only (positions 2, 8, 14, ... test; 5, 11, 17, ...
+# dev). So no test or dev speaker shares a voice with training, nor a test one with dev.
 VARIANTS: tuple[str, ...] = tuple(
     sorted(
         """Alex Alicia Andrea Andy Annie Denis Diogo Gene Henrique Hugo Jacky Lee Marco Mario
@@ -28,11 +29,18 @@ VARIANTS: tuple[str, ...] = tuple(
         quincy rob robert sandro shelby steph travis victor zac""".split()
     )
 )
-TEST_VARIANTS = VARIANTS[2::3]
-TRAIN_VARIANTS = tuple(v for v in VARIANTS if v not in TEST_VARIANTS)
+HELD_OUT_VARIANTS = VARIANTS[2::3]
+TEST_VARIANTS = HELD_OUT_VARIANTS[0::2]
+DEV_VARIANTS = HELD_OUT_VARIANTS[1::2]
+TRAIN_VARIANTS = tuple(v for v in VARIANTS if v not in HELD_OUT_VARIANTS)
 
+# Dev sets: the full and short conditions on speakers of their own, for every choice that is
+# tuned (margins); the test tasks only report.
+DEV_SETS = ("dev_full", "dev_short")
 TEST_SETS = ("task_full", "task_short", "task_cross", "task_noisy", "task_open")
-SETS = ("train", *TEST_SETS)
+SCORED_SETS = (*DEV_SETS, *TEST_SETS)  # sets with trials
+SETS = ("train", *SCORED_SETS)
+SHORT_SETS = ("dev_short", "task_short")
 SHORT_SAMPLES = 16000  # task_short: exactly 1.00 s at 16 kHz
 
 
@@ -47,6 +55,8 @@ class SetSpec:
 
 SET_SPECS = {
     "train": SetSpec(2.0, 9.0, "train"),
+    "dev_full": SetSpec(3.0, 8.0, "clean"),
+    "dev_short": SetSpec(2.0, 6.0, "clean"),  # cut to a 1 s segment afterwards
     "task_full": SetSpec(3.0, 8.0, "clean"),
     "task_short": SetSpec(2.0, 6.0, "clean"),  # cut to a 1 s segment afterwards
     "task_cross": SetSpec(3.0, 8.0, "cross"),
@@ -63,6 +73,8 @@ class Size:
     utts_per_train_speaker: int
     test_speakers: int  # per language, shared by the test tasks
     test_utts: int  # per language and test task
+    dev_speakers: int  # per language, shared by the dev sets
+    dev_utts: int  # per language and dev set
     max_words: int  # vocabulary size per language
 
 
@@ -80,12 +92,16 @@ ALL_TARGETS = (
 )
 SIZES = {
     # tiny: seconds; a confusable pair (id/ms) plus two others, for tests.
-    "tiny": Size(("id-id", "ms-my", "ru-ru", "zh-cn"), ("ky-kg", "tr-tr"), 2, 3, 2, 3, 300),
-    # mini: ~55 min of training audio, 24 test utterances per language and task.
-    "mini": Size(ALL_TARGETS, ("ky-kg", "uz-uz", "tr-tr", "ta-in"), 10, 6, 4, 24, 1500),
-    # full: 10x mini, for a GPU machine.
+    "tiny": Size(("id-id", "ms-my", "ru-ru", "zh-cn"), ("ky-kg", "tr-tr"), 2, 3, 2, 3, 2, 3, 300),
+    # mini: ~50 min of training audio; 100 test utterances per language and task (1000 per
+    # closed-set task: enough trials for a paired bootstrap to resolve Cavg differences of
+    # about 0.01 over 5 seeds), 60 dev utterances per language and dev set.
+    "mini": Size(ALL_TARGETS, ("ky-kg", "uz-uz", "tr-tr", "ta-in"), 10, 6, 10, 100, 6, 60, 1500),
+    # full: 10x mini's training audio, for a GPU machine.
     "full": Size(
-        ALL_TARGETS, ("ky-kg", "uz-uz", "tr-tr", "ta-in", "ne-np", "my-mm"), 40, 15, 12, 240, 5000
+        ALL_TARGETS,
+        ("ky-kg", "uz-uz", "tr-tr", "ta-in", "ne-np", "my-mm"),
+        *(40, 15, 12, 240, 10, 120, 5000),
     ),
 }
 
@@ -116,8 +132,8 @@ class Speaker:
 
 def make_speakers(seed: int, code: str, role: str, count: int) -> list[Speaker]:
     """`count` speakers of language `code`; `role` 'tr' draws from the training variants,
-    'te' from the test variants (see VARIANTS)."""
-    pool = TRAIN_VARIANTS if role == "tr" else TEST_VARIANTS
+    'te' from the test variants, 'dv' from the dev variants (see VARIANTS)."""
+    pool = {"tr": TRAIN_VARIANTS, "te": TEST_VARIANTS, "dv": DEV_VARIANTS}[role]
     speakers = []
     for k in range(count):
         rng = np.random.default_rng(stable_seed(seed, "speaker", code, role, k))
@@ -150,7 +166,7 @@ class Utterance:
 def plan_corpus(
     size: Size, languages: list[Language], unknowns: list[Language], seed: int
 ) -> list[Utterance]:
-    """The ordered list of utterances of every set (train speakers 'tr', test speakers 'te')."""
+    """The ordered list of utterances of every set (speakers 'tr' train, 'dv' dev, 'te' test)."""
     plan: list[Utterance] = []
     for set_name in SETS:
         langs = languages + unknowns if set_name == "task_open" else languages
@@ -159,8 +175,14 @@ def plan_corpus(
                 speakers = make_speakers(seed, lang.code, "tr", size.train_speakers)
                 owners = [s for s in speakers for _ in range(size.utts_per_train_speaker)]
             else:
-                speakers = make_speakers(seed, lang.code, "te", size.test_speakers)
-                owners = [speakers[i % len(speakers)] for i in range(size.test_utts)]
+                dev = set_name in DEV_SETS
+                role, n_spk, n_utt = (
+                    ("dv", size.dev_speakers, size.dev_utts)
+                    if dev
+                    else ("te", size.test_speakers, size.test_utts)
+                )
+                speakers = make_speakers(seed, lang.code, role, n_spk)
+                owners = [speakers[i % len(speakers)] for i in range(n_utt)]
             tag = set_name.removeprefix("task_")
             for i, spk in enumerate(owners):
                 plan.append(
@@ -171,7 +193,7 @@ def plan_corpus(
                         speaker=spk,
                         seed=stable_seed(seed, set_name, lang.code, i),
                         spec=SET_SPECS[set_name],
-                        segment_samples=SHORT_SAMPLES if set_name == "task_short" else None,
+                        segment_samples=SHORT_SAMPLES if set_name in SHORT_SETS else None,
                     )
                 )
     return plan

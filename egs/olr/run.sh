@@ -31,6 +31,8 @@ olr_root=                   # real OLR release as Kaldi data dirs; empty: synthe
 corpus_size=mini            # mini-OLR size: tiny, mini or full
 train_set=train             # training set name under data/
 test_sets="task_full task_short task_cross task_noisy task_open"  # test sets (each has trials)
+dev_sets=auto               # dev sets (with trials) for choices such as margins; auto: mini-OLR's
+                            # dev_full dev_short, none with --olr-root
 speed_perturb=false         # add 0.9/1.1 speed-perturbed copies of the training set
 fbank_conf=conf/fbank.yaml  # feature configuration
 ali_from=pocketsphinx       # virtual phone labels: pocketsphinx, oracle or kaldi:DIR
@@ -57,7 +59,11 @@ if [ $# -ne 0 ]; then
   echo "$0: unexpected arguments: $*  (see --help)" >&2
   exit 1
 fi
-sets="$train_set $test_sets"
+if [ "$dev_sets" = auto ]; then
+  if [ -n "$olr_root" ]; then dev_sets=""; else dev_sets="dev_full dev_short"; fi
+fi
+scored_sets=$(echo $dev_sets $test_sets)  # scored and reported in stages 6-7
+sets="$train_set $scored_sets"
 ali_dir=${ali_dir:-$data/ali/$train_set}
 mkdir -p "$exp"
 
@@ -90,8 +96,8 @@ done
 
 for system in $systems; do
   run_stage 6 "score_$system" steps/score.sh --conf "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
-    --train-set "$train_set" "$exp/$system" $test_sets
+    --train-set "$train_set" "$exp/$system" $scored_sets
 done
 
-run_stage 7 report steps/report.sh --data "$data" --test-sets "$test_sets" --skip-bad "$skip_bad" \
+run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --skip-bad "$skip_bad" \
   --output "$results" "$exp" $systems

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 0 (no --olr-root): synthesize the mini-OLR corpus with eSpeak NG into <data>.
-# Writes <data>/<set>/ (train task_full task_short task_cross task_noisy task_open),
-# <data>/oracle_ali/<set>/ and <data>/mini_olr/ (wavs, stats). Reruns with the same size,
+# Writes <data>/<set>/ (train dev_full dev_short task_full task_short task_cross task_noisy
+# task_open), <data>/oracle_ali/<set>/ and <data>/mini_olr/ (wavs, stats). Reruns with the same size,
 # seed and languages skip; anything else regenerates the corpus.
 set -euo pipefail
 . "$(dirname "$0")/../path.sh"
