@@ -20,7 +20,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from apm.align.arkio import read_labels, write_ark_scp
 from apm.align.config import AlignConfig
@@ -29,7 +28,7 @@ from apm.align.sphinx import SAMPLING_RATE, SphinxAligner
 from apm.utils.errors import ApmError
 from apm.utils.frames import fit_frame_count, num_frames
 from apm.utils.io import atomic_write
-from apm.utils.log import setup_logging
+from apm.utils.log import LogProgress, progress, setup_logging
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +198,7 @@ def decode_cuts(
             summaries[job.index] = done
     if len(todo) < len(jobs):
         log.info("resuming: %d of %d jobs already finished", len(jobs) - len(todo), len(jobs))
-    with tqdm(total=sum(len(j.cuts) for j in todo), desc="align", unit="utt") as bar:
+    with progress(total=sum(len(j.cuts) for j in todo), desc="align", unit="utt") as bar:
         if len(todo) == 1 or nj == 1:
             summaries.update(_run_here(todo, bar))
         elif todo:
@@ -210,7 +209,7 @@ def decode_cuts(
     return labels, [summaries[j.index] for j in jobs]
 
 
-def _run_here(todo: list[Job], bar: tqdm) -> dict[int, JobSummary]:
+def _run_here(todo: list[Job], bar: LogProgress) -> dict[int, JobSummary]:
     global _progress
     _progress = bar.update
     try:
@@ -219,7 +218,7 @@ def _run_here(todo: list[Job], bar: tqdm) -> dict[int, JobSummary]:
         _progress = None
 
 
-def _run_parallel(todo: list[Job], bar: tqdm) -> dict[int, JobSummary]:
+def _run_parallel(todo: list[Job], bar: LogProgress) -> dict[int, JobSummary]:
     # fork where the OS has it: workers start at once with lhotse already imported (spawn
     # re-imports it, seconds per job); the parent holds no decoder, so none is inherited.
     method = "fork" if "fork" in mp.get_all_start_methods() else "spawn"

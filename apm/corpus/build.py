@@ -23,7 +23,6 @@ from pathlib import Path
 
 import kaldiio
 import numpy as np
-from tqdm import tqdm
 
 from apm.corpus import synth
 from apm.corpus.espeak import Espeak
@@ -32,6 +31,7 @@ from apm.corpus.spec import SCORED_SETS, SETS, Size, Utterance, get_size, plan_c
 from apm.data.trials import Trial, write_trials
 from apm.utils import atomic_write, num_frames, write_kv
 from apm.utils.errors import ApmError
+from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def render_all(plan: list[Utterance], vocabs: dict, seed: int, wav_root: Path, n
     jobs = [(plan[i : i + CHUNK], paths[i : i + CHUNK]) for i in range(0, len(plan), CHUNK)]
     out = []
     with _pool(nj, initializer=synth.init_worker, initargs=(vocabs, seed)) as pool:
-        bar = tqdm(total=len(plan), desc="synthesizing mini-OLR", unit="utt")
+        bar = progress(total=len(plan), desc="synthesizing mini-OLR", unit="utt")
         for rendered in pool.imap(synth.render_chunk, jobs):
             out.extend(rendered)
             bar.update(len(rendered))

@@ -28,13 +28,13 @@ from lhotse import (
     SupervisionSet,
 )
 from lhotse.qa import validate_recordings_and_supervisions
-from tqdm import tqdm
 
 from apm.data.audio import MIN_DURATION, AudioInfo, AudioProblem, probe
 from apm.data.kaldi_dir import TEXT_FILES, KaldiDir, format_time, is_pipe, read_kaldi_dir
 from apm.data.problems import Problem, settle
 from apm.utils import ApmError, atomic_write
 from apm.utils.io import atomic_dir
+from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def probe_recordings(wav: dict[str, str], nj: int) -> dict[str, AudioInfo | tupl
     chunksize = max(1, len(recs) // (nj * 20))
     with ProcessPoolExecutor(max_workers=nj) as ex:
         results = list(
-            tqdm(
+            progress(
                 ex.map(_probe_one, entries, chunksize=chunksize),
                 total=len(recs),
                 desc="opening audio",

@@ -27,7 +27,6 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from apm.data.kaldi_dir import portable_path
 from apm.losses import build_loss
@@ -43,6 +42,7 @@ from apm.train.data import (
 )
 from apm.train.dist import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from apm.utils.errors import ApmError
+from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ def _embed_cuts(
 ) -> tuple[dict, dict, int]:
     xvectors, logits, unvoiced = {}, {}, 0
     ecfg, cmn = system.config["extract"], system.config["train"]["cmn"]
-    for cut in tqdm(cuts, desc="x-vectors", unit="utt", disable=not env.is_main):
+    for cut in progress(cuts, desc="x-vectors", unit="utt", disable=not env.is_main):
         feats, fell_back = prepare_frames(cut, vad_table, cmn, ecfg["min_voiced_frames"])
         if feats.shape[1] != system.feat_dim:
             raise ApmError(

@@ -37,12 +37,12 @@ from kaldiio.matio import write_array
 from lhotse import CutSet
 from lhotse.features.io import NumpyFilesWriter
 from lhotse.utils import fastcopy
-from tqdm import tqdm
 
 from apm.data.kaldi_dir import portable_path
 from apm.data.manifests import check_nj, write_manifest
 from apm.features.fbank import FeatureConfig, fbank_and_vad, features_manifest, make_extractor
 from apm.utils import ApmError, atomic_path, atomic_write
+from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +186,7 @@ def _run_jobs(todo: list[Job], nj: int, total: int, done: int) -> None:
     queue = list(reversed(todo))
     finished = 0
     with (
-        tqdm(total=total, initial=done, desc="fbank", unit="cut", mininterval=2) as bar,
+        progress(total=total, initial=done, desc="fbank", unit="cut", mininterval=2) as bar,
         ProcessPoolExecutor(max_workers=nj, initializer=_die_with_parent) as ex,
     ):
         running = {}

@@ -21,11 +21,11 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 from lhotse import CutSet
-from tqdm import tqdm
 
 from apm.features.cmn import sliding_cmn
 from apm.utils.errors import ApmError
 from apm.utils.frames import fit_frame_count
+from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +165,7 @@ def load_corpus(
         num_phones = max(read_phones(Path(ali_dir) / "phones.txt").values()) + 1
     ids, langs, feats, phones = [], [], [], []
     skipped: dict[str, list[str]] = {"short": [], "unaligned": []}
-    for cut in tqdm(cuts, desc=f"loading {fbank_dir}", unit="cut", leave=False):
+    for cut in progress(cuts, desc=f"loading {fbank_dir}", unit="cut", leave=False):
         if ali_table is not None and cut.id not in ali_table:
             if not skip_unaligned:
                 raise ApmError(

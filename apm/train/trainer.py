@@ -19,7 +19,6 @@ import numpy as np
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from tqdm import tqdm
 
 from apm.losses import LossOutput, build_loss
 from apm.nnet import ModelOutput, build_model
@@ -29,6 +28,7 @@ from apm.train.dist import DistEnv, all_reduce_sum
 from apm.train.monitor import EpochMetrics, Monitor
 from apm.utils.errors import ApmError
 from apm.utils.io import atomic_write
+from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
@@ -253,7 +253,7 @@ class Trainer:
         epoch, steps = self.epoch, self.steps_per_epoch
         metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
         self.net.train()
-        bar = tqdm(
+        bar = progress(
             total=steps,
             desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}",
             unit="batch",
