@@ -99,3 +99,40 @@ def test_recipe_rejects_a_stage_that_is_not_a_number(repo_root):
         [str(repo_root / "egs/olr/run.sh"), "--stage", "4-5"], capture_output=True, text=True
     )
     assert r.returncode != 0 and "take stage numbers" in r.stderr
+
+
+def test_stage_reruns_when_a_watched_input_changes(tmp_path, repo_root):
+    corpus = tmp_path / "corpus"
+    (corpus / "train").mkdir(parents=True)
+    (corpus / "train/utt2lang").write_text("u1 zh-cn\n")
+    body = f"run_stage 0 import --watch {corpus} bash -c 'echo ran >> {tmp_path}/count'\n"
+    s = _script(tmp_path, repo_root, body)
+    assert _run(s).returncode == 0
+    r = _run(s)
+    assert r.returncode == 0 and "done before, skipping" in r.stdout
+    assert (tmp_path / "count").read_text() == "ran\n", "--watch is not passed to the command"
+    (corpus / "train/utt2lang").write_text("u1 zh-cn\nu2 ru-ru\n")  # a user fixes the release
+    r = _run(s)
+    assert r.returncode == 0 and "done before" not in r.stdout, r.stdout
+    assert (tmp_path / "count").read_text() == "ran\nran\n"
+    (corpus / "wav").mkdir()
+    (corpus / "wav/u2.wav").write_bytes(b"x")  # a file added deeper down counts too
+    assert _run(s).returncode == 0
+    assert (tmp_path / "count").read_text() == "ran\nran\nran\n"
+
+
+def test_stage_logs_of_the_last_attempts_are_kept(tmp_path, repo_root):
+    s = _script(tmp_path, repo_root, "run_stage 4 train bash -c 'echo attempt-$ATTEMPT'\n")
+    logs = tmp_path / "exp/log"
+    for attempt in range(1, 6):
+        r = subprocess.run(
+            ["bash", str(s), "--force", "true"],
+            capture_output=True,
+            text=True,
+            env={"ATTEMPT": str(attempt), "PATH": "/usr/bin:/bin"},
+        )
+        assert r.returncode == 0, r.stderr
+    assert "attempt-5" in (logs / "stage4.train.log").read_text()
+    for k in (1, 2, 3):
+        assert f"attempt-{5 - k}" in (logs / f"stage4.train.log.{k}").read_text()
+    assert not (logs / "stage4.train.log.4").exists()

@@ -11,7 +11,8 @@
 # left in "$@". Unlike Kaldi, `--config` is an ordinary option here (our step scripts use it
 # for a YAML file), not a file of shell assignments.
 
-_apm_opts_script=${BASH_SOURCE[1]:-$0}
+# The calling script (a caller that cd's before sourcing this sets _apm_opts_script first).
+_apm_opts_script=${_apm_opts_script:-${BASH_SOURCE[1]:-$0}}
 
 # The options are the `name=value` lines of the calling script above this file's `.` line.
 _apm_list_options() {

@@ -3,6 +3,7 @@
 # and $exp (logs go to $exp/log, completion records to $exp/.done).
 #
 #   run_stage 2 fbank steps/make_fbank.sh --nj 2 data/manifests data/fbank train
+#   run_stage 0 import_olr --watch /data/olr steps/import_olr.sh /data/olr data train test
 #
 # runs the command when 2 is within [stage, stop_stage], logs it to $exp/log/stage2.fbank.log
 # and the console, and records completion together with the command line and the content of
@@ -10,10 +11,24 @@
 # skips it (unless --force true); a finished run invalidates the records of all later stages,
 # since their inputs changed. On failure it prints the stage, the log path
 # and the last lines of the log, and exits.
+#
+# `--watch PATH` (repeatable, between the name and the command, not passed to it) adds the
+# inputs the stage reads to the record: the size and modification time of PATH, or of every
+# file under it (recursively, following symlinks) when it is a directory. Editing, adding or
+# removing a watched file reruns the stage. Watch inputs that are not outputs of earlier stages
+# (those already invalidate later records), e.g. a corpus given by the user.
+#
+# The previous attempts' logs are kept: stage2.fbank.log.1 (the last) ... .log.3.
 
 run_stage() {
   local n=$1 name=$2
   shift 2
+  local watch=()
+  while [ "${1:-}" = --watch ]; do
+    [ $# -ge 2 ] || { echo "run_stage $n $name: --watch needs a path" >&2; exit 1; }
+    watch+=("$2")
+    shift 2
+  done
   if [ "$n" -lt "$stage" ] || [ "$n" -gt "$stop_stage" ]; then
     return 0
   fi
@@ -21,6 +36,14 @@ run_stage() {
   local log=$log_dir/stage$n.$name.log marker=$done_dir/stage$n.$name
   local signature
   signature=$(printf '%q ' "$@")
+  local path
+  for path in ${watch[@]+"${watch[@]}"}; do
+    if [ -e "$path" ]; then
+      signature+=" watch:$path=$(find -L "$path" -type f -printf '%P %s %T@\n' | LC_ALL=C sort | sha256sum | cut -c1-16)"
+    else
+      signature+=" watch:$path=missing"
+    fi
+  done
   # Config files named on the command line count by content: an edited conf/*.yaml reruns the
   # stage. (Only configs: other named files may be the stage's own outputs.)
   local arg
@@ -36,6 +59,10 @@ run_stage() {
   fi
   rm -f "$marker"
   echo "$(date '+%F %T') stage $n ($name): $*"
+  local i
+  for i in 2 1 ""; do  # keep the last 3 attempts' logs: .log.1 (newest) .. .log.3
+    if [ -f "$log${i:+.$i}" ]; then mv -f "$log${i:+.$i}" "$log.$((${i:-0} + 1))"; fi
+  done
   echo "# $(date '+%F %T') $*" > "$log"
   local start=$SECONDS
   if ! "$@" 2>&1 | tee -a "$log"; then

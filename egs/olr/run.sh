@@ -1,8 +1,17 @@
 #!/usr/bin/env bash
 # OLR recipe: phoneme-aware language recognition with multi-task x-vectors.
-# Run from anywhere; data/ and exp/ live next to this script.
+# Run from anywhere; data/ and exp/ live next to this script. Every stage runs in this
+# directory (the recipe directory): paths inside generated files are relative to it.
+# Relative paths given on the command line are relative to the caller's directory.
 set -euo pipefail
-cd "$(dirname "$0")"
+user_dir=$(pwd -P)
+recipe_dir=$(cd "$(dirname "$0")" && pwd -P)
+given_options=" "  # the options on the command line: their relative paths are the caller's
+for _arg in "$@"; do
+  case "$_arg" in --*) _arg=${_arg%%=*}; given_options+="${_arg#--} " ;; esac
+done
+cd "$recipe_dir"
+_apm_opts_script=$recipe_dir/run.sh  # for --help, which reads this script's option lines
 
 help_message="Usage: ./run.sh [options]
 
@@ -45,16 +54,41 @@ ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 backend_conf=conf/backend.yaml  # back-end configuration
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go
-results=RESULTS.md          # the table gathering all systems (stage 7)
+results=                    # the table gathering all systems (stage 7; default: <exp>/RESULTS.md)
 
 . ./path.sh
 . utils/parse_options.sh
 . utils/stage.sh
 
-if ! [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]]; then
+if ! [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || [ "$stage" -gt 7 ] || [ "$stop_stage" -gt 7 ]; then
   echo "$0: --stage and --stop-stage take stage numbers (0-7), got '$stage' and '$stop_stage'" >&2
   exit 1
 fi
+if [ "$stage" -gt "$stop_stage" ]; then
+  echo "$0: --stage $stage is after --stop-stage $stop_stage: nothing would run; give --stop-stage >= --stage" >&2
+  exit 1
+fi
+if ! [[ $nj =~ ^[0-9]+$ ]] || [ "$nj" -lt 1 ]; then
+  echo "$0: --nj takes a number of parallel jobs >= 1, got '$nj'" >&2
+  exit 1
+fi
+# A relative path given on the command line is relative to the caller's directory; defaults
+# are relative to the recipe directory. Paths under the recipe directory are used relative
+# to it (so that the files written there stay valid when it is moved), others absolute.
+_caller_path() {
+  local p=$1
+  [[ $p = /* ]] || p=$user_dir/$p
+  realpath -m -s --relative-base="$recipe_dir" -- "$p"
+}
+for _opt in olr_root data exp results fbank_conf align_conf backend_conf system_conf_dir ali_dir; do
+  if [[ $given_options = *" ${_opt//_/-} "* ]] && [ -n "${!_opt}" ]; then
+    printf -v "$_opt" '%s' "$(_caller_path "${!_opt}")"
+  fi
+done
+if [[ $given_options = *" ali-from "* && $ali_from = kaldi:* ]]; then
+  ali_from=kaldi:$(_caller_path "${ali_from#kaldi:}")
+fi
+results=${results:-$exp/RESULTS.md}
 if [ $# -ne 0 ]; then
   echo "$0: unexpected arguments: $*  (see --help)" >&2
   exit 1
@@ -68,18 +102,22 @@ ali_dir=${ali_dir:-$data/ali/$train_set}
 mkdir -p "$exp"
 
 if [ -n "$olr_root" ]; then
-  run_stage 0 import_olr steps/import_olr.sh --skip-bad "$skip_bad" "$olr_root" "$data" $sets
+  run_stage 0 import_olr --watch "$olr_root" steps/import_olr.sh --skip-bad "$skip_bad" "$olr_root" "$data" $sets
 else
   run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" --nj "$nj" --seed "$seed" "$data"
 fi
 
-run_stage 1 manifests steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
+watch_sets=()  # stage 1 reads data/<set>: a hand-edited data dir reruns it
+for set in $sets; do watch_sets+=(--watch "$data/$set"); done
+run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
   --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
 
 run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --conf "$fbank_conf" --skip-bad "$skip_bad" \
   "$data/manifests" "$data/fbank" $sets
 
-run_stage 3 align steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-from "$ali_from" --skip-bad "$skip_bad" \
+watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3
+[[ $ali_from = kaldi:* ]] && watch_ali=(--watch "${ali_from#kaldi:}")
+run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-from "$ali_from" --skip-bad "$skip_bad" \
   --oracle-dir "$data/oracle_ali/$train_set" "$data/fbank/$train_set" "$ali_dir"
 
 for system in $systems; do
