@@ -3,14 +3,16 @@
 set -euo pipefail
 
 help_message="Usage: $0 [options] <exp/system> <task> [<task> ...]
-Trains the back-ends of --conf on the x-vectors of --train-set and writes, per task,
+Trains the back-ends of --conf on the x-vectors of --backend-train-set (default: --train-set;
+the AP20 baseline trains LDA/LR on the enrollment set) and writes, per task,
 <exp/system>/scores/<task>.score (primary back-end, OLR matrix format) and
 <task>.<backend>.score for the other back-ends listed in the configuration.
 Example: $0 --conf conf/backend.yaml --data data --train-set train exp/apm_am task_full task_short"
 
 conf=conf/backend.yaml  # back-end configuration (YAML)
 data=data               # directory holding the Kaldi data dirs
-train_set=train         # set whose x-vectors train the back-end
+train_set=train         # the system's training set
+backend_train_set=      # set whose x-vectors train the back-end (empty: --train-set; AP20: enroll)
 skip_bad=false          # leave out test utterances without x-vectors instead of stopping
 
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"  # physical: recipes reach steps/ via a symlink
@@ -24,4 +26,5 @@ system_dir=$1
 shift
 
 python -m apm.bin.score --conf "$conf" --data "$data" --train-set "$train_set" \
-  --skip-bad "$skip_bad" --log-file "$system_dir/log/score.log" "$system_dir" "$@"
+  --backend-train-set "$backend_train_set" --skip-bad "$skip_bad" \
+  --log-file "$system_dir/log/score.log" "$system_dir" "$@"

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from apm.backend import BackendConfig, EmbeddingProcessor, load_backend_config, score_system
+from apm.backend.models import KaldiLda
 from apm.data.trials import Trial, read_trials, write_trials
 from apm.metrics import align_trials, challenge_cavg, read_scores
 from apm.utils import ApmError, write_kv
@@ -90,6 +91,60 @@ def test_lda_dimension_capped_by_languages():
     assert np.allclose(np.linalg.norm(z, axis=1), np.sqrt(2))
 
 
+def test_kaldi_lda_known_answer():
+    """Two classes in 2-D: class means (-1, 0) and (3, 0), within-class deviations +-1 in x
+    and +-2 in y, so W = diag(1, 4), B = diag(4, 0): the map is diag(1, 1/2) (up to signs)
+    after centring on the global mean (1, 0), eigenvalues 4 and 0; both dimensions kept."""
+    dev = np.array([[-1, -2], [-1, 2], [1, -2], [1, 2]], dtype=float)
+    x = np.concatenate([dev + [-1, 0], dev + [3, 0]])
+    y = np.repeat([0, 1], 4)
+    lda = KaldiLda(2).fit(x, y)
+    assert np.allclose(lda.eigenvalues, [4, 0])
+    assert np.allclose(np.abs(lda.matrix), [[1, 0], [0, 0.5]])
+    assert np.allclose(np.abs(lda.transform(x)), np.abs((x - [1, 0]) * [1, 0.5]))
+    z = EmbeddingProcessor(100, "kaldi").fit(x, y)(x)  # 2 dims kept, more than languages - 1
+    assert z.shape == (8, 2) and np.allclose(np.linalg.norm(z, axis=1), np.sqrt(2))
+
+
+def _clustered(seed: int = 0, n_class: int = 4, dim: int = 10):
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(n_class), [30, 40, 50, 60][:n_class])
+    mix = rng.normal(size=(dim, dim))
+    return rng.normal(0, 3, (n_class, dim))[y] + rng.normal(size=(len(y), dim)) @ mix, y
+
+
+def test_kaldi_lda_is_the_generalized_eigenproblem():
+    from scipy.linalg import eigh
+
+    x, y = _clustered()
+    lda = KaldiLda(6).fit(x, y)
+    z = lda.transform(x)
+    means = np.stack([z[y == k].mean(axis=0) for k in range(4)])
+    counts = np.bincount(y)
+    between = (means.T * counts) @ means / len(y)
+    within = np.cov(z.T, bias=True) - between
+    assert np.allclose(within, np.eye(6), atol=1e-9)  # whitened within-class
+    assert np.allclose(between, np.diag(lda.eigenvalues), atol=1e-9)
+    xc = x - x.mean(axis=0)
+    xm = np.stack([xc[y == k].mean(axis=0) for k in range(4)])
+    b = (xm.T * counts) @ xm / len(y)
+    w = xc.T @ xc / len(y) - b
+    top = eigh(b, w, eigvals_only=True)[::-1][:6]
+    assert np.allclose(lda.eigenvalues, top) and np.allclose(top[3:], 0, atol=1e-9)
+
+
+def test_kaldi_lda_matches_sklearn_within_languages_minus_one():
+    """Up to a rotation (which LR and cosine ignore), the two LDAs agree at C - 1 dims."""
+    x, y = _clustered()
+    zk = EmbeddingProcessor(3, "kaldi").fit(x, y)(x)
+    zs = EmbeddingProcessor(3, "sklearn").fit(x, y)(x)
+    assert np.allclose(zk @ zk.T, zs @ zs.T, atol=1e-8)
+    assert EmbeddingProcessor(8, "kaldi").fit(x, y)(x).shape == (180, 8)
+    assert EmbeddingProcessor(50, "kaldi").fit(x, y)(x).shape == (180, 10)  # x-vector size
+    with pytest.raises(ApmError, match="within-class covariance of 6 x-vectors.*singular"):
+        KaldiLda(2).fit(x[[0, 1, 30, 31, 70, 71]], y[[0, 1, 30, 31, 70, 71]])
+
+
 def test_missing_test_xvectors_error_or_skip(tmp_path):
     system = make_system(tmp_path)
     scp = system / "xvectors" / "task_full" / "xvector.scp"
@@ -100,6 +155,21 @@ def test_missing_test_xvectors_error_or_skip(tmp_path):
         score_system(system, tmp_path / "data", "train", ["task_full"], conf)
     score_system(system, tmp_path / "data", "train", ["task_full"], conf, skip_bad=True)
     assert len(read_scores(system / "scores" / "task_full.score").utts) == 28
+
+
+def test_skipped_utterances_warned_once_per_task(tmp_path, caplog):
+    """Three back-ends, x-vectors and logits missing for the same utterances: one warning."""
+    system = make_system(tmp_path)
+    for name in ("xvector", "logits"):
+        scp = system / "xvectors" / "task_full" / f"{name}.scp"
+        scp.write_text("".join(scp.read_text().splitlines(keepends=True)[2:]))
+    conf = BackendConfig(backends=["lr", "cosine", "classifier"])
+    with caplog.at_level("WARNING", logger="apm.backend.scoring"):
+        score_system(system, tmp_path / "data", "train", ["task_full"], conf, skip_bad=True)
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0].startswith("task_full: 2 of 30 trial utterances have no x-vector or logits")
+    assert "lr 2, cosine 2, classifier 2" in warnings[0]
 
 
 def test_task_language_unknown_to_system(tmp_path):
@@ -153,6 +223,25 @@ def test_score_step_script(tmp_path, repo_root, shell_env):
         cwd=tmp_path, env=shell_env, capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode == 1 and "ERROR" in r.stderr and "task_nope/trials" in r.stderr
+
+
+def test_backend_train_set_option(tmp_path, repo_root, shell_env):
+    """--backend-train-set trains LDA/LR on another set (the AP20 baseline: enrollment);
+    the scores equal score_system's with that set as the training set."""
+    system = make_system(tmp_path)
+    r = subprocess.run(
+        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+         "--train-set", "train", "--backend-train-set", "task_full", "exp/sys", "task_open"],
+        cwd=tmp_path, env=shell_env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "back-end training data: 30 x-vectors" in r.stderr
+    via_cli = (system / "scores" / "task_open.score").read_text()
+    conf = load_backend_config(repo_root / "egs/olr/conf/backend.yaml")
+    score_system(system, tmp_path / "data", "task_full", ["task_open"], conf)
+    assert (system / "scores" / "task_open.score").read_text() == via_cli
+    score_system(system, tmp_path / "data", "train", ["task_open"], conf)
+    assert (system / "scores" / "task_open.score").read_text() != via_cli
 
 
 def test_corrupt_ark_is_a_clear_error(tmp_path):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from scipy.special import log_softmax
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
@@ -18,26 +19,83 @@ from apm.utils import ApmError
 log = logging.getLogger(__name__)
 
 
+class KaldiLda:
+    """Kaldi's `ivector-compute-lda` (total-covariance-factor 0): an affine map to `dim`
+    dimensions that may exceed (classes - 1), as the OLR baselines' `lda100`.
+
+    Vectors are centred on the global mean (utterances weighted equally). With W the
+    within-class and B the between-class covariance (class means weighted by class size,
+    both normalised by the number of vectors), T = C^-1 for the Cholesky factor W = C C^T
+    whitens W; the rows of the map are the eigenvectors of T B T^T with the `dim` largest
+    eigenvalues, times T. So the output has identity within-class covariance and a diagonal
+    between-class covariance holding those eigenvalues (descending); the dimensions past
+    (classes - 1) have eigenvalue 0 and keep the whitened within-class variation.
+    """
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+
+    def fit(self, x: np.ndarray, labels: np.ndarray) -> KaldiLda:
+        x = np.asarray(x, dtype=np.float64)
+        n, d = x.shape
+        self.mean = x.mean(axis=0)
+        xc = x - self.mean
+        classes, idx = np.unique(labels, return_inverse=True)
+        counts = np.bincount(idx).astype(np.float64)
+        means = np.zeros((len(classes), d))
+        np.add.at(means, idx, xc)
+        means /= counts[:, None]
+        between = (means.T * counts) @ means / n
+        within = xc.T @ xc / n - between
+        try:
+            chol = np.linalg.cholesky(within)
+        except np.linalg.LinAlgError:
+            raise ApmError(
+                f"Kaldi LDA: the within-class covariance of {n} x-vectors of dimension {d} "
+                f"({len(classes)} languages) is singular; it needs more than {d + len(classes)}"
+                " training x-vectors, or use lda_impl: sklearn"
+            ) from None
+        whiten = solve_triangular(chol, np.eye(d), lower=True)  # C^-1
+        values, vectors = np.linalg.eigh(whiten @ between @ whiten.T)
+        order = np.argsort(values)[::-1][: self.dim]
+        self.eigenvalues = values[order]
+        self.matrix = vectors[:, order].T @ whiten  # dim x d
+        return self
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        return (np.asarray(x, dtype=np.float64) - self.mean) @ self.matrix.T
+
+
 class EmbeddingProcessor:
     """LDA -> subtract the training mean -> length normalisation.
 
     Vectors are scaled to norm sqrt(dim) as Kaldi's `ivector-normalize-length` does, so the
-    logistic regression's L2 strength means the same whatever the LDA dimension.
+    logistic regression's L2 strength means the same whatever the LDA dimension. `impl`:
+    `sklearn` (at most classes - 1 dimensions) or `kaldi` (`KaldiLda`, up to the x-vector
+    size).
     """
 
-    def __init__(self, lda_dim: int) -> None:
-        self.lda_dim = lda_dim
+    def __init__(self, lda_dim: int, impl: str = "sklearn") -> None:
+        self.lda_dim, self.impl = lda_dim, impl
 
     def fit(self, x: np.ndarray, labels: np.ndarray) -> EmbeddingProcessor:
         n_class = len(np.unique(labels))
         if n_class < 2:
             raise ApmError("the back-end needs training x-vectors of at least 2 languages")
-        dim = min(self.lda_dim, n_class - 1, x.shape[1])
+        cap = x.shape[1] if self.impl == "kaldi" else min(n_class - 1, x.shape[1])
+        dim = min(self.lda_dim, cap)
         if dim < self.lda_dim:
             log.info(
-                "LDA dimension %d capped to %d (languages - 1, x-vector size)", self.lda_dim, dim
+                "LDA dimension %d capped to %d (%s)",
+                self.lda_dim,
+                dim,
+                "x-vector size" if self.impl == "kaldi" else "languages - 1, x-vector size",
             )
-        self.lda = LinearDiscriminantAnalysis(n_components=dim, solver="svd")
+        if self.impl == "kaldi":
+            self.lda = KaldiLda(dim)
+            log.info("Kaldi LDA to %d dimensions (%d languages)", dim, n_class)
+        else:
+            self.lda = LinearDiscriminantAnalysis(n_components=dim, solver="svd")
         projected = self.lda.fit(x, labels).transform(x)
         self.mean = projected.mean(axis=0)
         return self

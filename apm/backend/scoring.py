@@ -31,12 +31,12 @@ log = logging.getLogger(__name__)
 
 
 def load_vectors(
-    scp: Path, utts: list[str], skip_bad: bool, what: str
+    scp: Path, utts: list[str], skip_bad: bool, what: str, warn: bool = True
 ) -> tuple[list[str], np.ndarray]:
     """Vectors of `utts` from a kaldiio scp: (utts found, n x dim float64 matrix).
 
     Missing utterances are an error naming the count and a few ids, or with `skip_bad`
-    are left out and logged.
+    are left out and logged (unless `warn` is false: the caller reports them).
     """
     if not scp.is_file():
         raise ApmError(f"{scp}: not found; run the extraction (stage 5) for this set")
@@ -52,7 +52,8 @@ def load_vectors(
         )
         if not skip_bad:
             raise ApmError(msg + "; rerun the extraction or pass --skip-bad true")
-        log.warning("%s; skipped (--skip-bad true)", msg)
+        if warn:
+            log.warning("%s; skipped (--skip-bad true)", msg)
     found = [u for u in utts if u in table]
     if not found:
         raise ApmError(f"{scp}: none of the {len(utts)} utterances needed has a {what}")
@@ -61,6 +62,22 @@ def load_vectors(
     if len(dims) != 1:
         raise ApmError(f"{scp}: {what}s of different sizes {sorted(dims)}")
     return found, np.stack(vectors)
+
+
+def _warn_skipped(task: str, utts: list[str], found: dict[str, list[str]], files: str) -> None:
+    """One warning per task for the utterances some back-end could not score."""
+    kept = set(utts)
+    for backend_found in found.values():
+        kept &= set(backend_found)
+    skipped = [u for u in utts if u not in kept]
+    if not skipped:
+        return
+    per_backend = ", ".join(f"{b} {len(utts) - len(f)}" for b, f in found.items())
+    log.warning(
+        "%s: %d of %d trial utterances have no %s and are not scored (--skip-bad true; "
+        "per back-end: %s), e.g. %s",
+        task, len(skipped), len(utts), files, per_backend, format_ids(skipped, len(skipped)),
+    )  # fmt: skip
 
 
 def _training_data(
@@ -115,7 +132,7 @@ def score_system(
     models = {}
     if embedding_backends:
         x, labels = _training_data(system_dir, data_dir, train_set, languages)
-        process = EmbeddingProcessor(conf.lda_dim).fit(x, labels)
+        process = EmbeddingProcessor(conf.lda_dim, conf.lda_impl).fit(x, labels)
         z = process(x)
         if "lr" in conf.backends:
             models["lr"] = LogisticBackend(conf.lr_c, conf.lr_max_iter, conf.lr_class_weight).fit(
@@ -129,17 +146,24 @@ def score_system(
         xvec_dir = system_dir / "xvectors" / task
         scores = {}
         if embedding_backends:
-            found, x = load_vectors(xvec_dir / "xvector.scp", utts, skip_bad, "x-vector")
+            found, x = load_vectors(xvec_dir / "xvector.scp", utts, skip_bad, "x-vector", False)
             z = process(x)
             scores.update({b: (found, models[b](z)) for b in embedding_backends})
         if "classifier" in conf.backends:
-            found, logits = load_vectors(xvec_dir / "logits.scp", utts, skip_bad, "logits vector")
+            found, logits = load_vectors(
+                xvec_dir / "logits.scp", utts, skip_bad, "logits vector", False
+            )
             if logits.shape[1] != len(languages):
                 raise ApmError(
                     f"{xvec_dir}/logits.scp: {logits.shape[1]} outputs per utterance but "
                     f"{len(languages)} languages in {system_dir}/languages.txt"
                 )
             scores["classifier"] = (found, classifier_scores(logits, conf.classifier_log_softmax))
+        kinds = " or ".join(
+            k for k, used in (("x-vector", embedding_backends), ("logits", "classifier" in scores))
+            if used
+        )  # fmt: skip
+        _warn_skipped(task, utts, {b: f for b, (f, _) in scores.items()}, f"{kinds} in {xvec_dir}")
         for backend, (found, matrix) in scores.items():
             path = system_dir / "scores" / conf.score_name(task, backend)
             write_matrix(path, languages, found, matrix)

@@ -12,7 +12,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="score", description=__doc__)
     p.add_argument("--conf", default=None, help="back-end YAML (default: built-in defaults)")
     p.add_argument("--data", default="data", help="directory of the Kaldi data dirs")
-    p.add_argument("--train-set", default="train", help="set whose x-vectors train the back-end")
+    p.add_argument("--train-set", default="train", help="the system's training set")
+    p.add_argument(
+        "--backend-train-set",
+        default="",
+        help="set whose x-vectors train the LDA / logistic regression / cosine back-ends "
+        "(default: --train-set; the AP20 baseline uses the enrollment set); it needs "
+        "utt2lang under --data and x-vectors from stage 5, in languages.txt's languages",
+    )
     p.add_argument(
         "--skip-bad",
         type=str2bool,
@@ -26,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     conf = load_backend_config(args.conf)
-    score_system(args.system_dir, args.data, args.train_set, args.tasks, conf, args.skip_bad)
+    train_set = args.backend_train_set or args.train_set
+    score_system(args.system_dir, args.data, train_set, args.tasks, conf, args.skip_bad)
 
 
 if __name__ == "__main__":

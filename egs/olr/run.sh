@@ -52,6 +52,7 @@ system_conf_dir=conf        # where the system configs live
 resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 backend_conf=conf/backend.yaml  # back-end configuration
+backend_train_set=          # set whose x-vectors train LDA/LR (empty: --train-set; AP20 baseline: its enroll set, with x-vectors from stage 5)
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go
 results=                    # the table gathering all systems (stage 7; default: <exp>/RESULTS.md)
@@ -134,7 +135,7 @@ done
 
 for system in $systems; do
   run_stage 6 "score_$system" steps/score.sh --conf "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
-    --train-set "$train_set" "$exp/$system" $scored_sets
+    --train-set "$train_set" ${backend_train_set:+--backend-train-set "$backend_train_set"} "$exp/$system" $scored_sets
 done
 
 run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --skip-bad "$skip_bad" \
