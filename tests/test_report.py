@@ -104,3 +104,28 @@ def test_skip_bad_drops_and_counts_unscored_utterances(tmp_path):
     results = report_system(system, tmp_path / "data", ["task_full"], skip_bad=True)
     task = results["tasks"]["task_full"]
     assert task["n_trials_skipped"] == 6 and task["n_trials"] == 84 and task["n_utts"] == 28
+
+
+def test_fewer_scored_utterances_are_shown(tmp_path, caplog):
+    """A task scored on fewer utterances than it has says so in results.json, results.md and
+    RESULTS.md; the skip is warned once, not once per back-end."""
+    system = make_system(tmp_path)
+    for name in ("xvector", "logits"):
+        scp = system / f"xvectors/task_full/{name}.scp"
+        scp.write_text("".join(scp.read_text().splitlines(keepends=True)[2:]))
+    conf = BackendConfig(primary="lr", backends=["lr", "cosine", "classifier"])
+    score_system(system, tmp_path / "data", "train", TASKS, conf, skip_bad=True)
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        results = report_system(system, tmp_path / "data", TASKS, skip_bad=True)
+    assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1
+    full, open_ = results["tasks"]["task_full"], results["tasks"]["task_open"]
+    assert (full["n_utts"], full["n_utts_total"]) == (28, 30)
+    assert (open_["n_utts"], open_["n_utts_total"]) == (40, 40)
+    saved = json.loads((system / "results.json").read_text())
+    assert saved["tasks"]["task_full"]["n_utts_total"] == 30
+    md = (system / "results.md").read_text()
+    assert "Note: task_full scored on 28 of 30 utterances" in md and "task_open scored" not in md
+    table = render_results_md(collect_results(tmp_path / "exp", ["sys"]))
+    assert "- sys: task_full scored on 28 of 30 utterances" in table
+    assert "task_open scored" not in table

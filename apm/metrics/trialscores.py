@@ -70,12 +70,17 @@ def _utterance_classes(trials: list[Trial], lang_idx: dict[str, int], path: str)
 
 
 def align_trials(
-    trials: list[Trial], scores: Scores, trials_path: str | Path, skip_missing: bool = False
+    trials: list[Trial],
+    scores: Scores,
+    trials_path: str | Path,
+    skip_missing: bool = False,
+    warn: bool = True,
 ) -> TrialScores:
     """Look up the score of every trial; missing scores and unknown languages are errors.
 
     With `skip_missing`, every trial of an utterance lacking any of its scores is dropped
-    instead (so no utterance loses its target trial alone), logged and counted in `n_skipped`.
+    instead (so no utterance loses its target trial alone), logged (unless `warn` is false)
+    and counted in `n_skipped`.
     """
     languages = sorted({t.lang for t in trials})
     lang_idx = {lang: i for i, lang in enumerate(languages)}
@@ -112,8 +117,9 @@ def align_trials(
         kept = [t for t in trials if t.utt not in bad_utts]
         if not kept:
             raise ApmError(msg + "; no trial is left")
-        log.warning("%s; skipping all %d trials of those %d utterances", msg, n - len(kept),
-                    len(bad_utts))  # fmt: skip
+        if warn:
+            log.warning("%s; skipping all %d trials of those %d utterances", msg,
+                        n - len(kept), len(bad_utts))  # fmt: skip
         ts = align_trials(kept, scores, trials_path)
         ts.n_skipped = n - len(kept)
         return ts

@@ -8,6 +8,8 @@
       "backend": "lr",                      # primary back-end (scores/backend.yaml), or null
       "tasks": {                            # scored tasks, in the order asked for
         "task_full": {
+          "n_utts_total": 240,              # utterances the task has (trials, utt2lang);
+                                            # n_utts below counts those scored
           ...apm.metrics.evaluate_task keys: open_set, n_trials, n_trials_skipped, n_utts,
              n_unknown_utts, cavg, cavg_threshold, min_cavg, min_cavg_threshold, eer (%),
              accuracy (%), per_language {lang: {n_utts, accuracy, eer, cost}},
@@ -67,6 +69,25 @@ def _open_set(ts: TrialScores, utt2lang_path: Path, languages: list[str]) -> boo
     return bool(foreign)
 
 
+def _task_size(trials: list, utt2lang_path: Path) -> int:
+    """Utterances the task has: those of its trials and of its utt2lang."""
+    utts = {t.utt for t in trials}
+    if utt2lang_path.is_file():
+        utts |= set(read_kv(utt2lang_path))
+    return len(utts)
+
+
+def scored_fewer(results: dict) -> dict[str, tuple[int, int]]:
+    """{task: (utterances scored, utterances it has)} of the tasks scored on fewer
+    utterances than they have (skipped with --skip-bad true)."""
+    out = {}
+    for task, r in results.get("tasks", {}).items():
+        total = r.get("n_utts_total")
+        if total is not None and r["n_utts"] < total:
+            out[task] = (r["n_utts"], total)
+    return out
+
+
 def _score_files(scores_dir: Path, task: str) -> dict[str | None, Path]:
     """{None: primary score file, backend: extra score file} of a task that exist."""
     files: dict[str | None, Path] = {}
@@ -116,9 +137,15 @@ def evaluate_system(
         ts = align_trials(trials, read_scores(files.pop(None)), trials_path, skip_bad)
         open_set = _open_set(ts, data_dir / task / "utt2lang", languages)
         entry = evaluate_task(ts, open_set)
+        entry["n_utts_total"] = _task_size(trials, data_dir / task / "utt2lang")
         entry["extra_backends"] = {}
         for backend, path in files.items():
-            extra_ts = align_trials(trials, read_scores(path), trials_path, skip_bad)
+            # warned for the primary back-end already; the others skip the same utterances
+            # unless their score files differ
+            extra_ts = align_trials(trials, read_scores(path), trials_path, skip_bad, warn=False)
+            if extra_ts.n_skipped != ts.n_skipped:
+                log.warning("%s: %d trials skipped (primary back-end: %d)", path,
+                            extra_ts.n_skipped, ts.n_skipped)  # fmt: skip
             extra = evaluate_task(extra_ts, open_set)
             entry["extra_backends"][backend] = {k: extra[k] for k in SUMMARY_KEYS}
         results["tasks"][task] = entry
@@ -166,6 +193,13 @@ def render_system_md(results: dict) -> str:
                     f"| {name} | {v['cavg']:.4f} | {v['min_cavg']:.4f} | {v['eer']:.2f} | "
                     f"{_num(v['accuracy'])} |"
                 )
+    fewer = scored_fewer(results)
+    if fewer:
+        out += [""] + [
+            f"Note: {task} scored on {n} of {total} utterances (the others were skipped "
+            "with --skip-bad true: no features, x-vector or scores)."
+            for task, (n, total) in fewer.items()
+        ]
     if results["missing_tasks"]:
         out += [
             "",

@@ -113,6 +113,15 @@ def render_results_md(table: ResultsTable) -> str:
             rows, table.tasks, cells, table.open_set, (("min_cavg", 4), ("accuracy", 2))
         ),
     ]
+    fewer = [
+        f"- {s}: {task} scored on {r['n_utts']} of {r['n_utts_total']} utterances"
+        for s in rows
+        for task, r in table.cells[s].items()
+        if r.get("n_utts_total") is not None and r["n_utts"] < r["n_utts_total"]
+    ]
+    if fewer:
+        out += ["Scored on fewer utterances than the task has (skipped with --skip-bad true):",
+                "", *fewer, ""]  # fmt: skip
     notes = [f"- {s}: {why}" for s, why in table.missing.items()]
     notes += [
         f"- {s}: not scored for {', '.join(tasks)}"
