@@ -271,7 +271,10 @@ def read_kaldi_dir(
     )
     kd.wav = {kd.recording_of(u): resolved[kd.recording_of(u)] for u in good}
     if (path / "trials").is_file():
-        langs = train_languages if train_languages is not None else set(utt2lang.values())
+        # without the training set at hand, the trials' own languages are the targets
+        langs = train_languages
+        if langs is None:
+            langs = {t.lang for t in read_trials(path / "trials")}
         kd.trials = _checked_trials(path / "trials", kd, bad, langs)
     return kd
 
