@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 
 from apm.bin.cli import main
-from apm.data.trials import read_trials
 from apm.metrics import align_trials, challenge_cavg, eer, min_cavg, read_scores
+from apm.metrics.trialscores import read_trial_table
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    ts = align_trials(read_trials(args.trials), read_scores(args.scores, args.fmt), args.trials)
+    trials = read_trial_table(args.trials)
+    ts = align_trials(trials, read_scores(args.scores, args.fmt), args.trials)
     print("Cavg", challenge_cavg(ts, args.open_set).cavg)
     if args.min_cavg:
         print("minCavg", min_cavg(ts, args.open_set).cavg)

@@ -6,6 +6,8 @@
 
 Readers reject what the challenge script would silently mis-score: duplicated scores, NaN or
 inf, rows of the wrong width, and a file in the other format (each with the line and the fix).
+Plain ASCII files are parsed vectorised (apm.metrics.fastparse); anything the fast path
+cannot decide, every error included, goes through the line-by-line reader.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apm.metrics.fastparse import Fallback, floats, has_duplicates, index_of, split_tokens
 from apm.utils import ApmError, atomic_write
 
 FORMATS = ("matrix", "pairs")
@@ -80,7 +83,7 @@ def _read_lines(path: Path) -> list[tuple[int, list[str]]]:
     return lines
 
 
-def _read_matrix(path: Path) -> Scores:
+def _read_matrix_lines(path: Path) -> Scores:
     lines = _read_lines(path)
     header = lines[0][1]
     if len(header) == 3 and _is_number(header[2]) and not _is_number(header[1]):
@@ -115,7 +118,7 @@ def _read_matrix(path: Path) -> Scores:
     return Scores(header, utts, matrix, path)
 
 
-def _read_pairs(path: Path) -> Scores:
+def _read_pairs_lines(path: Path) -> Scores:
     lines = _read_lines(path)
     lang_idx: dict[str, int] = {}
     utt_idx: dict[str, int] = {}
@@ -145,6 +148,60 @@ def _read_pairs(path: Path) -> Scores:
         raise ApmError(f"{path}: ({lang}, {utt}) is scored {counts.max()} times; keep one score")
     matrix[ui_arr, li_arr] = [c[2] for c in cells]
     return Scores(list(lang_idx), list(utt_idx), matrix, path)
+
+
+def _read_matrix_fast(path: Path) -> Scores:
+    """The matrix reader's result, vectorised; Fallback where the line reader must decide."""
+    tokens, counts = split_tokens(path)
+    used = counts[counts > 0]
+    if len(used) == 0:
+        raise Fallback
+    width = int(used[0]) + 1
+    header = [tok.decode("ascii") for tok in tokens[: width - 1]]
+    if any(map(_is_number, header)) or len(set(header)) != len(header):
+        raise Fallback
+    if np.any(used[1:] != width):
+        raise Fallback
+    table = np.array(tokens[width - 1 :], dtype=object).reshape(len(used) - 1, width)
+    utts, _ = index_of(table[:, 0].tolist())
+    if len(utts) != len(table):
+        raise Fallback
+    values = floats(table[:, 1:].ravel().tolist())
+    return Scores(header, utts, values.reshape(len(utts), len(header)), path)
+
+
+def _read_pairs_fast(path: Path) -> Scores:
+    """The pairs reader's result, vectorised; Fallback where the line reader must decide."""
+    tokens, counts = split_tokens(path)
+    used = counts[counts > 0]
+    if len(used) == 0 or np.any(used != 3):
+        raise Fallback
+    values = floats(tokens[2::3])
+    languages, li = index_of(tokens[0::3])
+    utts, ui = index_of(tokens[1::3])
+    if has_duplicates(ui, li, len(languages)):
+        raise Fallback
+    matrix = np.full((len(utts), len(languages)), np.nan)
+    matrix[ui, li] = values
+    return Scores(languages, utts, matrix, path)
+
+
+def _read_matrix(path: Path) -> Scores:
+    if path.is_file():
+        try:
+            return _read_matrix_fast(path)
+        except Fallback:
+            pass
+    return _read_matrix_lines(path)
+
+
+def _read_pairs(path: Path) -> Scores:
+    if path.is_file():
+        try:
+            return _read_pairs_fast(path)
+        except Fallback:
+            pass
+    return _read_pairs_lines(path)
 
 
 def read_scores(path: str | os.PathLike, fmt: str = "matrix") -> Scores:

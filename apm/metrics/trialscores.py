@@ -9,12 +9,14 @@ open-set Cavg accepts.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from apm.data.trials import Trial
+from apm.data.trials import Trial, read_trials
+from apm.metrics.fastparse import Fallback, has_duplicates, index_of, split_tokens
 from apm.metrics.scorefile import Scores
 from apm.utils import ApmError
 
@@ -56,21 +58,103 @@ def format_ids(ids: list[str], total: int) -> str:
     return ", ".join(ids[:SHOW_IDS]) + more
 
 
-def _utterance_classes(trials: list[Trial], lang_idx: dict[str, int], path: str) -> dict[str, int]:
-    cls: dict[str, int] = {}
-    for t in trials:
-        if t.is_target:
-            if t.utt in cls:
+@dataclass
+class TrialTable:
+    """A trials file as arrays: trial i is (languages[lang[i]], utts[utt[i]], is_target[i])."""
+
+    languages: list[str]  # distinct trial languages, sorted (the challenge script's order)
+    utts: list[str]  # distinct utterances, in order of first appearance
+    lang: np.ndarray  # int64 per trial
+    utt: np.ndarray  # int64 per trial
+    is_target: np.ndarray  # bool per trial
+
+    def __len__(self) -> int:
+        return len(self.lang)
+
+    def subset(self, keep: np.ndarray) -> TrialTable:
+        """The trials where `keep` is true, languages and utterances renumbered."""
+        lang, utt = self.lang[keep], self.utt[keep]
+        langs = np.unique(lang)
+        lang_map = np.full(len(self.languages), -1, dtype=np.int64)
+        lang_map[langs] = np.arange(len(langs))
+        _, first = np.unique(utt, return_index=True)
+        order = utt[np.sort(first)]  # old utterance indices in order of first appearance
+        utt_map = np.full(len(self.utts), -1, dtype=np.int64)
+        utt_map[order] = np.arange(len(order))
+        return TrialTable(
+            [self.languages[i] for i in langs],
+            [self.utts[i] for i in order],
+            lang_map[lang],
+            utt_map[utt],
+            self.is_target[keep],
+        )
+
+
+def trial_table(trials: list[Trial]) -> TrialTable:
+    languages = sorted({t.lang for t in trials})
+    lang_idx = {lang: i for i, lang in enumerate(languages)}
+    utts = list(dict.fromkeys(t.utt for t in trials))
+    utt_idx = {u: i for i, u in enumerate(utts)}
+    n = len(trials)
+    return TrialTable(
+        languages,
+        utts,
+        np.fromiter((lang_idx[t.lang] for t in trials), dtype=np.int64, count=n),
+        np.fromiter((utt_idx[t.utt] for t in trials), dtype=np.int64, count=n),
+        np.fromiter((t.is_target for t in trials), dtype=bool, count=n),
+    )
+
+
+def read_trial_table(path: str | os.PathLike) -> TrialTable:
+    """`read_trials(path)` as a TrialTable, vectorised for plain ASCII files; anything else,
+    every error included, goes through `read_trials` (same messages, same line numbers)."""
+    path = Path(path)
+    if path.is_file():
+        try:
+            return _read_trial_table_fast(path)
+        except Fallback:
+            pass
+    return trial_table(read_trials(path))
+
+
+def _read_trial_table_fast(path: Path) -> TrialTable:
+    tokens, counts = split_tokens(path)
+    used = counts[counts > 0]
+    if len(used) == 0 or np.any(used != 3):
+        raise Fallback
+    labels = tokens[2::3]
+    if not set(labels) <= {b"target", b"nontarget"}:
+        raise Fallback
+    is_target = np.fromiter(map(len, labels), dtype=np.int64, count=len(labels)) == 6
+    lang_names, lang = index_of(tokens[0::3])
+    utts, utt = index_of(tokens[1::3])
+    if has_duplicates(utt, lang, len(lang_names)):
+        raise Fallback
+    order = sorted(range(len(lang_names)), key=lang_names.__getitem__)
+    rank = np.empty(len(order), dtype=np.int64)
+    rank[order] = np.arange(len(order))
+    return TrialTable([lang_names[i] for i in order], utts, rank[lang], utt, is_target)
+
+
+def _utterance_classes(table: TrialTable, path: str) -> np.ndarray:
+    """Class of every utterance of `table`: the language of its target trial, else n_lang."""
+    tgt_utt = table.utt[table.is_target]
+    if len(tgt_utt) and np.bincount(tgt_utt).max() > 1:
+        seen: set[int] = set()
+        for u in tgt_utt.tolist():  # the first utterance whose target trial repeats
+            if u in seen:
                 raise ApmError(
-                    f"{path}: utterance {t.utt} has more than one target trial; "
+                    f"{path}: utterance {table.utts[u]} has more than one target trial; "
                     "each test utterance has one language"
                 )
-            cls[t.utt] = lang_idx[t.lang]
+            seen.add(u)
+    cls = np.full(len(table.utts), len(table.languages), dtype=np.int64)
+    cls[tgt_utt] = table.lang[table.is_target]
     return cls
 
 
 def align_trials(
-    trials: list[Trial],
+    trials: list[Trial] | TrialTable,
     scores: Scores,
     trials_path: str | Path,
     skip_missing: bool = False,
@@ -78,52 +162,52 @@ def align_trials(
 ) -> TrialScores:
     """Look up the score of every trial; missing scores and unknown languages are errors.
 
-    With `skip_missing`, every trial of an utterance lacking any of its scores is dropped
-    instead (so no utterance loses its target trial alone), logged (unless `warn` is false)
-    and counted in `n_skipped`.
+    `trials`: as `read_trials` or `read_trial_table` gives them. With `skip_missing`, every
+    trial of an utterance lacking any of its scores is dropped instead (so no utterance
+    loses its target trial alone), logged (unless `warn` is false) and counted in
+    `n_skipped`.
     """
-    languages = sorted({t.lang for t in trials})
-    lang_idx = {lang: i for i, lang in enumerate(languages)}
-    absent = [lang for lang in languages if lang not in scores.lang_index()]
+    table = trials if isinstance(trials, TrialTable) else trial_table(trials)
+    languages = table.languages
+    score_langs = scores.lang_index()
+    absent = [lang for lang in languages if lang not in score_langs]
     if absent:
-        n = sum(1 for t in trials if t.lang in set(absent))
+        absent_idx = [languages.index(lang) for lang in absent]
+        n = int(np.isin(table.lang, absent_idx).sum())
         raise ApmError(
             f"{trials_path}: trial language(s) {', '.join(absent)} ({n} trials) are not in "
             f"the scores of {scores.path} (its languages: {' '.join(scores.languages)}); "
             "score with a system trained on these languages or drop those trials"
         )
-    utt_cls = _utterance_classes(trials, lang_idx, str(trials_path))
-    utts = list(dict.fromkeys(t.utt for t in trials))
-    utt_idx = {u: i for i, u in enumerate(utts)}
-    n = len(trials)
-    lang = np.fromiter((lang_idx[t.lang] for t in trials), dtype=np.int64, count=n)
-    utt = np.fromiter((utt_idx[t.utt] for t in trials), dtype=np.int64, count=n)
-    cls = np.fromiter((utt_cls.get(t.utt, len(languages)) for t in trials), np.int64, count=n)
-    is_target = np.fromiter((t.is_target for t in trials), dtype=bool, count=n)
+    utt_cls = _utterance_classes(table, str(trials_path))
+    lang, utt, n = table.lang, table.utt, len(table)
+    cls = utt_cls[utt]
     score_row = scores.utt_index()
-    rows = np.array([score_row.get(u, -1) for u in utts], dtype=np.int64)[utt]
-    col_of = np.array([scores.lang_index()[lang] for lang in languages], dtype=np.int64)[lang]
-    score = np.where(rows >= 0, scores.matrix[rows, col_of], np.nan)
+    rows = np.fromiter(
+        (score_row.get(u, -1) for u in table.utts), dtype=np.int64, count=len(table.utts)
+    )[utt]
+    col_of = np.array([score_langs[lang] for lang in languages], dtype=np.int64)[lang]
+    score = np.where(rows >= 0, scores.matrix[np.maximum(rows, 0), col_of], np.nan)
     missing = np.flatnonzero(np.isnan(score))
     if len(missing):
-        ids = [f"({trials[i].lang}, {trials[i].utt})" for i in missing[:SHOW_IDS]]
+        ids = [f"({languages[lang[i]]}, {table.utts[utt[i]]})" for i in missing[:SHOW_IDS]]
         msg = (
             f"{scores.path}: no score for {len(missing)} of {n} trials of {trials_path}, "
             f"e.g. {format_ids(ids, len(missing))}"
         )
         if not skip_missing:
             raise ApmError(msg + "; score every trial utterance against every trial language")
-        bad_utts = {trials[i].utt for i in missing}
-        kept = [t for t in trials if t.utt not in bad_utts]
-        if not kept:
+        bad_utts = np.unique(utt[missing])
+        keep = ~np.isin(utt, bad_utts)
+        if not keep.any():
             raise ApmError(msg + "; no trial is left")
         if warn:
             log.warning("%s; skipping all %d trials of those %d utterances", msg,
-                        n - len(kept), len(bad_utts))  # fmt: skip
-        ts = align_trials(kept, scores, trials_path)
-        ts.n_skipped = n - len(kept)
+                        n - int(keep.sum()), len(bad_utts))  # fmt: skip
+        ts = align_trials(table.subset(keep), scores, trials_path)
+        ts.n_skipped = n - int(keep.sum())
         return ts
-    return TrialScores(languages, utts, lang, utt, cls, score, is_target)
+    return TrialScores(languages, table.utts, lang, utt, cls, score, table.is_target)
 
 
 def utterance_scores(ts: TrialScores) -> np.ndarray:
