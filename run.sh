@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Entry point: sets up the environment (first run only), then runs a recipe.
 #   ./run.sh [--recipe olr] [recipe options...]     (./run.sh --help for the recipe's options)
+# The recipe runs with the caller's directory unchanged: relative paths among the options are
+# relative to it (the recipe resolves them before it enters its own directory).
 set -euo pipefail
 root=$(cd "$(dirname "$0")" && pwd)
 recipe=olr
