@@ -167,3 +167,16 @@ def test_a_set_with_nothing_usable_fails_even_when_skipping(data, tmp_path):
 def test_nj_below_one_is_refused(data, nj):
     with pytest.raises(ApmError, match=f"--nj {nj}: .*at least 1"):
         make_manifests(data, data / "manifests", ["train"], nj=nj)
+
+
+def test_open_set_test_set_passes_stage_1_without_the_training_set(data):
+    utt = sorted(read_kv(data / "test/utt2lang"))[0]
+    utt2lang = read_kv(data / "test/utt2lang")
+    lang, utt2lang[utt] = utt2lang[utt], "uz-uz"
+    write_kv(data / "test/utt2lang", utt2lang)
+    trials = (data / "test/trials").read_text()
+    (data / "test/trials").write_text(
+        trials.replace(f"{lang} {utt} target", f"{lang} {utt} nontarget")
+    )
+    (summary,) = make_manifests(data, data / "manifests", ["test"])
+    assert "uz-uz" in summary.languages
