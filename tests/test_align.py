@@ -265,7 +265,8 @@ def oracle_dir(tmp_path, cuts, name="oracle"):
 def test_oracle_conversion_warps_copies_and_skips_nmi(speech_dir, tmp_path):
     src, cuts = speech_dir
     odir = oracle_dir(tmp_path, cuts)
-    report = align_phones(src, tmp_path / "ali", "oracle", AlignConfig(), oracle_dir=odir)
+    raw = AlignConfig(oracle_inventory="raw")
+    report = align_phones(src, tmp_path / "ali", "oracle", raw, oracle_dir=odir)
     ali = read_labels(tmp_path / "ali/ali.scp")
     orig = read_labels(odir / "ali.scp")
     assert sorted(ali) == sorted(cuts)
@@ -273,6 +274,19 @@ def test_oracle_conversion_warps_copies_and_skips_nmi(speech_dir, tmp_path):
     assert len(ali["utt1_sp1.1"]) == cuts["utt1_sp1.1"].num_frames
     assert read_phones_txt(tmp_path / "ali/phones.txt") == {"SIL": 0, "a": 1, "i": 2, "u": 3}
     assert all("oracle" not in st for st in report["languages"].values())
+
+
+def test_oracle_labels_in_the_shared_inventory(speech_dir, tmp_path):
+    src, cuts = speech_dir
+    odir = oracle_dir(tmp_path, cuts)
+    report = align_phones(src, tmp_path / "ali", "oracle", AlignConfig(), oracle_dir=odir)
+    table = read_phones_txt(tmp_path / "ali/phones.txt")
+    assert table == {"SIL": 0, "V_close_front": 1, "V_open": 2, "V_close_back": 3}
+    raw_to_shared = np.array([0, 2, 1, 3])  # SIL a i u -> their classes
+    ali, orig = read_labels(tmp_path / "ali/ali.scp"), read_labels(odir / "ali.scp")
+    assert np.array_equal(ali["utt1"], raw_to_shared[orig["utt1"]])
+    info = report["summary"]["language_information"]
+    assert set(info) == {"oracle"} and 0 <= info["oracle"]["share"] <= 1
 
 
 def test_report_compares_with_oracle(decoded, speech_dir, tmp_path):
@@ -283,6 +297,10 @@ def test_report_compares_with_oracle(decoded, speech_dir, tmp_path):
     )
     for stats in report["languages"].values():
         assert 0 <= stats["oracle"]["nmi"] <= 1 and stats["oracle"]["frames"] > 0
+    info = report["summary"]["language_information"]
+    assert set(info) == {"pocketsphinx", "oracle raw", "oracle shared"}
+    assert info["oracle shared"]["phones"] <= info["oracle raw"]["phones"]
+    assert "Share of the language entropy" in (dst / "report.md").read_text()
 
 
 def kaldi_dir(tmp_path, cuts, shorten: int = 0, drop: str | None = None):

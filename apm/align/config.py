@@ -17,6 +17,7 @@ from apm.utils.config import (
 from apm.utils.errors import ApmError
 
 PERTURBED_MODES = ("warp", "decode")
+ORACLE_INVENTORIES = ("shared", "raw")
 
 
 @dataclass
@@ -42,12 +43,17 @@ class AlignConfig:
     kaldi_snip_edges: bool = False
     # Oracle (eSpeak) phones that count as silence besides SIL.
     oracle_silence: list[str] = field(default_factory=lambda: ["SIL"])
+    # Oracle labels: "shared" maps eSpeak's per-language mnemonics onto broad phonetic classes
+    # (apm.align.inventory) so that no oracle phone names a language; "raw" keeps them.
+    oracle_inventory: str = "shared"
     # Phones listed per language in the report.
     report_top_phones: int = 10
 
     def __post_init__(self) -> None:
         if self.perturbed not in PERTURBED_MODES:
             raise ApmError(f"align conf: perturbed must be one of {PERTURBED_MODES}")
+        if self.oracle_inventory not in ORACLE_INVENTORIES:
+            raise ApmError(f"align conf: oracle_inventory must be one of {ORACLE_INVENTORIES}")
         if self.min_duration < 0 or self.report_top_phones < 1:
             raise ApmError("align conf: min_duration must be >= 0 and report_top_phones >= 1")
 

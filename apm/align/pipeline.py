@@ -18,6 +18,7 @@ import numpy as np
 from apm.align.arkio import read_labels, write_ark_scp
 from apm.align.config import AlignConfig
 from apm.align.decode import cut_frames, decode_cuts
+from apm.align.inventory import language_information, shared_lookup
 from apm.align.kaldi import UnsnippedLabels
 from apm.align.labels import perturbed_source, warp_labels
 from apm.align.phones import PhoneTable, map_labels, normalise_table, read_phones_txt
@@ -106,8 +107,18 @@ def read_label_dir(
     return LabelSource(labels, table, f"{name} alignment {ali}", lookup)
 
 
-def oracle_source(oracle_dir: str | os.PathLike, cfg: AlignConfig) -> LabelSource:
-    return read_label_dir(oracle_dir, cfg.oracle_silence, False, "oracle")
+def oracle_source(
+    oracle_dir: str | os.PathLike, cfg: AlignConfig, inventory: str | None = None
+) -> LabelSource:
+    """eSpeak's oracle labels in `inventory` (default cfg.oracle_inventory): raw mnemonics or
+    the shared broad-class inventory."""
+    raw = read_label_dir(oracle_dir, cfg.oracle_silence, False, "oracle")
+    if (inventory or cfg.oracle_inventory) == "raw":
+        return raw
+    symbols, to_class = shared_lookup(raw.table.symbols)
+    lookup = np.where(raw.lookup >= 0, to_class[np.clip(raw.lookup, 0, None)], -1)
+    return LabelSource(raw.labels, PhoneTable(symbols), f"{raw.name} (shared inventory)",
+                       lookup.astype(np.int32))  # fmt: skip
 
 
 def decoded_source(
@@ -171,16 +182,16 @@ def align_phones(
     """Write `dst/ali.{ark,scp}`, `dst/phones.txt` and `dst/report.{json,md}`; return the report."""
     dst = Path(dst)
     cuts = load_cuts(src)
-    oracle = None
+    oracle = None  # the report's reference: eSpeak's raw mnemonics
     if oracle_dir and Path(oracle_dir).is_dir():
-        oracle = oracle_source(oracle_dir, cfg)
+        oracle = oracle_source(oracle_dir, cfg, "raw")
     stats: dict = {}
     if ali_from == "pocketsphinx":
         source, stats = decoded_source(cuts, cfg, dst, nj)
     elif ali_from == "oracle":
         if oracle is None:
             raise ApmError(f"--ali-from oracle needs the oracle directory; {oracle_dir} not found")
-        source, oracle = oracle, None
+        source, oracle = oracle_source(oracle_dir, cfg), None  # no agreement with itself
     elif ali_from.startswith("kaldi:") and ali_from[6:]:
         source = read_label_dir(
             ali_from[6:], cfg.kaldi_silence, cfg.kaldi_merge_positions, "kaldi",
@@ -214,10 +225,19 @@ def _report(
 ) -> dict:
     """report.json's content: counts, phone set, per-language statistics, what failed."""
     oracle_labels = None
+    language = {c.id: cut_language(c) for c in cuts}
+    info = {ali_from: language_information([labels[k] for k in labels],
+                                           [language[k] for k in labels])}  # fmt: skip
     if oracle is not None:
         oracle_labels = {
             c.id: v for c in cuts if c.id in labels and (v := oracle.for_cut(c)) is not None
         }
+        ids = sorted(oracle_labels)
+        _, to_class = shared_lookup(oracle.table.symbols)
+        for name, mapped in (("oracle raw", lambda x: x), ("oracle shared", lambda x: to_class[x])):
+            info[name] = language_information([mapped(oracle_labels[i]) for i in ids],
+                                              [language[i] for i in ids])  # fmt: skip
+        stats = {**stats, "oracle_inventory": cfg.oracle_inventory}
     return {
         "summary": {
             "source": ali_from,
@@ -226,11 +246,12 @@ def _report(
             "silence_only": len(stats.get("silence_only", [])),
             "failed": len(failed),
             **{k: v for k, v in stats.items() if k not in ("too_short", "silence_only", "failed")},
+            "language_information": info,
         },
         "phones": list(table.symbols),
         "languages": build_report(
             labels,
-            {c.id: cut_language(c) for c in cuts},
+            language,
             table,
             cfg.report_top_phones,
             oracle_labels,

@@ -108,6 +108,14 @@ def _markdown(report: dict) -> str:
             f"Decoded {s['audio_seconds']:.0f} s of audio at {s['xrt_per_core']:.1f}x real "
             "time per core (audio seconds / decoder CPU seconds)."
         )
+    info = s.get("language_information") or {}
+    if info:
+        lines += ["", "Share of the language entropy that the frame label explains "
+                  "(I(label; language) / H(language), all frames; 0 = says nothing about the "
+                  "language, 1 = names it):", "", "| labels | phones | share | MI (bits) |",
+                  "|---|---|---|---|"]  # fmt: skip
+        lines += [f"| {name} | {v.get('phones', '')} | {v['share']:.1%} | {v['mi_bits']:.3f} |"
+                  for name, v in info.items()]  # fmt: skip
     lines += [
         "",
         "| language | utts | seconds | silence | mean phone (ms) | NMI | NMI speech | top phones |",
