@@ -1,22 +1,25 @@
 #!/usr/bin/env bash
-# Stage 5: x-vectors and language-branch scores of one feature set with a trained system.
+# Stage 5: x-vectors and language-branch scores of feature sets with a trained system.
 set -euo pipefail
 
-help_message="Usage: $0 [options] <exp-dir> <fbank-dir> <out-dir>
+help_message="Usage: $0 [options] <exp-dir> <fbank-dir> <out-dir> [<fbank-dir> <out-dir> ...]
 e.g.: $0 --ngpu 0 exp/apm_am data/fbank/task_full exp/apm_am/xvectors/task_full
-Writes <out-dir>/xvector.{ark,scp} (float32 x-vectors from <exp-dir>/final.pt) and
-logits.{ark,scp} (the language branch's margin-free scores, in languages.txt order).
+Writes each <out-dir>/xvector.{ark,scp} (float32 x-vectors from <exp-dir>/final.pt) and
+logits.{ark,scp} (the language branch's margin-free scores, in languages.txt order); one
+process loads the model once for all the sets and batches utterances sorted by length. A set
+whose outputs are newer than the model is kept (a killed run resumes).
 Speed-perturbed training copies (<utt>_sp<factor>) are skipped.
 --ngpu N > 1 shards the cuts over N torchrun processes."
 
-ngpu=0           # 0: one process (GPU if present); N: N processes (torchrun)
-model=final.pt   # checkpoint inside <exp-dir>
+ngpu=0             # 0: one process (GPU if present); N: N processes (torchrun)
+model=final.pt     # checkpoint inside <exp-dir>
+batch_frames=32000 # padded frames per forward pass
 
 # Physical path: steps/ is reached through a symlink from the recipe.
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"
 . "$APM_ROOT/utils/parse_options.sh"
 
-if [ $# -ne 3 ]; then
+if [ $# -lt 3 ] || [ $(( $# % 2 )) -ne 1 ]; then
   echo "$help_message" >&2
   exit 1
 fi
@@ -28,4 +31,4 @@ if [ "$ngpu" -gt 1 ]; then
   launcher=(python -m torch.distributed.run --standalone --nnodes 1 --nproc_per_node "$ngpu" -m)
 fi
 "${launcher[@]}" apm.bin.extract_xvectors --device "$device" --model "$model" \
-  --log-file "$3/log/extract.log" "$1" "$2" "$3"
+  --batch-frames "$batch_frames" --log-file "$1/log/extract.log" "$@"

@@ -15,6 +15,7 @@ from apm.extract.xvectors import (
     _merge_parts,
     chunk_starts,
     embed,
+    embed_batch,
     load_system,
     prepare_frames,
     run_extraction,
@@ -136,3 +137,26 @@ def test_config_names_the_embedding_layer(system):
         out = model(torch.from_numpy(feats[None]), None)
     np.testing.assert_allclose(vectors["classifier_input"], out.classifier_input[0], atol=1e-5)
     np.testing.assert_allclose(vectors["embedding"], out.embedding[0], atol=1e-5)
+
+
+def test_batched_extraction_equals_one_utterance_at_a_time(system):
+    exp, fbank, _ = system
+    sys_ = load_system(checkpoint.load(exp / "final.pt"), torch.device("cpu"))
+    vad = read_scp(fbank / "vad.scp", "vad")
+    cuts = sorted(read_cuts(fbank), key=lambda c: c.num_frames)[::3]
+    feats = [prepare_frames(c, vad, "utterance", 20)[0] for c in cuts]
+    assert len({len(f) for f in feats}) > 2  # lengths differ: batches are padded
+    alone = [embed(sys_, f) for f in feats]
+    for budget in (1, 700, 10**6):  # one chunk per batch, a few, everything at once
+        batched = embed_batch(sys_, feats, batch_frames=budget)
+        for (x1, s1), (x2, s2) in zip(alone, batched, strict=True):
+            np.testing.assert_allclose(x2, x1, rtol=1e-4, atol=1e-5)
+            np.testing.assert_allclose(s2, s1, rtol=1e-4, atol=1e-5)
+
+
+def test_one_process_embeds_several_sets_and_keeps_finished_ones(tmp_path, system):
+    exp, fbank, ids = system
+    job = ExtractJob(exp, fbank, tmp_path / "a", device="cpu", more_sets=((fbank, tmp_path / "b"),))
+    assert run_extraction(job)["embedded"] == 2 * len(ids)
+    assert _read(tmp_path / "a/xvector.scp").keys() == _read(tmp_path / "b/xvector.scp").keys()
+    assert run_extraction(job)["embedded"] == 0  # both newer than the model: kept

@@ -1,14 +1,17 @@
-"""Stage 5: x-vectors (xvector.scp) and language scores (logits.scp) of one feature set.
+"""Stage 5: x-vectors (xvector.scp) and language scores (logits.scp) of feature sets.
 
-Run plainly for one process, or under `torchrun --nproc_per_node N` to shard the cuts.
+One process loads the model once and embeds every set given (fbank_dir out_dir pairs),
+batching utterances sorted by length. Run plainly, or under `torchrun --nproc_per_node N` to
+shard the cuts.
 """
 
 import argparse
 from pathlib import Path
 
 from apm.bin.cli import main
-from apm.extract.xvectors import ExtractJob, run_extraction
+from apm.extract.xvectors import BATCH_FRAMES, ExtractJob, run_extraction
 from apm.train.dist import DEVICES
+from apm.utils import ApmError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,13 +19,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if present")
     p.add_argument("--model", default="final.pt", help="checkpoint inside exp_dir")
     p.add_argument("exp_dir", type=Path, help="trained system (exp/<system>)")
-    p.add_argument("fbank_dir", type=Path, help="stage 2 output of the set")
-    p.add_argument("out_dir", type=Path, help="output: exp/<system>/xvectors/<set>")
+    p.add_argument("--batch-frames", type=int, default=BATCH_FRAMES,
+                   help="padded frames per forward pass")  # fmt: skip
+    p.add_argument("sets", nargs="+", type=Path, metavar="FBANK_DIR OUT_DIR",
+                   help="pairs: stage 2 output of a set, its output exp/<system>/xvectors/<set>")  # fmt: skip
     return p
 
 
 def run(args: argparse.Namespace) -> None:
-    run_extraction(ExtractJob(args.exp_dir, args.fbank_dir, args.out_dir, args.device, args.model))
+    if len(args.sets) % 2 or args.batch_frames < 1:
+        raise ApmError("expected FBANK_DIR OUT_DIR pairs and --batch-frames >= 1, got "
+                       f"{len(args.sets)} paths and {args.batch_frames}")  # fmt: skip
+    pairs = list(zip(args.sets[::2], args.sets[1::2], strict=True))
+    run_extraction(ExtractJob(args.exp_dir, *pairs[0], args.device, args.model,
+                              args.batch_frames, tuple(pairs[1:])))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ log = logging.getLogger(__name__)
 OUTPUTS = ("xvector", "logits")
 
 
+BATCH_FRAMES = 32000  # padded frames per forward pass (chunks sorted by length)
+WINDOW_UTTS = 512  # utterances prepared (and sorted) at a time: bounds memory
+
+
 @dataclass
 class ExtractJob:
     exp_dir: Path
@@ -56,6 +60,12 @@ class ExtractJob:
     out_dir: Path
     device: str = "auto"  # auto | cpu | cuda
     model_file: str = "final.pt"  # inside exp_dir
+    batch_frames: int = BATCH_FRAMES
+    # further (fbank_dir, out_dir) sets embedded by the same process with the same model
+    more_sets: tuple[tuple[Path, Path], ...] = ()
+
+    def sets(self) -> list[tuple[Path, Path]]:
+        return [(Path(self.fbank_dir), Path(self.out_dir)), *self.more_sets]
 
 
 @dataclass
@@ -88,23 +98,64 @@ def chunk_starts(num_frames: int, max_chunk: int) -> tuple[np.ndarray, int]:
     return np.round(np.linspace(0, num_frames - length, count)).astype(np.int64), length
 
 
+def _chunks(system: System, feats: np.ndarray) -> list[np.ndarray]:
+    starts, length = chunk_starts(len(feats), system.config["extract"]["max_chunk_frames"])
+    chunks = [feats[s : s + length] for s in starts]
+    if system.config["train"]["cmn"] == "chunk":
+        chunks = [c - c.mean(axis=0, keepdims=True) for c in chunks]
+    return chunks
+
+
+def _batches(lengths: list[int], batch_frames: int) -> list[list[int]]:
+    """Item indices, longest first, packed so that count x longest <= batch_frames (at least
+    one item per batch)."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    for i in order:
+        if batches and lengths[batches[-1][0]] * (len(batches[-1]) + 1) <= batch_frames:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 @torch.no_grad()
+def embed_batch(
+    system: System, utterances: list[np.ndarray], batch_frames: int = BATCH_FRAMES
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(x-vector, language scores) of each utterance's prepared frames [T, F].
+
+    Every chunk of every utterance is one item; items sorted by length are padded into
+    batches with a mask (the network pools a padded segment exactly as the segment alone).
+    """
+    items = [(u, c) for u, feats in enumerate(utterances) for c in _chunks(system, feats)]
+    sums: dict[str, torch.Tensor] = {}  # output name -> per-utterance sum over chunks
+    counts = torch.zeros(len(utterances), 1, device=system.device)
+    for batch in _batches([len(c) for _, c in items], batch_frames):
+        longest = len(items[batch[0]][1])
+        x = np.zeros((len(batch), longest, system.feat_dim), dtype=np.float32)
+        mask = np.zeros((len(batch), longest), dtype=bool)
+        for row, i in enumerate(batch):
+            chunk = items[i][1]
+            x[row, : len(chunk)], mask[row, : len(chunk)] = chunk, True
+        out = system.model(torch.from_numpy(x).to(system.device),
+                           torch.from_numpy(mask).to(system.device), phones=False)  # fmt: skip
+        owners = torch.tensor([items[i][0] for i in batch], device=system.device)
+        for name in ("embedding", "classifier_input"):
+            value = getattr(out, name).float()
+            total = sums.setdefault(name, value.new_zeros(len(utterances), value.shape[1]))
+            total.index_add_(0, owners, value)
+        counts.index_add_(0, owners, torch.ones(len(batch), 1, device=system.device))
+    mean = ModelOutput(embedding=sums["embedding"] / counts, phone_logits=None,
+                       classifier_input=sums["classifier_input"] / counts)  # fmt: skip
+    scores = system.crit.scores(mean).float().cpu().numpy()
+    vectors = getattr(mean, system.config["extract"]["layer"]).cpu().numpy()
+    return list(zip(vectors, scores, strict=True))
+
+
 def embed(system: System, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x-vector, language scores) of one utterance's prepared frames [T, F]."""
-    starts, length = chunk_starts(len(feats), system.config["extract"]["max_chunk_frames"])
-    chunks = np.stack([feats[s : s + length] for s in starts])
-    if system.config["train"]["cmn"] == "chunk":
-        chunks = chunks - chunks.mean(axis=1, keepdims=True)
-    x = torch.from_numpy(np.ascontiguousarray(chunks, dtype=np.float32)).to(system.device)
-    out = system.model(x, None, phones=False)
-    mean = ModelOutput(
-        embedding=out.embedding.float().mean(0, keepdim=True),
-        phone_logits=None,
-        classifier_input=out.classifier_input.float().mean(0, keepdim=True),
-    )
-    scores = system.crit.scores(mean)
-    xvector = getattr(mean, system.config["extract"]["layer"])
-    return xvector[0].cpu().numpy(), scores[0].float().cpu().numpy()
+    return embed_batch(system, [feats])[0]
 
 
 def prepare_frames(cut, vad_table: dict, cmn: str, min_voiced: int) -> tuple[np.ndarray, bool]:
@@ -136,19 +187,28 @@ def write_vectors(out_dir: Path, name: str, vectors: dict[str, np.ndarray]) -> N
 
 
 def _embed_cuts(
-    system: System, cuts: list, vad_table: dict, env: DistEnv
+    system: System, cuts: list, vad_table: dict, env: DistEnv, batch_frames: int
 ) -> tuple[dict, dict, int]:
     xvectors, logits, unvoiced = {}, {}, 0
     ecfg, cmn = system.config["extract"], system.config["train"]["cmn"]
-    for cut in progress(cuts, desc="x-vectors", unit="utt", disable=not env.is_main):
-        feats, fell_back = prepare_frames(cut, vad_table, cmn, ecfg["min_voiced_frames"])
-        if feats.shape[1] != system.feat_dim:
-            raise ApmError(
-                f"cut {cut.id}: {feats.shape[1]}-dim features but the system was trained on "
-                f"{system.feat_dim}-dim ones; extract with the same feature config"
-            )
-        unvoiced += fell_back
-        xvectors[cut.id], logits[cut.id] = embed(system, feats)
+    bar = progress(total=len(cuts), desc="x-vectors", unit="utt", disable=not env.is_main)
+    for first in range(0, len(cuts), WINDOW_UTTS):
+        window = cuts[first : first + WINDOW_UTTS]
+        prepared = []
+        for cut in window:
+            feats, fell_back = prepare_frames(cut, vad_table, cmn, ecfg["min_voiced_frames"])
+            if feats.shape[1] != system.feat_dim:
+                raise ApmError(
+                    f"cut {cut.id}: {feats.shape[1]}-dim features but the system was trained "
+                    f"on {system.feat_dim}-dim ones; extract with the same feature config"
+                )
+            unvoiced += fell_back
+            prepared.append(feats)
+        for cut, (xvector, scores) in zip(window, embed_batch(system, prepared, batch_frames),
+                                          strict=True):  # fmt: skip
+            xvectors[cut.id], logits[cut.id] = xvector, scores
+        bar.update(len(window))
+    bar.close()
     return xvectors, logits, unvoiced
 
 
@@ -164,45 +224,68 @@ def _merge_parts(out_dir: Path, world: int) -> None:
                 (out_dir / f"{name}.part{rank}.{ext}").unlink()
 
 
-def run_extraction(job: ExtractJob) -> dict:
-    """Embed every (not speed-perturbed) cut of `job.fbank_dir`; returns counts."""
+def _done(out_dir: Path, model: Path) -> bool:
+    """Both outputs exist and are newer than the model (a retrained model redoes the set)."""
+    paths = [out_dir / f"{name}.scp" for name in OUTPUTS]
+    return all(p.is_file() and p.stat().st_mtime >= model.stat().st_mtime for p in paths)
+
+
+def _extract_set(
+    system: System, fbank_dir: Path, out_dir: Path, env: DistEnv, batch_frames: int
+) -> dict:
+    """Embed every (not speed-perturbed) cut of one set into out_dir; returns its counts."""
     start = time.perf_counter()
-    state = checkpoint.load(Path(job.exp_dir) / job.model_file)
+    cuts = sorted(read_cuts(fbank_dir), key=lambda c: c.id)
+    vad_table = read_scp(fbank_dir / "vad.scp", "VAD (vad.scp)")
+    kept = [c for c in cuts if not is_speed_perturbed(c.id)]
+    skipped = len(cuts) - len(kept)
+    if skipped:
+        log.info("skipping %d speed-perturbed cuts (training copies)", skipped)
+    if not kept:
+        raise ApmError(f"{fbank_dir}: no cut to embed")
+    xvectors, logits, unvoiced = _embed_cuts(
+        system, kept[env.rank :: env.world], vad_table, env, batch_frames
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    suffix = "" if env.world == 1 else f".part{env.rank}"
+    write_vectors(out_dir, f"xvector{suffix}", xvectors)
+    write_vectors(out_dir, f"logits{suffix}", logits)
+    barrier(env)
+    if env.world > 1 and env.is_main:
+        _merge_parts(out_dir, env.world)
+    counts = all_reduce_sum(torch.tensor([len(xvectors), unvoiced], device=env.device), env)
+    summary = {
+        "embedded": int(counts[0]),
+        "speed_perturbed_skipped": skipped,
+        "vad_ignored": int(counts[1]),
+        "seconds": round(time.perf_counter() - start, 1),
+    }
+    if summary["vad_ignored"]:
+        log.warning(
+            "%d utterances had fewer than %d voiced frames: embedded all their frames",
+            summary["vad_ignored"],
+            system.config["extract"]["min_voiced_frames"],
+        )
+    log.info("%s: %s (%.0f utt/s)", out_dir, summary,
+             summary["embedded"] / max(summary["seconds"], 1e-3))  # fmt: skip
+    return summary
+
+
+def run_extraction(job: ExtractJob) -> dict:
+    """Embed every set of `job` with one loaded model; returns the counts summed over the
+    sets. A set whose outputs are newer than the model is kept (a killed run resumes)."""
+    model = Path(job.exp_dir) / job.model_file
+    state = checkpoint.load(model)
     env = init_distributed(job.device, state["config"]["extract"]["threads"])
     try:
         system = load_system(state, env.device)
-        cuts = sorted(read_cuts(job.fbank_dir), key=lambda c: c.id)
-        vad_table = read_scp(Path(job.fbank_dir) / "vad.scp", "VAD (vad.scp)")
-        kept = [c for c in cuts if not is_speed_perturbed(c.id)]
-        skipped = len(cuts) - len(kept)
-        if skipped:
-            log.info("skipping %d speed-perturbed cuts (training copies)", skipped)
-        if not kept:
-            raise ApmError(f"{job.fbank_dir}: no cut to embed")
-        xvectors, logits, unvoiced = _embed_cuts(
-            system, kept[env.rank :: env.world], vad_table, env
-        )
-        job.out_dir.mkdir(parents=True, exist_ok=True)
-        suffix = "" if env.world == 1 else f".part{env.rank}"
-        write_vectors(job.out_dir, f"xvector{suffix}", xvectors)
-        write_vectors(job.out_dir, f"logits{suffix}", logits)
-        barrier(env)
-        if env.world > 1 and env.is_main:
-            _merge_parts(job.out_dir, env.world)
-        counts = all_reduce_sum(torch.tensor([len(xvectors), unvoiced], device=env.device), env)
-        summary = {
-            "embedded": int(counts[0]),
-            "speed_perturbed_skipped": skipped,
-            "vad_ignored": int(counts[1]),
-            "seconds": round(time.perf_counter() - start, 1),
-        }
-        if summary["vad_ignored"]:
-            log.warning(
-                "%d utterances had fewer than %d voiced frames: embedded all their frames",
-                summary["vad_ignored"],
-                system.config["extract"]["min_voiced_frames"],
-            )
-        log.info("%s: %s", job.out_dir, summary)
-        return summary
+        total = {"embedded": 0, "speed_perturbed_skipped": 0, "vad_ignored": 0, "seconds": 0.0}
+        for fbank_dir, out_dir in job.sets():
+            if _done(out_dir, model):
+                log.info("%s: already extracted with this model, kept", out_dir)
+                continue
+            summary = _extract_set(system, fbank_dir, out_dir, env, job.batch_frames)
+            total = {k: round(total[k] + summary[k], 1) for k in total}
+        return total
     finally:
         shutdown(env)

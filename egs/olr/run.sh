@@ -127,10 +127,9 @@ for system in $systems; do
 done
 
 for system in $systems; do
-  for set in $sets; do
-    run_stage 5 "extract_${system}_$set" steps/extract_xvectors.sh --ngpu "$ngpu" \
-      "$exp/$system" "$data/fbank/$set" "$exp/$system/xvectors/$set"
-  done
+  pairs=()  # one process per system embeds every set
+  for set in $sets; do pairs+=("$data/fbank/$set" "$exp/$system/xvectors/$set"); done
+  run_stage 5 "extract_$system" steps/extract_xvectors.sh --ngpu "$ngpu" "$exp/$system" "${pairs[@]}"
 done
 
 for system in $systems; do
