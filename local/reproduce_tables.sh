@@ -1,40 +1,58 @@
 #!/usr/bin/env bash
-# The paper's comparison in one command: baselines, AM/AAM at every margin, APM at the best
-# margins with PocketSphinx and eSpeak-oracle labels, over several seeds; then the report.
+# The paper's comparison in one command: margins chosen on dev, matched controls, several
+# seeds, paired bootstrap intervals and per-claim verdicts (apm/report/paper.py).
 set -euo pipefail
 
 help_message="Usage: local/reproduce_tables.sh [options]
-Runs egs/olr/run.sh for every system of the paper's table and writes <out>/RESULTS.md
-(mean ± std over seeds of Cavg / EER% per task, time per system, chosen margins, APM margin
-plot <out>/margins.png, a written reading). Reruns skip finished stages.
-  1. stages 0-3 once (corpus, manifests, features, PocketSphinx labels), plus the eSpeak
-     oracle labels into <data>/ali_oracle/train
-  2. configs <out>/conf/: single-task and multi-task softmax, AM and AAM at each margin
-  3. per seed, stages 4-7 of the baselines into <out>/seed<k>; the AM and AAM margins with
-     the lowest Cavg (mean over tasks and seeds) are chosen; APM-AM and APM-AAM at them into
-     <out>/apm_seed<k> (PocketSphinx labels) and <out>/oracle_seed<k> (oracle labels)
+Writes <out>/RESULTS.md: per label source, Cavg / EER% (mean ± std over seeds) of the
+softmax systems and, for AM and AAM, the dev-chosen constant margin, APM at its dev-chosen
+margin, the constant margin at APM's nominal margin, normalised APM (batch-mean margin = m)
+and the constant margin at APM's measured mean margin; then, for each claim of the paper,
+the paired difference in Cavg and EER with a 95% bootstrap interval (test utterances and
+seeds resampled), its half-width and a verdict (supported / contradicted / not resolved).
+  1. stages 0-3 once (corpus, manifests, features, PocketSphinx labels; with --sources
+     oracle also the eSpeak oracle labels mapped to a shared phone inventory)
+  2. selection: K and APM-K (K = AM, AAM) at every grid margin with --select-seeds; each
+     family's margin is the one with the lowest mean Cavg on the dev sets (<out>/choices.yaml)
+  3. evaluation: the rows above on every seed (--jobs trainings at once, one thread each)
   4. python -m apm.bin.paper_tables report
-Cost on 2 CPU cores, mini-OLR (measured): about 2.6 min per system and seed, 12 systems:
-31 min per seed plus the data stages (~4 min from scratch). The default two seeds fit the
-90-min budget; --seeds \"1 2 3\" takes about 100 min.
-e.g.: local/reproduce_tables.sh --seeds \"1 2 3\" --out egs/olr/exp/paper"
+Reruns skip finished trainings. Measured cost: see the README (Reproducing the paper's
+comparison). --quick: tiny corpus, margins 0.1 0.2, seeds 1 2, 200 bootstrap replicates
+(the end-to-end test).
+e.g.: local/reproduce_tables.sh --jobs 2 --seeds \"1 2 3 4 5\""
 
-corpus_size=mini        # mini-OLR size: tiny, mini or full
-seeds="1 2"             # training seeds (each seed trains all 12 systems)
-margins="0.1 0.2 0.3"   # AM/AAM margins compared; APM uses the best AM and AAM ones
-nj=2                    # parallel jobs of the data stages (0-3)
-data=                   # data dir (default: the recipe's egs/olr/data, with its stage records)
-out=                    # output dir (default: egs/olr/exp/paper)
-ngpu=0                  # GPUs for training/extraction (run.sh --ngpu)
+corpus_size=mini          # mini-OLR size: tiny, mini or full
+seeds="1 2 3 4 5"         # evaluation seeds
+select_seeds="1"          # seeds of the dev selection runs (a subset of --seeds reuses them)
+margins="0.1 0.2 0.3"     # grid of margins for K and APM-K
+sources=pocketsphinx      # label sources: pocketsphinx and/or oracle (each with its own baselines)
+full_grid=false           # true: also evaluate every grid system on every seed
+jobs=2                    # trainings run at once (each uses one thread)
+n_boot=1000               # bootstrap replicates
+nj=2                      # parallel jobs of the data stages (0-3)
+data=                     # data dir (default: the recipe's egs/olr/data, with its stage records)
+out=                      # output dir (default: egs/olr/exp/paper)
+ngpu=0                    # GPUs per training (run.sh --ngpu)
+quick=false               # small end-to-end setting (see above)
+conf_dir=                 # base system configs (default: egs/olr/conf; the paper's network: egs/olr/conf/paper)
 
 . "$(cd "$(dirname "$0")/.." && pwd -P)/path.sh"  # sets $APM_ROOT, the repository root
+command_line="local/reproduce_tables.sh $*"
 . "$APM_ROOT/utils/parse_options.sh"
 
 if [ $# -ne 0 ]; then
   echo "$0: unexpected arguments: $*  (see --help)" >&2
   exit 1
 fi
+if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
+  echo "$0: --jobs takes a positive integer, got '$jobs'" >&2
+  exit 1
+fi
+if [ "$quick" = true ]; then
+  corpus_size=tiny margins="0.1 0.2" seeds="1 2" select_seeds="1" n_boot=200
+fi
 recipe=$APM_ROOT/egs/olr
+conf_dir=$(realpath -m "${conf_dir:-$recipe/conf}")
 # run.sh works inside egs/olr: the default data dir keeps the recipe's own relative name (so
 # the stage records of an earlier ./run.sh match and stages 0-3 are skipped); others absolute
 if [ -z "$data" ]; then
@@ -47,32 +65,63 @@ fi
 out=$(realpath -m "${out:-$recipe/exp/paper}")
 prep_exp=${prep_exp:-$out/prep_exp}
 data_abs=$(cd "$recipe" && realpath -m "$data")
+mkdir -p "$out"
 start=$SECONDS
+times=()
+lap() { times+=("$1: $(( (SECONDS - lap_start) / 60 )) min $(( (SECONDS - lap_start) % 60 )) s"); lap_start=$SECONDS; }
+lap_start=$SECONDS
 
-run() { "$recipe/run.sh" --data "$data" --ngpu "$ngpu" "$@"; }
-tables() { python -m apm.bin.paper_tables --conf-dir "$recipe/conf" --margins "$margins" --seeds "$seeds" "$@"; }
+tables() {
+  python -m apm.bin.paper_tables --conf-dir "$conf_dir" --margins "$margins" --sources "$sources" \
+    --seeds "$seeds" --select-seeds "$select_seeds" --n-boot "$n_boot" \
+    $([ "$full_grid" = true ] && echo --full-grid) "$@"
+}
+
+# One training: stages 4-7 of run.sh for <source> <seed> <system>, its output in a log.
+train_one() {
+  local src=$1 seed=$2 system=$3 ali
+  case $src in
+    pocketsphinx) ali=$data/ali/train ;;
+    oracle) ali=$data/ali_oracle/train ;;
+  esac
+  local exp=$out/$src/seed$seed/$system
+  mkdir -p "$exp"
+  if "$recipe/run.sh" --stage 4 --data "$data" --ngpu "$ngpu" --seed "$seed" \
+      --system-conf-dir "$out/conf" --systems "$system" --ali-dir "$ali" --exp "$exp" \
+      --results "$exp/RESULTS.md" > "$exp/run.log" 2>&1; then
+    echo "$(date '+%F %T') done: $src seed $seed $system"
+  else
+    echo "$(date '+%F %T') FAILED: $src seed $seed $system (log: $exp/run.log)" >&2
+    return 1
+  fi
+}
+export -f train_one
+export data out recipe ngpu
+
+run_jobs() {  # job lines "<source> <seed> <system>" on stdin, --jobs at a time
+  local list
+  list=$(cat)
+  echo "== $1: $(echo "$list" | grep -c .) trainings, $jobs at a time"
+  if ! echo "$list" | xargs -r -P "$jobs" -L 1 bash -c 'train_one "$@"' _; then
+    echo "$0: some trainings failed (see the FAILED lines above); rerun to retry them" >&2
+    exit 1
+  fi
+}
 
 echo "== data stages 0-3 ($data, records in $prep_exp)"
-run --stage 0 --stop-stage 3 --corpus-size "$corpus_size" --nj "$nj" --exp "$prep_exp"
-run --stage 3 --stop-stage 3 --corpus-size "$corpus_size" --nj "$nj" --ali-from oracle \
-  --ali-dir "$data/ali_oracle/train" --exp "$out/oracle_ali_exp"
+"$recipe/run.sh" --data "$data" --stage 0 --stop-stage 3 --corpus-size "$corpus_size" --nj "$nj" --exp "$prep_exp"
+if [[ " $sources " == *" oracle "* ]]; then
+  "$recipe/run.sh" --data "$data" --stage 3 --stop-stage 3 --corpus-size "$corpus_size" --nj "$nj" \
+    --ali-from oracle --ali-dir "$data/ali_oracle/train" --exp "$out/oracle_ali_exp"
+fi
+lap "data stages 0-3"
 
-baselines=$(tables configs "$out")
-for seed in $seeds; do
-  echo "== seed $seed: baselines ($baselines)"
-  run --stage 4 --seed "$seed" --system-conf-dir "$out/conf" --systems "$baselines" \
-    --exp "$out/seed$seed" --results "$out/seed$seed/RESULTS.md"
-done
+tables configs "$out" | run_jobs "selection on dev"
+lap "selection trainings"
+tables select "$out" | run_jobs "evaluation"
+lap "evaluation trainings"
 
-apm_systems=$(tables select "$out")
-echo "== APM systems at the chosen margins: $apm_systems"
-for seed in $seeds; do
-  run --stage 4 --seed "$seed" --system-conf-dir "$out/conf" --systems "$apm_systems" \
-    --exp "$out/apm_seed$seed" --results "$out/apm_seed$seed/RESULTS.md"
-  run --stage 4 --seed "$seed" --system-conf-dir "$out/conf" --systems "$apm_systems" \
-    --ali-dir "$data/ali_oracle/train" --exp "$out/oracle_seed$seed" \
-    --results "$out/oracle_seed$seed/RESULTS.md"
-done
-
-tables report --data "$data_abs" "$out"
-echo "== done in $(( (SECONDS - start) / 60 )) min: $out/RESULTS.md"
+tables report --data "$data_abs" --margin-plot --command-line "$command_line" "$out"
+lap "report (bootstrap, margin plot)"
+echo "== done in $(( (SECONDS - start) / 60 )) min $(( (SECONDS - start) % 60 )) s: $out/RESULTS.md"
+printf '   %s\n' "${times[@]}"

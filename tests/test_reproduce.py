@@ -1,4 +1,4 @@
-"""local/reproduce_tables.sh and apm.report.paper: configs, margin choice, RESULTS.md."""
+"""local/reproduce_tables.sh and apm.report.paper: configs, dev choice, jobs, claims."""
 
 from __future__ import annotations
 
@@ -11,141 +11,157 @@ import numpy as np
 import pytest
 import yaml
 
+from apm.data.trials import Trial, write_trials
+from apm.metrics.scorefile import write_matrix
 from apm.report import paper
 from apm.report.plots import plot_margins
-from apm.utils import ApmError
+from apm.utils import ApmError, write_kv
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "egs/olr/conf"
-MARGINS = [0.1, 0.2, 0.3]
+MARGINS = [0.1, 0.2]
+LANGS = ["a", "b", "c"]
 
 
 def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_baseline_configs_change_only_the_margin(tmp_path):
-    names = paper.write_baseline_configs(CONF, tmp_path, MARGINS)
-    assert names == ["single_task_softmax", "softmax", "am_m0.1", "am_m0.2", "am_m0.3",
-                     "aam_m0.1", "aam_m0.2", "aam_m0.3"]  # fmt: skip
+def test_grid_configs_change_only_the_loss(tmp_path):
+    names = paper.write_grid_configs(CONF, tmp_path, MARGINS)
+    assert names == ["single_task_softmax", "softmax", "am_m0.1", "am_m0.2", "apm_am_m0.1",
+                     "apm_am_m0.2", "aam_m0.1", "aam_m0.2", "apm_aam_m0.1", "apm_aam_m0.2"]  # fmt: skip
     assert load(tmp_path / "softmax.yaml") == load(CONF / "softmax.yaml")
-    base = load(CONF / "aam.yaml")
-    for m in MARGINS:
-        cfg = load(tmp_path / f"aam_m{m:g}.yaml")
-        assert cfg["loss"]["margin"] == m
-        cfg["loss"]["margin"] = base["loss"]["margin"]
-        assert cfg == base
-
-
-def test_margin_config_needs_a_margin(tmp_path):
+    base = load(CONF / "apm_aam.yaml")
+    cfg = load(tmp_path / "apm_aam_m0.2.yaml")
+    assert cfg["loss"]["margin"] == 0.2
+    cfg["loss"]["margin"] = base["loss"]["margin"]
+    assert cfg == base
+    name = paper.write_margin_config(CONF, tmp_path, "apm_am", 0.3, norm=True)
+    cfg = load(tmp_path / f"{name}.yaml")
+    assert name == "apm_am_norm_m0.3" and cfg["loss"]["confidence_norm"] is True
+    with pytest.raises(ApmError, match="needs an APM loss"):
+        paper.write_margin_config(CONF, tmp_path, "am", 0.3, norm=True)
     with pytest.raises(ApmError, match="no loss.margin"):
-        paper.write_margin_configs(CONF, tmp_path, "softmax", [0.1])
+        paper.write_margin_config(CONF, tmp_path, "softmax", 0.1)
 
 
-def results(system: str, cavgs: dict[str, float], eer: float = 10.0) -> dict:
-    tasks = {t: {"open_set": t == "task_open", "cavg": c, "eer": eer} for t, c in cavgs.items()}
-    return {"system": system, "languages": ["a", "b"], "backend": "lr", "tasks": tasks,
-            "missing_tasks": []}  # fmt: skip
+def fake_system(out: Path, seed: str, system: str, dev: float, mean_margin: float = 0.05) -> Path:
+    """results.json with dev Cavg `dev`, and a train log whose margins average `mean_margin`
+    after the warm-up (the warm-up epoch logs a different value that must not count)."""
+    sdir = paper.system_dir(out, "pocketsphinx", seed, system)
+    sdir.mkdir(parents=True, exist_ok=True)
+    tasks = {t: {"open_set": False, "cavg": dev, "eer": 10.0} for t in paper.DEV_TASKS}
+    (sdir / "results.json").write_text(json.dumps({"system": system, "tasks": tasks}))
+    (sdir / "config.yaml").write_text(yaml.safe_dump({"loss": {"margin_warmup_epochs": 1}}))
+    logs = [{"epoch": e, "train": {"margin": {"a": m, "b": m}}}
+            for e, m in ((1, 9.0), (2, mean_margin), (3, mean_margin))]  # fmt: skip
+    (sdir / "train_log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in logs))
+    return sdir
 
 
-def put(out: Path, group: str, system: str, cavgs: dict[str, float], eer: float = 10.0) -> None:
-    path = out / group / system / "results.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results(system, cavgs, eer)))
+def test_margins_are_chosen_on_dev_per_family(tmp_path):
+    dev = {"am_m0.1": 0.20, "am_m0.2": 0.10, "apm_am_m0.1": 0.15, "apm_am_m0.2": 0.15,
+           "aam_m0.1": 0.30, "aam_m0.2": 0.31, "apm_aam_m0.1": 0.40, "apm_aam_m0.2": 0.39}  # fmt: skip
+    for system, value in dev.items():
+        fake_system(tmp_path, "1", system, value, mean_margin=0.047)
+    choices = paper.choose_margins(tmp_path, ["pocketsphinx"], ["1"], MARGINS)
+    am, aam = choices["sources"]["pocketsphinx"]["am"], choices["sources"]["pocketsphinx"]["aam"]
+    assert (am["constant"], am["apm"], am["apm_mean_margin"]) == (0.2, 0.1, 0.047)  # tie: smaller
+    assert (aam["constant"], aam["apm"]) == (0.1, 0.2)
+    assert am["dev_cavg"]["am_m0.2"] == 0.1
+    # evaluation rows: the five roles, softmax first; a system in two roles shows once
+    rows = paper.eval_rows("pocketsphinx", choices, MARGINS, full_grid=False)
+    systems = [r.system for r in rows]
+    assert systems[:2] == ["single_task_softmax", "softmax"]
+    assert systems[2:7] == ["am_m0.2", "am_m0.1", "am_m0.047", "apm_am_m0.1", "apm_am_norm_m0.1"]
+    assert len(systems) == len(set(systems))
+    jobs = paper.evaluation_jobs(["1", "2"], choices, MARGINS, full_grid=False)
+    assert len(jobs) == 2 * len(rows) and jobs[0].line() == "pocketsphinx 1 single_task_softmax"
+    grid = paper.evaluation_jobs(["1"], choices, MARGINS, full_grid=True)
+    assert {"am_m0.1", "am_m0.2", "apm_aam_m0.1", "apm_aam_m0.2"} <= {j.system for j in grid}
+    paper.write_control_configs(CONF, tmp_path / "conf", choices)
+    assert load(tmp_path / "conf/am_m0.047.yaml")["loss"]["margin"] == 0.047
+    assert load(tmp_path / "conf/apm_am_norm_m0.1.yaml")["loss"]["confidence_norm"] is True
 
 
-def task_cavgs(short: float, cross: float, open_: float, rest: float = 0.1) -> dict[str, float]:
-    return {"task_full": rest, "task_short": short, "task_cross": cross, "task_noisy": rest,
-            "task_open": open_}  # fmt: skip
+def test_choice_needs_dev_results(tmp_path):
+    sdir = fake_system(tmp_path, "1", "am_m0.1", 0.2)
+    (sdir / "results.json").write_text(json.dumps({"tasks": {}}))
+    with pytest.raises(ApmError, match="dev task"):
+        paper.choose_margins(tmp_path, ["pocketsphinx"], ["1"], [0.1])
 
 
-def fabricate(out: Path, seeds=("1", "2")) -> None:
-    """Larger margins help short/cross and hurt open; APM-AM at 0.3 beats AM at 0.3."""
-    for i, seed in enumerate(seeds):
-        d = 0.01 * i  # seed noise
-        put(out, f"seed{seed}", "single_task_softmax", task_cavgs(0.40 + d, 0.40, 0.40))
-        put(out, f"seed{seed}", "softmax", task_cavgs(0.30 + d, 0.30, 0.30))
-        for m in MARGINS:
-            put(out, f"seed{seed}", f"am_m{m:g}", task_cavgs(0.3 - m + d, 0.3 - m, 0.1 + m))
-            put(out, f"seed{seed}", f"aam_m{m:g}", task_cavgs(0.3 - m / 2, 0.3 - m / 2, 0.1 + m))
-        for group in ("apm_seed", "oracle_seed"):
-            put(out, f"{group}{seed}", "apm_am_m0.3", task_cavgs(0.0 + d, 0.0, 0.2))
-            put(out, f"{group}{seed}", "apm_aam_m0.3", task_cavgs(0.5, 0.5, 0.5))
+def make_scored_run(out: Path, data: Path, seeds, better: dict[str, float]) -> dict:
+    """Systems of every role with score files on shared trials; system s's target scores are
+    raised by better.get(s, 0) (so it separates the languages better)."""
+    rng = np.random.default_rng(0)
+    choice = {"constant": 0.2, "apm": 0.2, "apm_mean_margin": 0.09, "dev_cavg": {}}
+    choices = {"seeds": ["1"], "margins": MARGINS, "dev_tasks": list(paper.DEV_TASKS),
+               "sources": {"pocketsphinx": {"am": choice, "aam": dict(choice)}}}  # fmt: skip
+    utts = [f"u{i:03d}" for i in range(150)]
+    truth = {u: LANGS[i % 3] for i, u in enumerate(utts)}
+    for task in paper.TASKS:
+        write_trials(data / task / "trials",
+                     [Trial(g, u, truth[u] == g) for u in utts for g in LANGS])  # fmt: skip
+    for row in paper.eval_rows("pocketsphinx", choices, MARGINS, False):
+        for seed in seeds:
+            sdir = paper.system_dir(out, "pocketsphinx", seed, row.system)
+            (sdir / "scores").mkdir(parents=True)
+            tasks = {}
+            for task in paper.TASKS:
+                target = np.array([[truth[u] == g for g in LANGS] for u in utts])
+                m = rng.normal(size=target.shape) + (1.0 + better.get(row.system, 0.0)) * target
+                write_matrix(sdir / "scores" / f"{task}.score", LANGS, utts, m)
+                tasks[task] = {"open_set": False, "cavg": 0.1, "eer": 10.0}
+            (sdir / "results.json").write_text(json.dumps({"system": row.system, "tasks": tasks}))
+    return choices
 
 
-def test_select_margins_by_mean_cavg_over_seeds(tmp_path):
-    fabricate(tmp_path)
-    # AM: mean over tasks (0.3-m)*2 + (0.1+m) + 0.2 -> decreasing in m; AAM: flat in m except
-    # open, so the smallest open-set loss wins
-    assert paper.select_margins(tmp_path, ["1", "2"], MARGINS) == {"am": 0.3, "aam": 0.1}
-    only_full = paper.select_margins(tmp_path, ["1", "2"], MARGINS, ["task_full"])
-    assert only_full == {"am": 0.1, "aam": 0.1}  # all tie: the smaller margin
-    with pytest.raises(ApmError, match="seed3"):
-        paper.select_margins(tmp_path, ["3"], MARGINS)
+def test_report_claims_with_intervals_and_verdicts(tmp_path):
+    out, data = tmp_path / "out", tmp_path / "data"
+    # APM-AM (apm_am_m0.2) planted clearly better than every constant AM margin
+    choices = make_scored_run(out, data, ["1", "2", "3"], {"apm_am_m0.2": 1.5})
+    report = paper.PaperReport(out, data, ["1", "2", "3"], choices, n_boot=200)
+    md, records = paper.render_paper_md(report, "Generated by `test` at commit x.")
+    assert md.startswith("# Paper comparison") and "Generated by `test`" in md
+    assert "## Choices made on dev" in md and "### Claims (PocketSphinx labels)" in md
+    by = {(r["kind"], r["claim"], r["task"]): r for r in records}
+    apm_vs_best = [
+        r for k, r in by.items() if k[0] == "am" and k[1].startswith("APM beats the best")
+    ]
+    assert len(apm_vs_best) == len(paper.TASKS)
+    assert all(r["verdict"] == "supported" and r["cavg"].high < 0 for r in apm_vs_best)
+    # AAM systems are all alike: nothing resolved
+    aam = [r for k, r in by.items() if k[0] == "aam"]
+    assert aam and all(r["verdict"] == "not resolved" for r in aam)
+    assert "**AM: APM beats the best (dev-chosen) constant margin**: supported" in md
+    json.dumps(paper.verdict_records(records))  # JSON-ready
 
 
-def test_apm_configs_at_chosen_margins(tmp_path):
-    names = paper.write_apm_configs(CONF, tmp_path, {"am": 0.3, "aam": 0.1})
-    assert names == ["apm_am_m0.3", "apm_aam_m0.1"]
-    cfg = load(tmp_path / "apm_am_m0.3.yaml")
-    assert cfg["loss"]["kind"] == "apm" and cfg["loss"]["margin"] == 0.3
-
-
-def test_results_md_and_reading(tmp_path):
-    fabricate(tmp_path)
-    (tmp_path / "seed1/am_m0.1/train_log.jsonl").write_text(
-        '{"epoch": 1, "seconds": 60}\n{"epoch": 2, "seconds": 120}\n'
-    )
-    report = paper.PaperReport(tmp_path, ["1", "2"], MARGINS, {"am": 0.3, "aam": 0.3},
-                               list(paper.TASKS))  # fmt: skip
-    md = paper.render_paper_md(report)
-    assert "| system | full | short | cross | noisy | open (open-set) |" in md
-    # mean ± std over the two seeds (short: 0.2 and 0.21)
-    assert "| AM m=0.1 | 0.1000 ± 0.0000 / 10.00 ± 0.00 | 0.2050 ± 0.0071 / 10.00 ± 0.00 |" in md
-    assert "| APM-AM m=0.3 (eSpeak oracle labels) |" in md
-    assert "| AM m=0.1 | 3.0 | n/a |" in md  # one seed has a training log: 180 s
-    assert "best AM margin m=0.3" in md
-    # the reading is computed: AM margins reproduce the claim, APM-AM beats AM on open
-    assert "(AM)**: in this run the large margin m=0.3" in md
-    assert "a larger margin helps on short/cross-channel" in md and "it hurts open-set" in md
-    am_line = next(ln for ln in md.splitlines() if ln.startswith("- **Margin size (AM)"))
-    assert am_line.endswith("is reproduced here.")
-    assert "open-set 0.2000 vs 0.4000 (APM lower, as the paper claims)" in md
-    aam_apm = next(ln for ln in md.splitlines() if "APM-AAM (PocketSphinx labels)" in ln)
-    assert (
-        "lower mean Cavg on 0 and the higher on 3 of 5 tasks" in aam_apm
-        and "APM not lower, unlike the paper" in aam_apm
-    )
-    assert "than the single-task one on 3 and the higher on 0 of 5 tasks" in md
-    assert "## Missing" not in md
-
-
-def test_results_md_lists_missing_systems(tmp_path):
-    fabricate(tmp_path, seeds=("1",))
-    report = paper.PaperReport(tmp_path, ["1", "2"], MARGINS, {"am": 0.3, "aam": 0.3},
-                               list(paper.TASKS))  # fmt: skip
-    md = paper.render_paper_md(report)
-    assert "## Missing" in md and str(tmp_path / "seed2/softmax/results.json") in md
-
-
-def test_cli_configs_and_select(tmp_path):
-    fabricate(tmp_path, seeds=("1",))
-    cmd = [sys.executable, "-m", "apm.bin.paper_tables", "--conf-dir", str(CONF), "--seeds", "1"]
+def test_cli_configs_select_report(tmp_path):
+    cmd = [sys.executable, "-m", "apm.bin.paper_tables", "--conf-dir", str(CONF),
+           "--margins", "0.1 0.2", "--seeds", "1"]  # fmt: skip
     done = subprocess.run([*cmd, "configs", str(tmp_path)], capture_output=True, text=True,
                           check=True, cwd=ROOT)  # fmt: skip
-    assert done.stdout.split()[:2] == ["single_task_softmax", "softmax"]
+    lines = done.stdout.splitlines()
+    assert len(lines) == 8 and lines[0] == "pocketsphinx 1 am_m0.1"
+    for line in lines:
+        fake_system(tmp_path, "1", line.split()[2], 0.1)
     done = subprocess.run([*cmd, "select", str(tmp_path)], capture_output=True, text=True,
                           check=True, cwd=ROOT)  # fmt: skip
-    assert done.stdout.split() == ["apm_am_m0.3", "apm_aam_m0.1"]
-    assert load(tmp_path / "margins.yaml") == {"am": 0.3, "aam": 0.1}
-    assert (tmp_path / "conf/apm_aam_m0.1.yaml").is_file()
+    assert "pocketsphinx 1 apm_am_norm_m0.1" in done.stdout.splitlines()
+    assert load(tmp_path / "choices.yaml")["sources"]["pocketsphinx"]["am"]["constant"] == 0.1
+    bad = subprocess.run([*cmd, "--sources", "kaldi", "configs", str(tmp_path)],
+                         capture_output=True, text=True, cwd=ROOT)  # fmt: skip
+    assert bad.returncode != 0 and "unknown label source" in bad.stderr
 
 
 def test_script_help():
     done = subprocess.run([str(ROOT / "local/reproduce_tables.sh"), "--help"],
                           capture_output=True, text=True, cwd="/")  # fmt: skip
     text = done.stdout + done.stderr
-    for option in ("--corpus-size", "--seeds", "--margins", "--nj", "--data", "--out"):
+    for option in ("--corpus-size", "--seeds", "--margins", "--jobs", "--sources", "--quick"):
         assert option in text
 
 
@@ -154,7 +170,6 @@ def test_margin_distribution_of_a_trained_system(tmp_path):
     from apm.train.data import read_cuts
     from apm.train.job import TrainJob, run_training
     from apm.train.toy import make_toy_corpus, toy_config
-    from apm.utils import write_kv
 
     toy = make_toy_corpus(tmp_path / "toy", num_langs=2, utts_per_lang=4)
     cfg = resolve_config(toy_config(epochs=1), "toy", seed=1)
@@ -173,3 +188,20 @@ def test_margin_distribution_of_a_trained_system(tmp_path):
     assert np.all(values > 0.2 / 12) and np.all(values <= 0.2 + 1e-6)
     plot_margins(dist, tmp_path / "margins.png", "toy")
     assert (tmp_path / "margins.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_paper_network_configs(tmp_path):
+    from apm.train.config import load_config
+
+    paper_conf = CONF / "paper"
+    assert sorted(p.stem for p in paper_conf.glob("*.yaml")) == sorted(
+        p.stem for p in CONF.glob("*.yaml") if p.stem not in ("align", "backend", "fbank")
+    )
+    for path in paper_conf.glob("*.yaml"):
+        cfg = load_config(path)
+        assert (cfg["model"]["channels"], cfg["model"]["stats_channels"]) == (512, 1500)
+        assert cfg["model"]["embed_dim"] == 512 and cfg["train"]["epochs"] == 40
+        assert cfg["loss"] == load_config(CONF / path.name)["loss"]
+        if cfg["model"]["phone_branch"]:
+            assert cfg["model"]["phone_hidden_layers"] == 3
+    assert len(paper.write_grid_configs(paper_conf, tmp_path, [0.1])) == 6
