@@ -26,6 +26,7 @@ seeds="1 2 3 4 5"         # evaluation seeds
 select_seeds="1"          # seeds of the dev selection runs (a subset of --seeds reuses them)
 margins="0.1 0.2 0.3"     # grid of margins for K and APM-K
 sources=pocketsphinx      # label sources: pocketsphinx and/or oracle (each with its own baselines)
+kinds="am aam"            # margin forms compared, each with its APM counterpart
 full_grid=false           # true: also evaluate every grid system on every seed
 jobs=2                    # trainings run at once (each uses one thread)
 n_boot=1000               # bootstrap replicates
@@ -72,12 +73,14 @@ lap() { times+=("$1: $(( (SECONDS - lap_start) / 60 )) min $(( (SECONDS - lap_st
 lap_start=$SECONDS
 
 tables() {
-  python -m apm.bin.paper_tables --conf-dir "$conf_dir" --margins "$margins" --sources "$sources" \
+  python -m apm.bin.paper_tables --conf-dir "$conf_dir" --margins "$margins" --sources "$sources" --kinds "$kinds" \
     --seeds "$seeds" --select-seeds "$select_seeds" --n-boot "$n_boot" \
     $([ "$full_grid" = true ] && echo --full-grid) "$@"
 }
 
 # One training: stages 4-7 of run.sh for <source> <seed> <system>, its output in a log.
+# $unscored: the run.sh option left empty (selection: --test-sets, scored on the dev sets
+# only; evaluation: --dev-sets, scored on the test sets only).
 train_one() {
   local src=$1 seed=$2 system=$3 ali
   case $src in
@@ -88,7 +91,7 @@ train_one() {
   mkdir -p "$exp"
   if "$recipe/run.sh" --stage 4 --data "$data" --ngpu "$ngpu" --seed "$seed" \
       --system-conf-dir "$out/conf" --systems "$system" --ali-dir "$ali" --exp "$exp" \
-      --results "$exp/RESULTS.md" > "$exp/run.log" 2>&1; then
+      --results "$exp/RESULTS.md" "$unscored" "" > "$exp/run.log" 2>&1; then
     echo "$(date '+%F %T') done: $src seed $seed $system"
   else
     echo "$(date '+%F %T') FAILED: $src seed $seed $system (log: $exp/run.log)" >&2
@@ -96,7 +99,7 @@ train_one() {
   fi
 }
 export -f train_one
-export data out recipe ngpu
+export data out recipe ngpu unscored
 
 run_jobs() {  # job lines "<source> <seed> <system>" on stdin, --jobs at a time
   local list
@@ -116,8 +119,10 @@ if [[ " $sources " == *" oracle "* ]]; then
 fi
 lap "data stages 0-3"
 
+unscored=--test-sets
 tables configs "$out" | run_jobs "selection on dev"
 lap "selection trainings"
+unscored=--dev-sets
 tables select "$out" | run_jobs "evaluation"
 lap "evaluation trainings"
 

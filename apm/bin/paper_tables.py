@@ -55,6 +55,13 @@ def _sources(text: str) -> list[str]:
     return values
 
 
+def _kinds(text: str) -> list[str]:
+    values = _words(text)
+    if set(values) - set(paper.KINDS):
+        raise argparse.ArgumentTypeError(f"margin forms are {' '.join(paper.KINDS)}, got '{text}'")
+    return values
+
+
 def _read_choices(out: Path) -> dict:
     path = out / "choices.yaml"
     if not path.is_file():
@@ -87,11 +94,11 @@ def _print_jobs(jobs: list[paper.Job]) -> None:
 def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if args.command == "configs":
-        paper.write_grid_configs(args.conf_dir, out / "conf", args.margins)
-        _print_jobs(paper.selection_jobs(args.sources, args.select_seeds, args.margins))
+        paper.write_grid_configs(args.conf_dir, out / "conf", args.margins, args.kinds)
+        _print_jobs(paper.selection_jobs(args.sources, args.select_seeds, args.margins, args.kinds))
     elif args.command == "select":
         choices = paper.choose_margins(out, args.sources, args.select_seeds, args.margins,
-                                       args.dev_tasks)  # fmt: skip
+                                       args.dev_tasks, args.kinds)  # fmt: skip
         paper.write_control_configs(args.conf_dir, out / "conf", choices)
         with atomic_write(out / "choices.yaml", encoding="utf-8") as f:
             yaml.safe_dump(choices, f, sort_keys=False)
@@ -128,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="grid of margins, space separated")  # fmt: skip
     parser.add_argument("--sources", type=_sources, default=["pocketsphinx"],
                         help=f"label sources ({' '.join(paper.LABEL_SOURCES)})")  # fmt: skip
+    parser.add_argument("--kinds", type=_kinds, default=list(paper.KINDS),
+                        help="margin forms compared (am aam)")  # fmt: skip
     parser.add_argument("--seeds", type=_words, default=["1", "2", "3", "4", "5"],
                         help="evaluation seeds, space separated")  # fmt: skip
     parser.add_argument("--select-seeds", type=_words, default=["1"],

@@ -87,18 +87,21 @@ def write_margin_config(
 
 
 def write_grid_configs(
-    conf_dir: str | os.PathLike, out_dir: str | os.PathLike, margins: Sequence[float]
+    conf_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    margins: Sequence[float],
+    kinds: Sequence[str] = KINDS,
 ) -> list[str]:
     """The softmax systems as they are, K and APM-K at every grid margin; their names."""
     for name in SOFTMAX:
         _write_conf(Path(out_dir), name, name, _load_conf(Path(conf_dir), name), "unchanged")
-    grid = [write_margin_config(conf_dir, out_dir, k, m) for kind in KINDS
+    grid = [write_margin_config(conf_dir, out_dir, k, m) for kind in kinds
             for k in (kind, f"apm_{kind}") for m in margins]  # fmt: skip
     return [*SOFTMAX, *grid]
 
 
-def grid_systems(margins: Sequence[float]) -> list[str]:
-    return [system_name(k, m) for kind in KINDS for k in (kind, f"apm_{kind}") for m in margins]
+def grid_systems(margins: Sequence[float], kinds: Sequence[str] = KINDS) -> list[str]:
+    return [system_name(k, m) for kind in kinds for k in (kind, f"apm_{kind}") for m in margins]
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,13 @@ def system_dir(out: Path, source: str, seed: str, system: str) -> Path:
 
 
 def selection_jobs(
-    sources: Sequence[str], seeds: Sequence[str], margins: Sequence[float]
+    sources: Sequence[str],
+    seeds: Sequence[str],
+    margins: Sequence[float],
+    kinds: Sequence[str] = KINDS,
 ) -> list[Job]:
-    return [Job(src, s, name) for src in sources for s in seeds for name in grid_systems(margins)]
+    return [Job(src, s, name) for src in sources for s in seeds
+            for name in grid_systems(margins, kinds)]  # fmt: skip
 
 
 def read_results(path: Path) -> dict:
@@ -164,6 +171,7 @@ def choose_margins(
     seeds: Sequence[str],
     margins: Sequence[float],
     dev_tasks: Sequence[str] = DEV_TASKS,
+    kinds: Sequence[str] = KINDS,
 ) -> dict:
     """{seeds, margins, dev_tasks, sources: {source: {kind: {constant, apm, apm_mean_margin,
     dev_cavg: {system: mean dev Cavg}}}}}.
@@ -175,7 +183,7 @@ def choose_margins(
     chosen: dict = {}
     for src in sources:
         chosen[src] = {}
-        for kind in KINDS:
+        for kind in kinds:
             entry: dict = {"dev_cavg": {}}
             for family, key in ((kind, "constant"), (f"apm_{kind}", "apm")):
                 best = []
@@ -227,8 +235,8 @@ def eval_rows(
     rows = [Row("multi-task softmax", "softmax")]
     if source == next(iter(choices["sources"])):  # label-free: trained with one source only
         rows.insert(0, Row("single-task softmax (no phone branch)", "single_task_softmax"))
-    for kind in KINDS:
-        rows += kind_rows(kind, choices["sources"][source][kind]).values()
+    for kind, choice in choices["sources"][source].items():
+        rows += kind_rows(kind, choice).values()
         if full_grid:
             rows += [Row(f"{prefix}{kind.upper()} m={m:g}", system_name(fam, m))
                      for prefix, fam in (("", kind), ("APM-", f"apm_{kind}")) for m in margins]  # fmt: skip
@@ -371,8 +379,7 @@ def claim_table(report: PaperReport, cache: ScoreCache, source: str) -> tuple[st
     lines = ["| claim | A - B | task | ΔCavg [95% CI] ±half-width | ΔEER% [95% CI] | verdict |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     records = []
-    for kind in KINDS:
-        choice = report.choices["sources"][source][kind]
+    for kind, choice in report.choices["sources"][source].items():
         roles = kind_rows(kind, choice)
         for claim in claims(choice):
             a, b = roles[claim.a], roles[claim.b]
