@@ -54,8 +54,9 @@ if [ "$quick" = true ]; then
 fi
 recipe=$APM_ROOT/egs/olr
 conf_dir=$(realpath -m "${conf_dir:-$recipe/conf}")
-# run.sh works inside egs/olr: the default data dir keeps the recipe's own relative name (so
-# the stage records of an earlier ./run.sh match and stages 0-3 are skipped); others absolute
+# Paths given are the caller's; then everything runs from the recipe directory, where the
+# default data dir keeps the recipe's own relative name (so the stage records of an earlier
+# ./run.sh match and stages 0-3 are skipped).
 if [ -z "$data" ]; then
   data=data
   prep_exp=exp
@@ -65,7 +66,8 @@ else
 fi
 out=$(realpath -m "${out:-$recipe/exp/paper}")
 prep_exp=${prep_exp:-$out/prep_exp}
-data_abs=$(cd "$recipe" && realpath -m "$data")
+cd "$recipe"
+data_abs=$(realpath -m "$data")
 mkdir -p "$out"
 start=$SECONDS
 times=()
