@@ -11,6 +11,7 @@ data=data             # directory holding the Kaldi data dirs (trials, utt2lang)
 test_sets=            # tasks to report, space separated (required)
 output=RESULTS.md     # the table gathering all systems
 skip_bad=false        # drop (and count) the trials of utterances without scores
+command_line=         # the command recorded in the table (with the code's commit)
 
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"  # physical: recipes reach steps/ via a symlink
 . "$APM_ROOT/utils/parse_options.sh"
@@ -23,4 +24,4 @@ exp_dir=$1
 shift
 
 python -m apm.bin.report --data "$data" --test-sets "$test_sets" --output "$output" \
-  --skip-bad "$skip_bad" "$exp_dir" "$@"
+  --skip-bad "$skip_bad" --command-line "$command_line" "$exp_dir" "$@"

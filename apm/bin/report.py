@@ -9,6 +9,7 @@ from pathlib import Path
 from apm.bin.cli import main, str2bool
 from apm.report import collect_results, render_results_md, report_system
 from apm.utils import ApmError, atomic_write
+from apm.utils.provenance import provenance
 
 log = logging.getLogger("report")
 
@@ -24,6 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=False,
         help="drop (and count) the trials of utterances without scores",
     )
+    p.add_argument("--command-line", default="",
+                   help="the command recorded in the table's provenance line")  # fmt: skip
     p.add_argument("exp", help="directory holding exp/<system>")
     p.add_argument("systems", nargs="+", help="systems to report")
     return p
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
         )
     table = collect_results(args.exp, args.systems, tasks)
     with atomic_write(args.output, encoding="utf-8") as f:
-        f.write(render_results_md(table))
+        f.write(render_results_md(table, provenance(args.command_line)))
     log.info("wrote %s (%d of %d systems)", args.output, len(reported), len(args.systems))
 
 

@@ -93,13 +93,15 @@ def render_results_table(
     return "\n".join(lines) + "\n"
 
 
-def render_results_md(table: ResultsTable) -> str:
-    """RESULTS.md: the Cavg / EER% table, the exact min Cavg table and what is missing."""
+def render_results_md(table: ResultsTable, provenance: str = "") -> str:
+    """RESULTS.md: (where it came from,) the Cavg / EER% table, the exact min Cavg table and
+    what is missing."""
     rows = [s for s in table.systems if s in table.cells]
     cells = table.cell_lists()
     out = [
         "# Results",
         "",
+        *([provenance, ""] if provenance else []),
         "Cells: Cavg / EER %. Cavg as the OLR challenge script computes it (21 thresholds "
         "between the lowest and highest trial score, P_target 0.5, 4 decimals); EER over all "
         "trials pooled. Open-set tasks count the utterances of languages outside the "

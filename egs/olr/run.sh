@@ -4,6 +4,7 @@
 # directory (the recipe directory): paths inside generated files are relative to it.
 # Relative paths given on the command line are relative to the caller's directory.
 set -euo pipefail
+command_line="egs/olr/run.sh $*"  # recorded in RESULTS.md with the commit
 user_dir=$(pwd -P)
 recipe_dir=$(cd "$(dirname "$0")" && pwd -P)
 given_options=" "  # the options on the command line: their relative paths are the caller's
@@ -137,5 +138,5 @@ for system in $systems; do
     --train-set "$train_set" ${backend_train_set:+--backend-train-set "$backend_train_set"} "$exp/$system" $scored_sets
 done
 
-run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --skip-bad "$skip_bad" \
+run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --command-line "$command_line" --skip-bad "$skip_bad" \
   --output "$results" "$exp" $systems
