@@ -13,7 +13,7 @@ from apm.align.inventory import SHARED_CLASSES, broad_class, language_informatio
     [
         ("SIL", "SIL"), ("_:", "SIL"), ("a", "V_open"), ("a:", "V_open"), ("A5", "V_open"),
         ("i2", "V_close_front"), ("E", "V_mid_front"), ("@", "V_central"), ("3:", "V_central"),
-        ("O", "V_mid_back"), ("u\"", "V_close_back"), ("aI", "V_open"), ("t", "C_stop_voiceless"),
+        ("O", "V_mid_back"), ("u\"", "V_close_back"), ("8", "V_central"), ("aI", "V_open"), ("t", "C_stop_voiceless"),
         ("t;", "C_stop_voiceless"), ("k.h", "C_stop_voiceless"), ("?", "C_stop_voiceless"),
         ("d", "C_stop_voiced"), ("ts.h", "C_affricate"), ("tS", "C_affricate"),
         ("dZ", "C_affricate"), ("s.", "C_fricative_voiceless"), ("S;", "C_fricative_voiceless"),

@@ -26,7 +26,7 @@ VOWEL_CLASSES = {
     "V_open": "aA",
     "V_mid_back": "oO0Q",
     "V_close_back": "uUM",
-    "V_central": "@3V1",
+    "V_central": "@3V18",  # 8: close-mid central rounded
 }
 CONSONANT_CLASSES = {
     "C_stop_voiceless": "ptkcq?",
