@@ -240,13 +240,10 @@ def eval_rows(
         if full_grid:
             rows += [Row(f"{prefix}{kind.upper()} m={m:g}", system_name(fam, m))
                      for prefix, fam in (("", kind), ("APM-", f"apm_{kind}")) for m in margins]  # fmt: skip
-    seen: set[str] = set()
-    unique = []
+    first: dict[str, Row] = {}
     for row in rows:
-        if row.system not in seen:
-            seen.add(row.system)
-            unique.append(row)
-    return unique
+        first.setdefault(row.system, row)
+    return list(first.values())
 
 
 def write_control_configs(conf_dir: str | os.PathLike, out_dir: str | os.PathLike,
