@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Stage 0 with --olr-root: validate a real OLR release given as Kaldi data dirs
 # (<olr-root>/<set>/{wav.scp,utt2spk,spk2utt,utt2lang[,segments][,trials]}) and copy each set
-# to <data>/<set>/ with absolute audio paths. The first set is the training set.
+# to <data>/<set>/ with absolute audio paths. The first set is the training set; the scored
+# sets (--scored-sets, default: all the others) must have trials.
 set -euo pipefail
-help_message="Usage: $0 [options] <olr-root> <data> <train-set> [<test-set>...]"
+help_message="Usage: $0 [options] <olr-root> <data> <train-set> [<set>...]"
 skip_bad=false   # skip (and count) bad utterances instead of stopping
+scored_sets=auto # sets that must have trials (auto: every set after the first; others, e.g. a back-end set, may lack them)
 
 # Physical path: steps/ is usually reached through the recipe's symlink.
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"
@@ -13,4 +15,6 @@ skip_bad=false   # skip (and count) bad utterances instead of stopping
 if [ $# -lt 3 ]; then
   echo "$help_message" >&2; exit 1
 fi
-python -m apm.bin.import_olr --skip-bad "$skip_bad" "$@"
+scored=()
+[ "$scored_sets" = auto ] || scored=(--scored-sets "$scored_sets")
+python -m apm.bin.import_olr --skip-bad "$skip_bad" ${scored[@]+"${scored[@]}"} "$@"

@@ -192,3 +192,15 @@ def test_nothing_usable_stops_stage_0_even_when_skipping(corpus, tmp_path):
     (corpus / "train/utt2spk").write_text("")
     with pytest.raises(ApmError, match="no usable utterance .*even with --skip-bad true"):
         import_olr(corpus, tmp_path / "data", ["train"], skip_bad=True)
+
+
+def test_only_the_scored_sets_need_trials(corpus, tmp_path):
+    """A set outside `scored_sets` (an enrollment set training the back-end) needs none."""
+    (corpus / "test/trials").unlink()
+    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"], scored_sets=[])
+    assert dirs[1].trials is None and (tmp_path / "data/test/utt2lang").is_file()
+    assert not (tmp_path / "data/test/trials").exists()
+    with pytest.raises(ApmError, match="test set.*test have no trials file"):
+        import_olr(corpus, tmp_path / "data2", ["train", "test"], scored_sets=["test"])
+    with pytest.raises(ApmError, match="scored set.*dev are not among the sets"):
+        import_olr(corpus, tmp_path / "data2", ["train", "test"], scored_sets=["dev"])

@@ -13,13 +13,18 @@ log = logging.getLogger(__name__)
 
 
 def import_olr(
-    olr_root: str | os.PathLike, data: str | os.PathLike, sets: list[str], skip_bad: bool = False
+    olr_root: str | os.PathLike,
+    data: str | os.PathLike,
+    sets: list[str],
+    skip_bad: bool = False,
+    scored_sets: list[str] | None = None,
 ) -> list[KaldiDir]:
     """Validate `<olr_root>/<set>` for every set and write them to `<data>/<set>`.
 
     The first set is the training set: trials of the other sets may only use its languages
     (an open-set test set may hold utterances of other languages; they can only be
-    non-target). Relative audio paths are looked up under the set's directory, then under
+    non-target). `scored_sets` (default: every set after the first) must have trials; the
+    other sets (e.g. an enrollment set that trains the back-end) may have none. Relative audio paths are looked up under the set's directory, then under
     `olr_root`, and written absolute. Nothing is written unless every set passes.
     """
     root = Path(olr_root).resolve()
@@ -32,7 +37,12 @@ def import_olr(
             f"--olr-root {root}: no data dir for set(s) {' '.join(missing)}; it has: "
             f"{' '.join(found) or 'none'} (pick them with --train-set / --test-sets)"
         )
-    no_trials = [s for s in sets[1:] if not (root / s / "trials").is_file()]
+    if scored_sets is None:
+        scored_sets = sets[1:]
+    unknown = [s for s in scored_sets if s not in sets]
+    if unknown:
+        raise ApmError(f"scored set(s) {' '.join(unknown)} are not among the sets to import")
+    no_trials = [s for s in scored_sets if not (root / s / "trials").is_file()]
     if no_trials:
         raise ApmError(
             f"--olr-root {root}: test set(s) {' '.join(no_trials)} have no trials file "

@@ -53,7 +53,7 @@ system_conf_dir=conf        # where the system configs live
 resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 backend_conf=conf/backend.yaml  # back-end configuration
-backend_train_set=          # set whose x-vectors train LDA/LR (empty: --train-set; AP20 baseline: its enroll set, with x-vectors from stage 5)
+backend_train_set=          # set whose x-vectors train LDA/LR (empty: --train-set; AP20 baseline: its enroll set, imported and embedded with the others, not scored, no trials needed)
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go
 results=                    # the table gathering all systems (stage 7; default: <exp>/RESULTS.md)
@@ -99,12 +99,18 @@ if [ "$dev_sets" = auto ]; then
   if [ -n "$olr_root" ]; then dev_sets=""; else dev_sets="dev_full dev_short"; fi
 fi
 scored_sets=$(echo $dev_sets $test_sets)  # scored and reported in stages 6-7
-sets="$train_set $scored_sets"
+sets="$train_set $scored_sets"  # imported, given features and embedded (stages 0-2, 5)
+import_opts=()
+if [ -n "$backend_train_set" ] && [[ " $sets " != *" $backend_train_set "* ]]; then
+  sets+=" $backend_train_set"  # the back-end's training set: embedded, not scored
+  import_opts=(--scored-sets "$scored_sets")  # it needs no trials
+fi
 ali_dir=${ali_dir:-$data/ali/$train_set}
 mkdir -p "$exp"
 
 if [ -n "$olr_root" ]; then
-  run_stage 0 import_olr --watch "$olr_root" steps/import_olr.sh --skip-bad "$skip_bad" "$olr_root" "$data" $sets
+  run_stage 0 import_olr --watch "$olr_root" steps/import_olr.sh --skip-bad "$skip_bad" \
+    ${import_opts[@]+"${import_opts[@]}"} "$olr_root" "$data" $sets
 else
   run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" --nj "$nj" --seed "$seed" "$data"
 fi
