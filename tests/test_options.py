@@ -136,3 +136,20 @@ def test_stage_logs_of_the_last_attempts_are_kept(tmp_path, repo_root):
     for k in (1, 2, 3):
         assert f"attempt-{5 - k}" in (logs / f"stage4.train.log.{k}").read_text()
     assert not (logs / "stage4.train.log.4").exists()
+
+
+def test_unreadable_watched_input_warns_and_still_runs(tmp_path, repo_root):
+    corpus = tmp_path / "corpus"
+    (corpus / "train").mkdir(parents=True)
+    (corpus / "train/utt2lang").write_text("u1 zh-cn\n")
+    (corpus / "train/loop").symlink_to(corpus)  # find -L fails on it
+    body = f"run_stage 0 import --watch {corpus} bash -c 'echo ran >> {tmp_path}/count'\n"
+    s = _script(tmp_path, repo_root, body)
+    r = _run(s)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"warning: --watch {corpus}: some of it cannot be read" in r.stderr
+    r = _run(s)
+    assert r.returncode == 0 and "done before, skipping" in r.stdout, r.stdout + r.stderr
+    (corpus / "train/utt2lang").write_text("u1 zh-cn\nu2 ru-ru\n")  # the readable part counts
+    assert _run(s).returncode == 0
+    assert (tmp_path / "count").read_text() == "ran\nran\n"

@@ -15,7 +15,8 @@
 # `--watch PATH` (repeatable, between the name and the command, not passed to it) adds the
 # inputs the stage reads to the record: the size and modification time of PATH, or of every
 # file under it (recursively, following symlinks) when it is a directory. Editing, adding or
-# removing a watched file reruns the stage. Watch inputs that are not outputs of earlier stages
+# removing a watched file reruns the stage (what find cannot read, e.g. a symlink loop, is
+# warned about and left out). Watch inputs that are not outputs of earlier stages
 # (those already invalidate later records), e.g. a corpus given by the user.
 #
 # The previous attempts' logs are kept: stage2.fbank.log.1 (the last) ... .log.3.
@@ -39,7 +40,12 @@ run_stage() {
   local path
   for path in ${watch[@]+"${watch[@]}"}; do
     if [ -e "$path" ]; then
-      signature+=" watch:$path=$(find -L "$path" -type f -printf '%P %s %T@\n' | LC_ALL=C sort | sha256sum | cut -c1-16)"
+      # find fails on a symlink loop or an unreadable directory: warn, and keep what it listed.
+      signature+=" watch:$path=$({ find -L "$path" -type f -printf '%P %s %T@\n' 2>/dev/null || {
+        echo "run_stage $n $name: warning: --watch $path: some of it cannot be read (a symlink" \
+          "loop or an unreadable directory); changes there go unnoticed" >&2
+        echo unreadable
+      }; } | LC_ALL=C sort | sha256sum | cut -c1-16)"
     else
       signature+=" watch:$path=missing"
     fi
