@@ -42,6 +42,16 @@ def test_relative_paths_are_the_callers_and_a_fixed_release_reruns_stage_0(repo_
     assert (tmp_path / "e/log/stage0.import_olr.log.1").is_file(), "the previous log is kept"
 
 
+def test_underscore_spelling_of_a_path_option_is_the_callers_too(repo_root, tmp_path):
+    make_toy_corpus(tmp_path / "olr", {"train": 1, "test": 1}, seconds=(0.5, 0.6))
+    stage0 = ("--data", "d", "--exp", "e", "--stage", "0", "--stop-stage", "0")
+    r = _run(repo_root, tmp_path, "--olr_root", "olr", *stage0)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert (tmp_path / "d/train/utt2lang").is_file()
+    r = _run(repo_root, tmp_path, "--olr_root=olr", *stage0)
+    assert r.returncode == 0 and "done before, skipping" in r.stdout, r.stdout + r.stderr
+
+
 @pytest.mark.parametrize(
     "options, message",
     [

@@ -7,9 +7,10 @@ set -euo pipefail
 command_line="egs/olr/run.sh $*"  # recorded in RESULTS.md with the commit
 user_dir=$(pwd -P)
 recipe_dir=$(cd "$(dirname "$0")" && pwd -P)
-given_options=" "  # the options on the command line: their relative paths are the caller's
+given_options=" "  # the options on the command line (as --a-b, also when given as --a_b): their
+                   # relative paths are the caller's
 for _arg in "$@"; do
-  case "$_arg" in --*) _arg=${_arg%%=*}; given_options+="${_arg#--} " ;; esac
+  case "$_arg" in --*) _arg=${_arg%%=*}; _arg=${_arg//_/-}; given_options+="${_arg#--} " ;; esac
 done
 cd "$recipe_dir"
 _apm_opts_script=$recipe_dir/run.sh  # for --help, which reads this script's option lines
