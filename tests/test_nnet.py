@@ -195,11 +195,19 @@ def test_macs_per_frame_by_hand():
         ({"phone_layer": 8}, "phone_layer"),
         ({"channels": 0}, "channels"),
         ({"channels": 1.5}, "integer"),
+        ({"channels": "1e3"}, "'model.channels' is '1e3'; it must be an integer"),
     ],
 )
 def test_bad_model_config_is_an_apm_error(cfg, fragment):
     with pytest.raises(ApmError, match=fragment):
         build_model(cfg, FEAT, PHONES)
+
+
+def test_whole_float_sizes_are_used_as_integers():
+    model = small_model(channels=32.0, stats_channels=48.0, phone_layer=-1.0)
+    reference = small_model()
+    assert model.phone_layer == reference.phone_layer and isinstance(model.phone_layer, int)
+    assert model.num_parameters() == reference.num_parameters()
 
 
 def test_wrong_feature_dim_is_an_apm_error():

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from apm.nnet.layers import FrameLayer, stats_pooling
-from apm.utils.config import check_choice, check_number, merge_section
+from apm.utils.config import check_choice, check_int, merge_section
 from apm.utils.errors import ApmError
 
 logger = logging.getLogger(__name__)
@@ -175,20 +175,22 @@ def build_model(cfg: Mapping[str, Any] | None, feat_dim: int, num_phones: int) -
     c = merge_section(cfg, MODEL_DEFAULTS, "model")
     check_choice(c["trunk"], tuple(TRUNKS), "trunk", "model")
     for key in ("channels", "stats_channels", "embed_dim", "phone_channels"):
-        _check_int(c[key], key, minimum=1)
-    _check_int(c["phone_hidden_layers"], "phone_hidden_layers", minimum=0)
+        c[key] = check_int(c[key], key, "model", minimum=1)
+    c["phone_hidden_layers"] = check_int(
+        c["phone_hidden_layers"], "phone_hidden_layers", "model", minimum=0
+    )
     check_choice(c["phone_branch"], (True, False), "phone_branch", "model")
-    _check_int(feat_dim, "feat_dim (feature dimension)", minimum=1)
+    feat_dim = check_int(feat_dim, "feat_dim (feature dimension)", "model", minimum=1)
     n_trunk = len(TRUNKS[c["trunk"]])
     if c["phone_layer"] is not None:
-        _check_int(c["phone_layer"], "phone_layer", minimum=-n_trunk)
+        c["phone_layer"] = check_int(c["phone_layer"], "phone_layer", "model", minimum=-n_trunk)
         if c["phone_layer"] >= n_trunk:
             raise ApmError(
                 f"'model.phone_layer' is {c['phone_layer']} but the {c['trunk']} trunk has "
                 f"{n_trunk} layers (valid: {-n_trunk}..{n_trunk - 1}, or null for the last)"
             )
     if c["phone_branch"]:
-        _check_int(num_phones, "num_phones (phone inventory size)", minimum=1)
+        num_phones = check_int(num_phones, "num_phones (phone inventory size)", "model", minimum=1)
     model = XVector(feat_dim, num_phones, **c)
     logger.info(
         "x-vector %s: %d trunk layers x %d, stats %d, embedding %d, phone branch %s; "
@@ -203,10 +205,3 @@ def build_model(cfg: Mapping[str, Any] | None, feat_dim: int, num_phones: int) -
         model.macs_per_frame() / 1e6,
     )
     return model
-
-
-def _check_int(value: Any, key: str, minimum: int) -> int:
-    check_number(value, key, "model", minimum=minimum)
-    if int(value) != value:
-        raise ApmError(f"'model.{key}' is {value!r}; it must be an integer")
-    return int(value)
