@@ -244,6 +244,20 @@ def test_missing_scores_reported_with_count_and_ids(tmp_path, fmt):
         align_trials(read_trials(trials_path), read_scores(score_path, fmt), trials_path)
 
 
+def test_header_only_matrix_scores_no_trial(tmp_path):
+    tuples = random_task(np.random.default_rng(0), n_lang=2, n_utt=10)
+    trials_path, score_path = write_files(tmp_path, tuples)
+    score_path.write_text(score_path.read_text().splitlines()[0] + "\n")  # languages, no utts
+    from apm.data.trials import read_trials
+
+    trials, scores = read_trials(trials_path), read_scores(score_path)
+    assert scores.matrix.shape == (0, 2)
+    with pytest.raises(ApmError, match="no score for 20 of 20 trials"):
+        align_trials(trials, scores, trials_path)
+    with pytest.raises(ApmError, match="no trial is left"):
+        align_trials(trials, scores, trials_path, skip_missing=True)
+
+
 @pytest.mark.parametrize(
     ("fmt", "text", "message"),
     [

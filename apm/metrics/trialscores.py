@@ -187,7 +187,9 @@ def align_trials(
         (score_row.get(u, -1) for u in table.utts), dtype=np.int64, count=len(table.utts)
     )[utt]
     col_of = np.array([score_langs[lang] for lang in languages], dtype=np.int64)[lang]
-    score = np.where(rows >= 0, scores.matrix[np.maximum(rows, 0), col_of], np.nan)
+    score = np.full(n, np.nan)
+    ok = rows >= 0  # (indexing only those: a header-only score file has no row at all)
+    score[ok] = scores.matrix[rows[ok], col_of[ok]]
     missing = np.flatnonzero(np.isnan(score))
     if len(missing):
         ids = [f"({languages[lang[i]]}, {table.utts[utt[i]]})" for i in missing[:SHOW_IDS]]
