@@ -131,3 +131,13 @@ def test_fewer_scored_utterances_are_shown(tmp_path, caplog):
     table = render_results_md(collect_results(tmp_path / "exp", ["sys"]))
     assert "- sys: task_full scored on 28 of 30 utterances" in table
     assert "task_open scored" not in table
+
+
+def test_utterances_without_trials_are_not_counted_as_skipped(tmp_path):
+    system = make_system(tmp_path)
+    score_system(system, tmp_path / "data", "train", ["task_full"], BackendConfig())
+    with open(tmp_path / "data/task_full/utt2lang", "a") as f:
+        f.write("task_full_extra_000 zh-cn\n")  # in utt2lang, in no trial
+    task = report_system(system, tmp_path / "data", ["task_full"])["tasks"]["task_full"]
+    assert (task["n_utts"], task["n_utts_total"]) == (30, 30)
+    assert "scored on" not in (system / "results.md").read_text()

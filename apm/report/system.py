@@ -8,7 +8,7 @@
       "backend": "lr",                      # primary back-end (scores/backend.yaml), or null
       "tasks": {                            # scored tasks, in the order asked for
         "task_full": {
-          "n_utts_total": 240,              # utterances the task has (trials, utt2lang);
+          "n_utts_total": 240,              # utterances the task has (in its trials);
                                             # n_utts below counts those scored
           ...apm.metrics.evaluate_task keys: open_set, n_trials, n_trials_skipped, n_utts,
              n_unknown_utts, cavg, cavg_threshold, min_cavg, min_cavg_threshold, eer (%),
@@ -69,12 +69,10 @@ def _open_set(ts: TrialScores, utt2lang_path: Path, languages: list[str]) -> boo
     return bool(foreign)
 
 
-def _task_size(trials: list, utt2lang_path: Path) -> int:
-    """Utterances the task has: those of its trials and of its utt2lang."""
-    utts = {t.utt for t in trials}
-    if utt2lang_path.is_file():
-        utts |= set(read_kv(utt2lang_path))
-    return len(utts)
+def _task_size(trials: list) -> int:
+    """Utterances the task has: those of its trials (an utterance of utt2lang without trials
+    is not part of the task, so not a skipped one)."""
+    return len({t.utt for t in trials})
 
 
 def scored_fewer(results: dict) -> dict[str, tuple[int, int]]:
@@ -137,7 +135,7 @@ def evaluate_system(
         ts = align_trials(trials, read_scores(files.pop(None)), trials_path, skip_bad)
         open_set = _open_set(ts, data_dir / task / "utt2lang", languages)
         entry = evaluate_task(ts, open_set)
-        entry["n_utts_total"] = _task_size(trials, data_dir / task / "utt2lang")
+        entry["n_utts_total"] = _task_size(trials)
         entry["extra_backends"] = {}
         for backend, path in files.items():
             # warned for the primary back-end already; the others skip the same utterances
