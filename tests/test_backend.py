@@ -141,8 +141,32 @@ def test_kaldi_lda_matches_sklearn_within_languages_minus_one():
     assert np.allclose(zk @ zk.T, zs @ zs.T, atol=1e-8)
     assert EmbeddingProcessor(8, "kaldi").fit(x, y)(x).shape == (180, 8)
     assert EmbeddingProcessor(50, "kaldi").fit(x, y)(x).shape == (180, 10)  # x-vector size
-    with pytest.raises(ApmError, match="within-class covariance of 6 x-vectors.*singular"):
+    with pytest.raises(ApmError, match="6 x-vectors of dimension 10 .* needs at least 10 .*13"):
         KaldiLda(2).fit(x[[0, 1, 30, 31, 70, 71]], y[[0, 1, 30, 31, 70, 71]])
+
+
+def test_kaldi_lda_floors_a_singular_within_class_covariance(caplog):
+    """As ivector-compute-lda: a rank-deficient within-class covariance (here a constant
+    dimension; also fewer than dim + languages x-vectors) is floored, not an error."""
+    x, y = _clustered()
+    padded = np.hstack([x, np.zeros((len(x), 1))])
+    with caplog.at_level("WARNING"):
+        lda = KaldiLda(6).fit(padded, y)
+    assert "floored 1 of 11 eigenvalues" in caplog.text
+    reference = KaldiLda(6).fit(x, y)
+    assert np.allclose(lda.eigenvalues, reference.eigenvalues)
+    z, zr = lda.transform(padded)[:, :3], reference.transform(x)[:, :3]  # the discriminant dims
+    assert np.isfinite(z).all() and np.allclose(z @ z.T, zr @ zr.T, atol=1e-8)
+    caplog.clear()
+    few = [*range(4), *range(30, 33), *range(70, 73), *range(120, 123)]  # 10 dims + 4 langs - 1
+    with caplog.at_level("WARNING"):
+        assert KaldiLda(3).fit(x[few], y[few]).transform(x).shape == (180, 3)
+    assert (
+        "floored 1 of 10 eigenvalues" in caplog.text
+        and "full rank needs at least 14" in caplog.text
+    )
+    with pytest.raises(ApmError, match="no within-class variation"):
+        KaldiLda(2).fit(np.repeat(np.eye(10), 2, axis=0), np.repeat(np.arange(10), 2))
 
 
 def test_missing_test_xvectors_error_or_skip(tmp_path):

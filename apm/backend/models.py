@@ -9,7 +9,6 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from scipy.linalg import solve_triangular
 from scipy.special import log_softmax
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
@@ -25,37 +24,58 @@ class KaldiLda:
 
     Vectors are centred on the global mean (utterances weighted equally). With W the
     within-class and B the between-class covariance (class means weighted by class size,
-    both normalised by the number of vectors), T = C^-1 for the Cholesky factor W = C C^T
-    whitens W; the rows of the map are the eigenvectors of T B T^T with the `dim` largest
-    eigenvalues, times T. So the output has identity within-class covariance and a diagonal
-    between-class covariance holding those eigenvalues (descending); the dimensions past
-    (classes - 1) have eigenvalue 0 and keep the whitened within-class variation.
+    both normalised by the number of vectors), T = S^-1/2 U^T for the eigendecomposition
+    W = U S U^T whitens W; as in Kaldi, the eigenvalues S are floored at `covariance_floor`
+    times the largest, so a singular W (fewer than dim + classes vectors, or a direction
+    without within-class variation) still gives a map. The rows of the map are the
+    eigenvectors of T B T^T with the `dim` largest eigenvalues, times T. So the output has
+    identity within-class covariance (where W was not floored) and a diagonal between-class
+    covariance holding those eigenvalues (descending); the dimensions past (classes - 1)
+    have eigenvalue 0 and keep the whitened within-class variation. As Kaldi, it needs at
+    least as many vectors as their dimension.
     """
 
-    def __init__(self, dim: int) -> None:
-        self.dim = dim
+    def __init__(self, dim: int, covariance_floor: float = 1e-6) -> None:
+        self.dim, self.covariance_floor = dim, covariance_floor
 
     def fit(self, x: np.ndarray, labels: np.ndarray) -> KaldiLda:
         x = np.asarray(x, dtype=np.float64)
         n, d = x.shape
+        classes, idx = np.unique(labels, return_inverse=True)
+        full_rank = f"a within-class covariance of full rank needs at least {d + len(classes)}"
+        if n < d:
+            raise ApmError(
+                f"Kaldi LDA: {n} x-vectors of dimension {d} ({len(classes)} languages) are too "
+                f"few: ivector-compute-lda needs at least {d} ({full_rank}); train the back-end "
+                "on more x-vectors, or use lda_impl: sklearn"
+            )
         self.mean = x.mean(axis=0)
         xc = x - self.mean
-        classes, idx = np.unique(labels, return_inverse=True)
         counts = np.bincount(idx).astype(np.float64)
         means = np.zeros((len(classes), d))
         np.add.at(means, idx, xc)
         means /= counts[:, None]
         between = (means.T * counts) @ means / n
         within = xc.T @ xc / n - between
-        try:
-            chol = np.linalg.cholesky(within)
-        except np.linalg.LinAlgError:
+        values, vectors = np.linalg.eigh(within)
+        if not values[-1] > 1e-12 * np.trace(xc.T @ xc / n):  # rounding noise only
             raise ApmError(
-                f"Kaldi LDA: the within-class covariance of {n} x-vectors of dimension {d} "
-                f"({len(classes)} languages) is singular; it needs more than {d + len(classes)}"
-                " training x-vectors, or use lda_impl: sklearn"
-            ) from None
-        whiten = solve_triangular(chol, np.eye(d), lower=True)  # C^-1
+                f"Kaldi LDA: the {n} x-vectors ({len(classes)} languages) have no within-class "
+                "variation (each language's x-vectors are all the same)"
+            )
+        floor = self.covariance_floor * values[-1]
+        n_floored = int((values < floor).sum())
+        if n_floored:
+            log.warning(
+                "Kaldi LDA: floored %d of %d eigenvalues of the within-class covariance to %.3g "
+                "(%d x-vectors; %s)",
+                n_floored,
+                d,
+                floor,
+                n,
+                full_rank,
+            )
+        whiten = (vectors / np.sqrt(np.maximum(values, floor))).T  # S^-1/2 U^T
         values, vectors = np.linalg.eigh(whiten @ between @ whiten.T)
         order = np.argsort(values)[::-1][: self.dim]
         self.eigenvalues = values[order]
