@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Stage 0 with --olr-root: validate a real OLR release given as Kaldi data dirs
 # (<olr-root>/<set>/{wav.scp,utt2spk,spk2utt,utt2lang[,segments][,trials]}) and copy each set
-# to <data>/<set>/ with absolute audio paths. The first set is the training set; the scored
-# sets (--scored-sets, default: all the others) must have trials.
+# to <data>/<set>/ (audio paths relative to the recipe directory when under it, else
+# absolute). The first set is the training set; the scored sets (--scored-sets, default: all
+# the others) must have trials.
 set -euo pipefail
 help_message="Usage: $0 [options] <olr-root> <data> <train-set> [<set>...]"
 skip_bad=false   # skip (and count) bad utterances instead of stopping

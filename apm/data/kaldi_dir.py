@@ -220,7 +220,9 @@ def read_kaldi_dir(
     Bad utterances (no audio, no speaker, no language, duplicate id, missing audio file,
     spk2utt disagreeing with utt2spk, bad segment) raise one ApmError listing them, or with
     `skip_bad` are dropped and recorded in `KaldiDir.skipped`. Relative audio paths are
-    resolved against `audio_bases` (default: the current directory) and made absolute.
+    resolved against `audio_bases` (default: the current directory) and written as
+    `portable_path` gives them: relative to the current (recipe) directory when under it,
+    else absolute.
     `trials`, when present, must name only known utterances, languages of
     `train_languages` (default: this dir's languages), and agree with utt2lang.
     """

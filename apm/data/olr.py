@@ -24,8 +24,10 @@ def import_olr(
     The first set is the training set: trials of the other sets may only use its languages
     (an open-set test set may hold utterances of other languages; they can only be
     non-target). `scored_sets` (default: every set after the first) must have trials; the
-    other sets (e.g. an enrollment set that trains the back-end) may have none. Relative audio paths are looked up under the set's directory, then under
-    `olr_root`, and written absolute. Nothing is written unless every set passes.
+    other sets (e.g. an enrollment set that trains the back-end) may have none. Relative
+    audio paths are looked up under the set's directory, then under `olr_root`, and written
+    as `portable_path` gives them (relative to the recipe directory when the file lies
+    under it, else absolute). Nothing is written unless every set passes.
     """
     root = Path(olr_root).resolve()
     if not root.is_dir():
