@@ -156,6 +156,19 @@ def test_ark_round_trip(tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def test_ark_scp_names_the_ark_portably(tmp_path, monkeypatch):
+    """Relative to the current (recipe) directory when under it, else absolute."""
+    items = [("a", np.arange(3, dtype=np.int32))]
+    root = tmp_path.resolve()
+    (root / "recipe/ali").mkdir(parents=True)
+    monkeypatch.chdir(root / "recipe")
+    write_ark_scp(items, root / "recipe/ali/x.ark", "ali/x.scp")
+    assert (root / "recipe/ali/x.scp").read_text() == "a ali/x.ark:2\n"
+    assert np.array_equal(read_labels("ali/x.scp")["a"], [0, 1, 2])
+    write_ark_scp(items, root / "y.ark", root / "y.scp")
+    assert (root / "y.scp").read_text() == f"a {root / 'y.ark'}:2\n"
+
+
 def test_split_is_contiguous_and_complete():
     parts = split(list(range(7)), 3)
     assert [len(p) for p in parts] == [2, 3, 2] and sum(parts, []) == list(range(7))
