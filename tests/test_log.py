@@ -82,6 +82,26 @@ def test_resume_and_disable(clock, caplog):
     assert msgs == ["fbank: resuming at 4/10 cut", "fbank: done, 10/10 cut in 0.0 s (- cut/s)"]
 
 
+def test_a_loop_that_raises_is_stopped_not_done(clock, caplog):
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ValueError):
+        with progress(total=10, desc="train", unit="batch") as bar:
+            bar.update(3)
+            raise ValueError("nan loss")
+    with pytest.raises(ValueError):
+        for i in progress(range(10), desc="align", unit="utt"):
+            if i == 4:
+                raise ValueError("bad audio")
+    for i in progress(range(10), desc="search", unit="utt"):
+        if i == 2:
+            break
+    assert [r.getMessage() for r in caplog.records] == [
+        "train: stopped at 3/10 batch in 0.0 s (- batch/s)",
+        "align: stopped at 4/10 utt in 0.0 s (- utt/s)",
+        "search: stopped at 2/10 utt in 0.0 s (- utt/s)",
+    ]
+
+
 def test_no_carriage_returns_in_a_pipe():
     code = "from apm.utils.log import progress, setup_logging\nsetup_logging()\n" + (
         "for _ in progress(range(20000), desc='loop'): pass\n"

@@ -104,14 +104,16 @@ class LogProgress:
             for item in self.iterable:
                 yield item
                 self.update()
-        finally:
-            self.close()
+        except BaseException:  # an error, or the loop left early (GeneratorExit)
+            self._finish(stopped=True)
+            raise
+        self.close()
 
     def __enter__(self) -> LogProgress:
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        self._finish(stopped=exc_type is not None)
 
     def __len__(self) -> int:
         return self.total or 0
@@ -134,11 +136,16 @@ class LogProgress:
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
     def close(self) -> None:
+        self._finish(stopped=False)
+
+    def _finish(self, stopped: bool) -> None:
+        """Log the final counts once: "done", or "stopped at" when an exception is passing."""
         if self.closed:
             return
         self.closed = True
         if not self.disable and (self.n > self.initial or self.total):
-            self.log.info("%s: done, %s", self.desc, self._counts(time.monotonic()))
+            how = "stopped at" if stopped else "done,"
+            self.log.info("%s: %s %s", self.desc, how, self._counts(time.monotonic()))
 
     def _counts(self, now: float) -> str:
         elapsed = now - self.start
