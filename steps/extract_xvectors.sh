@@ -13,7 +13,7 @@ Speed-perturbed training copies (<utt>_sp<factor>) are skipped.
 
 ngpu=0             # 0: one process (GPU if present); N: N processes (torchrun)
 model=final.pt     # checkpoint inside <exp-dir>
-batch_frames=32000 # padded frames per forward pass
+batch_frames=0     # padded frames per forward pass (0: 4000 on CPU, 65536 on a GPU)
 
 # Physical path: steps/ is reached through a symlink from the recipe.
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"

@@ -9,7 +9,7 @@ import argparse
 from pathlib import Path
 
 from apm.bin.cli import main
-from apm.extract.xvectors import BATCH_FRAMES, ExtractJob, run_extraction
+from apm.extract.xvectors import ExtractJob, run_extraction
 from apm.train.dist import DEVICES
 from apm.utils import ApmError
 
@@ -19,16 +19,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=DEVICES, default="auto", help="auto: CUDA if present")
     p.add_argument("--model", default="final.pt", help="checkpoint inside exp_dir")
     p.add_argument("exp_dir", type=Path, help="trained system (exp/<system>)")
-    p.add_argument("--batch-frames", type=int, default=BATCH_FRAMES,
-                   help="padded frames per forward pass")  # fmt: skip
+    p.add_argument("--batch-frames", type=int, default=0,
+                   help="padded frames per forward pass (0: 4000 on CPU, 65536 on a GPU)")  # fmt: skip
     p.add_argument("sets", nargs="+", type=Path, metavar="FBANK_DIR OUT_DIR",
                    help="pairs: stage 2 output of a set, its output exp/<system>/xvectors/<set>")  # fmt: skip
     return p
 
 
 def run(args: argparse.Namespace) -> None:
-    if len(args.sets) % 2 or args.batch_frames < 1:
-        raise ApmError("expected FBANK_DIR OUT_DIR pairs and --batch-frames >= 1, got "
+    if len(args.sets) % 2 or args.batch_frames < 0:
+        raise ApmError("expected FBANK_DIR OUT_DIR pairs and --batch-frames >= 0, got "
                        f"{len(args.sets)} paths and {args.batch_frames}")  # fmt: skip
     pairs = list(zip(args.sets[::2], args.sets[1::2], strict=True))
     run_extraction(ExtractJob(args.exp_dir, *pairs[0], args.device, args.model,
