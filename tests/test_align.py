@@ -289,6 +289,15 @@ def test_oracle_conversion_warps_copies_and_skips_nmi(speech_dir, tmp_path):
     assert all("oracle" not in st for st in report["languages"].values())
 
 
+def test_alignment_of_another_set_fails_even_when_skipping(speech_dir, tmp_path):
+    src, cuts = speech_dir
+    odir = oracle_dir(tmp_path, {f"other{k}": c for k, c in enumerate(cuts.values())})
+    with pytest.raises(ApmError, match=r"none of the \d+ cuts .* got labels .*stale oracle"):
+        align_phones(src, tmp_path / "ali", "oracle", AlignConfig(), oracle_dir=odir,
+                     skip_bad=True)  # fmt: skip
+    assert not (tmp_path / "ali" / "ali.scp").exists()
+
+
 def test_oracle_labels_in_the_shared_inventory(speech_dir, tmp_path):
     src, cuts = speech_dir
     odir = oracle_dir(tmp_path, cuts)

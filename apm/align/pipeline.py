@@ -203,6 +203,12 @@ def align_phones(
     failed = dict(stats.get("failed", {}))
     labels = collect(cuts, source, failed)
     _check_failed(failed, skip_bad, source.name)
+    if not labels:  # even with --skip-bad: nothing to train on is not a result
+        raise ApmError(
+            f"{source.name}: none of the {len(cuts)} cuts of {src} got labels (e.g. "
+            f"{next(iter(sorted(failed.items())), ('', ''))[1]}); is it the alignment of "
+            "this set (a stale oracle or Kaldi directory)? Nothing was written"
+        )
 
     dst.mkdir(parents=True, exist_ok=True)
     write_ark_scp(((k, labels[k]) for k in sorted(labels)), dst / "ali.ark", dst / "ali.scp")
