@@ -172,3 +172,11 @@ def score_system(
     with atomic_write(system_dir / "scores" / "backend.yaml", encoding="utf-8") as f:
         yaml.safe_dump(asdict(conf), f, sort_keys=False)
     return written
+
+
+def training_data(
+    system_dir: str | os.PathLike, data_dir: str | os.PathLike, train_set: str, languages: list[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """The x-vectors and label ids (in `languages` order) that stage 6 trains its back-ends
+    on; used to fit the same back-ends again for a model package (`apm.infer.package`)."""
+    return _training_data(Path(system_dir), Path(data_dir), train_set, languages)

@@ -1,0 +1,44 @@
+"""Write the self-contained model package of a trained, scored system (exp/<system>/model/):
+network weights, the fitted stage 6 back-ends, languages.txt, feature/VAD/CMN settings,
+package.json and a model card (MODEL.md). Loadable with torch.load(weights_only=True)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from apm.bin.cli import main
+from apm.features.fbank import load_config
+from apm.infer.package import write_package
+from apm.utils import ApmError
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="package_model", description=__doc__)
+    p.add_argument("--data", default="data", help="directory of the Kaldi data dirs")
+    p.add_argument("--train-set", default="train",
+                   help="the set the stage 6 back-ends were trained on (its --backend-train-set, "
+                   "else --train-set)")  # fmt: skip
+    p.add_argument(
+        "--fbank-conf", default=None, help="the stage 2 feature config (conf/fbank.yaml)"
+    )
+    p.add_argument("--conf", default=None,
+                   help="back-end YAML, only when stage 6 left no scores/backend.yaml")  # fmt: skip
+    p.add_argument("--unknown-threshold", type=float, default=0.0,
+                   help="default posterior below which identify answers 'unknown' (0: never)")  # fmt: skip
+    p.add_argument("--output", default=None, help="package directory (default: <system_dir>/model)")
+    p.add_argument("system_dir", help="exp/<system>")
+    return p
+
+
+def run(args: argparse.Namespace) -> None:
+    if not 0.0 <= args.unknown_threshold <= 1.0:
+        raise ApmError(f"--unknown-threshold must lie in [0, 1], got {args.unknown_threshold}")
+    write_package(args.system_dir, args.data, args.train_set, args.output,
+                  load_config(args.fbank_conf), args.conf, args.unknown_threshold,
+                  "python -m apm.bin.package_model " + shlex.join(sys.argv[1:]))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main(build_parser(), run)
