@@ -31,9 +31,10 @@ from apm.features.fbank import FeatureConfig, fbank_and_vad, make_extractor
 from apm.features.vad import VadConfig
 from apm.infer.package import SAMPLE_RATE, load_package
 from apm.train.data import select_and_normalize
-from apm.utils import ApmError
+from apm.utils import ApmError, num_frames
 
 UNKNOWN = "unknown"
+MIN_FRAMES = 5  # 50 ms: less is surely not speech
 
 
 @dataclass
@@ -147,6 +148,9 @@ class LanguageIdentifier:
 
     def features(self, samples: np.ndarray, name: str = "input") -> np.ndarray:
         """The network's input frames of 16 kHz samples: fbank, VAD-kept frames, CMN."""
+        if num_frames(len(samples), SAMPLE_RATE) < MIN_FRAMES:
+            raise ApmError(f"too short: {len(samples) / SAMPLE_RATE:.3f} s of audio, the model "
+                           f"needs at least {MIN_FRAMES * 10} ms")  # fmt: skip
         feats, vad = fbank_and_vad(
             samples, SAMPLE_RATE, self.extractor, self.feature_config.vad, name
         )

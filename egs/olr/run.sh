@@ -25,7 +25,8 @@ Stages (default: all, 0..7):
   4  multi-task x-vector training, one run per system (conf/<system>.yaml)
   5  embedding extraction for the training and test sets
   6  back-end scoring per test task (OLR matrix score files)
-  7  metrics and report: Cavg, EER per task; results.md, plots, RESULTS.md
+  7  metrics and report: Cavg, EER per task; results.md, plots, RESULTS.md;
+     then each system's model package exp/<system>/model (python -m apm.bin.identify)
 
 Examples:
   ./run.sh                                   # the whole recipe on mini-OLR
@@ -147,3 +148,8 @@ done
 
 run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --command-line "$command_line" --skip-bad "$skip_bad" \
   --output "$results" "$exp" $systems
+
+for system in $systems; do  # after the report: MODEL.md carries the stage 7 results
+  run_stage 7 "package_$system" steps/package_model.sh --fbank-conf "$fbank_conf" --data "$data" \
+    --train-set "${backend_train_set:-$train_set}" "$exp/$system"
+done

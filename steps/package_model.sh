@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# After stage 7: the self-contained model package of a system (python -m apm.bin.package_model).
+set -euo pipefail
+
+help_message="Usage: $0 [options] <exp/system>
+Writes <exp/system>/model/: network weights, the stage 6 back-ends (fitted again on the same
+x-vectors with the configuration stage 6 recorded), languages.txt, feature/VAD/CMN settings,
+package.json and MODEL.md (with the stage 7 results). Use it with python -m apm.bin.identify.
+Example: $0 --fbank-conf conf/fbank.yaml --data data --train-set train exp/apm_am"
+
+fbank_conf=conf/fbank.yaml  # the stage 2 feature configuration
+data=data                   # directory holding the Kaldi data dirs
+train_set=train             # the set the back-end was trained on (stage 6's back-end training set)
+
+. "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"  # physical: recipes reach steps/ via a symlink
+. "$APM_ROOT/utils/parse_options.sh"
+
+if [ $# -ne 1 ]; then
+  echo "$help_message" >&2
+  exit 1
+fi
+system_dir=$1
+
+python -m apm.bin.package_model --fbank-conf "$fbank_conf" --data "$data" --train-set "$train_set" \
+  --log-file "$system_dir/log/package.log" "$system_dir"

@@ -1,0 +1,204 @@
+"""Using a trained system: the model package written after stage 7, `apm.bin.identify` and
+`LanguageIdentifier`, checked against the recipe's own stage 5-6 scores on the tiny corpus."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+import yaml
+from conftest import REPO
+from scipy.signal import resample_poly
+
+from apm.infer.package import FILES, load_package
+
+SYSTEM = "apm_am"
+BACKENDS = ("lr", "cosine", "classifier")
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PATH"] = f"{REPO / '.venv/bin'}:{env['PATH']}"
+    env["PYTHONPATH"] = str(REPO)
+    return env
+
+
+@pytest.fixture(scope="module")
+def recipe(tmp_path_factory) -> Path:
+    """The tiny recipe, stages 0-7 and the model package, one shrunk system, oracle labels;
+    returns the directory holding its data/ and exp/ (laid out like egs/olr)."""
+    root = tmp_path_factory.mktemp("recipe")
+    conf = root / "conf"
+    conf.mkdir()
+    cfg = yaml.safe_load((REPO / "egs/olr/conf" / f"{SYSTEM}.yaml").read_text())
+    cfg["model"].update(channels=32, stats_channels=64, embed_dim=32, phone_channels=32)
+    cfg["train"].update(epochs=2, batch_size=16, chunk_min_frames=80, chunk_max_frames=120)
+    cfg["train"].update(min_utt_frames=40, average_last=1, bn_recalibration_batches=5)
+    (conf / f"{SYSTEM}.yaml").write_text(yaml.safe_dump(cfg))
+    cmd = [
+        str(REPO / "egs/olr/run.sh"), "--corpus-size", "tiny", "--nj", "1",
+        "--data", str(root / "data"), "--exp", str(root / "exp"),
+        "--results", str(root / "RESULTS.md"), "--system-conf-dir", str(conf),
+        "--systems", SYSTEM, "--ali-from", "oracle",
+    ]  # fmt: skip
+    r = subprocess.run(cmd, cwd=root, env=_env(), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return root
+
+
+def _wav_scp(recipe: Path, task: str) -> dict[str, str]:
+    lines = (recipe / "data" / task / "wav.scp").read_text().splitlines()
+    return dict(line.split(maxsplit=1) for line in lines)
+
+
+def _scores(path: Path) -> dict[str, np.ndarray]:
+    lines = path.read_text().splitlines()[1:]
+    return {ln.split()[0]: np.array(ln.split()[1:], dtype=np.float64) for ln in lines}
+
+
+def _identify(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "apm.bin.identify", *args]
+    return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_package_is_self_contained_and_weights_only(recipe):
+    model = recipe / "exp" / SYSTEM / "model"
+    assert sorted(p.name for p in model.iterdir()) == sorted(FILES)
+    for name in ("model.pt", "backend.pt"):
+        torch.load(model / name, weights_only=True)  # tensors and plain values only
+    languages = (recipe / "exp" / SYSTEM / "languages.txt").read_text().split()
+    assert (model / "languages.txt").read_text().split() == languages
+    settings = json.loads((model / "package.json").read_text())
+    assert settings["primary"] == "lr" and sorted(settings["backends"]) == sorted(BACKENDS)
+    assert settings["features"]["fbank"]["num_mel_bins"] == 40 and settings["cmn"]
+    card = (model / "MODEL.md").read_text()
+    results = json.loads((recipe / "exp" / SYSTEM / "results.json").read_text())
+    assert all(lang in card for lang in languages)
+    assert f"| task_full | {results['tasks']['task_full']['cavg']} |" in card
+    # Loadable after the recipe's tree is gone: a copy elsewhere identifies alone.
+    moved = recipe / "moved_model"
+    subprocess.run(["cp", "-r", str(model), str(moved)], check=True)
+    assert len(load_package(moved).backends) == 3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["task_full", "task_short"])
+def test_identify_matches_stage_6_scores(recipe, task):
+    """Same features, VAD, CMN, x-vector and back-end as stages 2, 5 and 6: the package's
+    scores on the wavs equal the score files of stage 6, for every back-end."""
+    from apm import LanguageIdentifier
+
+    wavs = _wav_scp(recipe, task)
+    for backend in BACKENDS:
+        suffix = "score" if backend == "lr" else f"{backend}.score"
+        expected = _scores(recipe / "exp" / SYSTEM / "scores" / f"{task}.{suffix}")
+        lid = LanguageIdentifier.from_dir(recipe / "exp" / SYSTEM / "model", backend=backend)
+        utts = sorted(expected)
+        results = lid.identify_batch([wavs[u] for u in utts])
+        for utt, result in zip(utts, results, strict=True):
+            np.testing.assert_allclose(result.scores, expected[utt], atol=1e-4, err_msg=utt)
+            post = np.array(list(result.posteriors.values()))
+            assert abs(post.sum() - 1) < 1e-9 and result.language == lid.languages[post.argmax()]
+            if backend != "cosine":  # log-posteriors: the posteriors are their exp
+                np.testing.assert_allclose(np.log(post), expected[utt], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_cli_accuracy_on_task_full_equals_stage_7(recipe):
+    r = _identify("--model", f"exp/{SYSTEM}/model", "--wav-scp", "data/task_full/wav.scp",
+                  "--format", "json", "--top-k", "2", cwd=recipe)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    answers = [json.loads(line) for line in r.stdout.splitlines()]
+    utt2lang = dict(
+        ln.split() for ln in (recipe / "data/task_full/utt2lang").read_text().splitlines()
+    )
+    assert sorted(a["input"] for a in answers) == sorted(utt2lang)
+    assert all(len(a["top"]) == 2 and a["top"][0][0] == a["language"] for a in answers)
+    accuracy = 100 * np.mean([a["language"] == utt2lang[a["input"]] for a in answers])
+    results = json.loads((recipe / "exp" / SYSTEM / "results.json").read_text())
+    assert abs(accuracy - results["tasks"]["task_full"]["accuracy"]) < 0.01
+
+
+@pytest.mark.slow
+def test_cli_any_rate_stereo_pipes_and_bad_files(recipe, tmp_path):
+    from apm import LanguageIdentifier
+
+    wav = _wav_scp(recipe, "task_full")["id-id_te00_full0000"]
+    samples, rate = sf.read(wav, dtype="float32")
+    assert rate == 16000
+    sf.write(tmp_path / "stereo16k.wav", np.stack([samples, samples], axis=1), 16000)
+    sf.write(
+        tmp_path / "stereo44k.flac", np.stack([resample_poly(samples, 441, 160)] * 2, axis=1), 44100
+    )
+    sf.write(tmp_path / "8k.ogg", resample_poly(samples, 1, 2), 8000)
+    (tmp_path / "bad.wav").write_text("not audio")
+    sf.write(tmp_path / "empty.wav", np.zeros(10, dtype=np.float32), 16000)
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"piped cat {wav} |\nfailing false |\n")
+    names = [
+        wav,
+        "stereo16k.wav",
+        "stereo44k.flac",
+        "8k.ogg",
+        "bad.wav",
+        "missing.wav",
+        "empty.wav",
+    ]
+    r = _identify("--model", str(recipe / "exp" / SYSTEM / "model"), "--format", "json",
+                  "--wav-scp", str(scp), *names, cwd=tmp_path)  # fmt: skip
+    assert r.returncode == 1
+    out = {a["input"]: a for a in map(json.loads, r.stdout.splitlines())}
+    assert list(out) == [*names, "piped", "failing"]  # every input answered, in order
+    for bad in ("bad.wav", "missing.wav", "empty.wav", "failing"):
+        assert "error" in out[bad] and f"ERROR {bad}: " in r.stderr
+    assert (
+        "no such file" in out["missing.wav"]["error"] and "too short" in out["empty.wav"]["error"]
+    )
+    assert "4 of 9 inputs failed" in r.stderr
+    lid = LanguageIdentifier.from_dir(recipe / "exp" / SYSTEM / "model")
+    direct = lid.identify(wav)
+    for same in ("stereo16k.wav", "piped"):  # identical samples: identical answers
+        assert out[same]["posteriors"] == out[wav]["posteriors"]
+    assert out[wav]["posteriors"] == {k: round(v, 6) for k, v in direct.posteriors.items()}
+    for resampled in ("stereo44k.flac", "8k.ogg"):
+        assert out[resampled]["language"] in lid.languages
+    # the API takes arrays too (any rate, [N] or [N, channels])
+    arr = lid.identify(np.stack([samples, samples], axis=1), sample_rate=16000)
+    np.testing.assert_allclose(arr.scores, direct.scores, atol=1e-6)
+    assert lid.embed(wav).shape == direct.embedding.shape
+
+
+@pytest.mark.slow
+def test_unknown_threshold_and_table(recipe):
+    wav = _wav_scp(recipe, "task_full")["id-id_te00_full0000"]
+    model = str(recipe / "exp" / SYSTEM / "model")
+    r = _identify("--model", model, "--format", "json", "--unknown-threshold", "1", wav, cwd=recipe)
+    answer = json.loads(r.stdout)
+    assert r.returncode == 0 and (answer["language"] == "unknown") == (answer["posterior"] < 1)
+    r = _identify("--model", model, "--top-k", "1", wav, cwd=recipe)
+    assert r.returncode == 0, r.stderr
+    header, line = r.stdout.splitlines()
+    assert header.startswith("# input") and line.split("\t")[0] == wav
+    r = _identify("--model", str(recipe / "nowhere"), wav, cwd=recipe)
+    assert r.returncode == 1 and "not a model package" in r.stderr
+
+
+@pytest.mark.slow
+def test_readme_snippet_runs_as_written(recipe):
+    """README "Use a trained model": the Python snippet (tests/readme_use_model.py), run
+    from the recipe directory."""
+    snippet = (REPO / "tests/readme_use_model.py").read_text()
+    r = subprocess.run([sys.executable, "-c", snippet], cwd=recipe, env=_env(),
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = r.stdout.splitlines()
+    languages = (recipe / "exp" / SYSTEM / "languages.txt").read_text().split()
+    assert lines[0].split()[0] in languages and lines[2] == lines[3] == "(32,)"
