@@ -202,3 +202,45 @@ def test_readme_snippet_runs_as_written(recipe):
     lines = r.stdout.splitlines()
     languages = (recipe / "exp" / SYSTEM / "languages.txt").read_text().split()
     assert lines[0].split()[0] in languages and lines[2] == lines[3] == "(32,)"
+
+
+@pytest.mark.slow
+def test_export_onnx_and_torchscript_match_pytorch(recipe, tmp_path):
+    """Both exports give the package's posteriors and x-vector to 1e-4 on real utterances of
+    several lengths (none of them the traced example's length)."""
+    import onnxruntime
+
+    from apm import LanguageIdentifier
+    from apm.infer.export import EXAMPLE_FRAMES
+
+    model = recipe / "exp" / SYSTEM / "model"
+    for fmt, name in (("onnx", "lid.onnx"), ("torchscript", "lid.pt")):
+        cmd = [sys.executable, "-m", "apm.bin.export", "--model", str(model), "--format", fmt,
+               "--output", str(tmp_path / name)]  # fmt: skip
+        r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+    session = onnxruntime.InferenceSession(
+        str(tmp_path / "lid.onnx"), providers=["CPUExecutionProvider"]
+    )
+    extra = {"languages.txt": ""}
+    scripted = torch.jit.load(str(tmp_path / "lid.pt"), _extra_files=extra)
+    lid = LanguageIdentifier.from_dir(model)
+    assert session.get_modelmeta().custom_metadata_map["languages"].split() == lid.languages
+    assert extra["languages.txt"].decode().split() == lid.languages
+    wavs = [*_wav_scp(recipe, "task_short").values()][:3] + [
+        *_wav_scp(recipe, "task_full").values()
+    ][:3]
+    lengths = set()
+    for wav in wavs:
+        feats = lid.features(lid.load(wav))
+        assert len(feats) <= lid.settings["extract"]["max_chunk_frames"]
+        lengths.add(len(feats))
+        expected = lid.identify(wav)
+        posteriors = np.array(list(expected.posteriors.values()))
+        onnx_post, onnx_emb = session.run(None, {"feats": feats[None].astype(np.float32)})
+        with torch.no_grad():
+            ts_post, ts_emb = (t.numpy() for t in scripted(torch.from_numpy(feats[None])))
+        for post, emb in ((onnx_post, onnx_emb), (ts_post, ts_emb)):
+            np.testing.assert_allclose(post[0], posteriors, atol=1e-4)
+            np.testing.assert_allclose(emb[0], expected.embedding, atol=1e-4)
+    assert len(lengths) > 2 and EXAMPLE_FRAMES not in lengths
