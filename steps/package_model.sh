@@ -5,12 +5,15 @@ set -euo pipefail
 help_message="Usage: $0 [options] <exp/system>
 Writes <exp/system>/model/: network weights, the stage 6 back-ends (fitted again on the same
 x-vectors with the configuration stage 6 recorded), languages.txt, feature/VAD/CMN settings,
-package.json and MODEL.md (with the stage 7 results). Use it with python -m apm.bin.identify.
-Example: $0 --fbank-conf conf/fbank.yaml --data data --train-set train exp/apm_am"
+package.json and MODEL.md (with the stage 7 results); the default 'unknown' threshold of
+identify is chosen on the stage 6 scores of --dev-sets (none: 0, never unknown).
+Use it with python -m apm.bin.identify.
+Example: $0 --fbank-conf conf/fbank.yaml --data data --train-set train --dev-sets \"dev_full dev_short\" exp/apm_am"
 
 fbank_conf=conf/fbank.yaml  # the stage 2 feature configuration
 data=data                   # directory holding the Kaldi data dirs
 train_set=train             # the set the back-end was trained on (stage 6's back-end training set)
+dev_sets=                   # scored dev sets: the default 'unknown' threshold is chosen on them
 
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"  # physical: recipes reach steps/ via a symlink
 . "$APM_ROOT/utils/parse_options.sh"
@@ -22,4 +25,4 @@ fi
 system_dir=$1
 
 python -m apm.bin.package_model --fbank-conf "$fbank_conf" --data "$data" --train-set "$train_set" \
-  --log-file "$system_dir/log/package.log" "$system_dir"
+  --dev-sets "$dev_sets" --log-file "$system_dir/log/package.log" "$system_dir"

@@ -79,6 +79,9 @@ def test_package_is_self_contained_and_weights_only(recipe):
     settings = json.loads((model / "package.json").read_text())
     assert settings["primary"] == "lr" and sorted(settings["backends"]) == sorted(BACKENDS)
     assert settings["features"]["fbank"]["num_mel_bins"] == 40 and settings["cmn"]
+    # the default unknown threshold was chosen on the dev sets (run.sh passes them)
+    assert "dev sets dev_full dev_short (24 utterances)" in settings["unknown_threshold_source"]
+    assert 0 <= settings["unknown_threshold"] < 1
     card = (model / "MODEL.md").read_text()
     results = json.loads((recipe / "exp" / SYSTEM / "results.json").read_text())
     assert all(lang in card for lang in languages)
@@ -106,7 +109,10 @@ def test_identify_matches_stage_6_scores(recipe, task):
         for utt, result in zip(utts, results, strict=True):
             np.testing.assert_allclose(result.scores, expected[utt], atol=1e-4, err_msg=utt)
             post = np.array(list(result.posteriors.values()))
-            assert abs(post.sum() - 1) < 1e-9 and result.language == lid.languages[post.argmax()]
+            best = lid.languages[post.argmax()]
+            assert abs(post.sum() - 1) < 1e-9 and result.top[0] == (best, post.max())
+            unknown = post.max() < lid.unknown_threshold  # the package's dev-chosen default
+            assert result.language == ("unknown" if unknown else best)
             if backend != "cosine":  # log-posteriors: the posteriors are their exp
                 np.testing.assert_allclose(np.log(post), expected[utt], atol=1e-4)
 
@@ -114,7 +120,7 @@ def test_identify_matches_stage_6_scores(recipe, task):
 @pytest.mark.slow
 def test_cli_accuracy_on_task_full_equals_stage_7(recipe):
     r = _identify("--model", f"exp/{SYSTEM}/model", "--wav-scp", "data/task_full/wav.scp",
-                  "--format", "json", "--top-k", "2", cwd=recipe)  # fmt: skip
+                  "--format", "json", "--top-k", "2", "--unknown-threshold", "0", cwd=recipe)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
     answers = [json.loads(line) for line in r.stdout.splitlines()]
     utt2lang = dict(
@@ -169,7 +175,7 @@ def test_cli_any_rate_stereo_pipes_and_bad_files(recipe, tmp_path):
         assert out[same]["posteriors"] == out[wav]["posteriors"]
     assert out[wav]["posteriors"] == {k: round(v, 6) for k, v in direct.posteriors.items()}
     for resampled in ("stereo44k.flac", "8k.ogg"):
-        assert out[resampled]["language"] in lid.languages
+        assert out[resampled]["top"][0][0] in lid.languages
     # the API takes arrays too (any rate, [N] or [N, channels])
     arr = lid.identify(np.stack([samples, samples], axis=1), sample_rate=16000)
     np.testing.assert_allclose(arr.scores, direct.scores, atol=1e-6)
@@ -244,3 +250,13 @@ def test_export_onnx_and_torchscript_match_pytorch(recipe, tmp_path):
             np.testing.assert_allclose(post[0], posteriors, atol=1e-4)
             np.testing.assert_allclose(emb[0], expected.embedding, atol=1e-4)
     assert len(lengths) > 2 and EXAMPLE_FRAMES not in lengths
+
+
+def test_equal_error_threshold():
+    from apm.infer.package import equal_error_threshold
+
+    keep = np.array([0.9, 0.8, 0.7, 0.6])
+    reject = np.array([0.65, 0.5, 0.4, 0.3])
+    t, miss, false_accept = equal_error_threshold(keep, reject)
+    assert t == 0.65 and miss == 0.25 and false_accept == 0.25
+    assert equal_error_threshold(np.array([0.9]), np.array([0.2]))[1:] == (0.0, 0.0)

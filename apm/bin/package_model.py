@@ -25,19 +25,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--conf", default=None,
                    help="back-end YAML, only when stage 6 left no scores/backend.yaml")  # fmt: skip
-    p.add_argument("--unknown-threshold", type=float, default=0.0,
-                   help="default posterior below which identify answers 'unknown' (0: never)")  # fmt: skip
+    p.add_argument("--unknown-threshold", type=float, default=None,
+                   help="default posterior below which identify answers 'unknown' (0: never; "
+                   "default: chosen on --dev-sets, else 0)")  # fmt: skip
+    p.add_argument("--dev-sets", default="",
+                   help="scored dev sets (stage 6) on which to choose the unknown threshold")  # fmt: skip
     p.add_argument("--output", default=None, help="package directory (default: <system_dir>/model)")
     p.add_argument("system_dir", help="exp/<system>")
     return p
 
 
 def run(args: argparse.Namespace) -> None:
-    if not 0.0 <= args.unknown_threshold <= 1.0:
+    if args.unknown_threshold is not None and not 0.0 <= args.unknown_threshold <= 1.0:
         raise ApmError(f"--unknown-threshold must lie in [0, 1], got {args.unknown_threshold}")
     write_package(args.system_dir, args.data, args.train_set, args.output,
                   load_config(args.fbank_conf), args.conf, args.unknown_threshold,
-                  "python -m apm.bin.package_model " + shlex.join(sys.argv[1:]))  # fmt: skip
+                  "python -m apm.bin.package_model " + shlex.join(sys.argv[1:]),
+                  tuple(args.dev_sets.split()))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from apm.backend.scoring import training_data
 from apm.features.fbank import FeatureConfig
 from apm.metrics.languages import read_languages
 from apm.train import checkpoint
-from apm.utils import ApmError
+from apm.utils import ApmError, read_kv
 from apm.utils.provenance import provenance
 
 log = logging.getLogger(__name__)
@@ -147,6 +147,54 @@ def fit_backends(
     return out
 
 
+def choose_unknown_threshold(
+    system_dir: Path, data_dir: Path, dev_sets: list[str], backend: Backend, languages: list[str]
+) -> tuple[float, str]:
+    """The default `unknown` threshold from the dev sets' stage 6 scores of `backend` (the
+    primary): the equal-error threshold on the best posterior between the utterances the
+    system identifies correctly (kept) and the others (misidentified, or of a language it
+    was not trained on: better answered `unknown`). (0.0, why) when the dev data has none of
+    one kind."""
+    from apm.backend.config import BackendConfig
+
+    conf = BackendConfig(primary=backend.kind)
+    best, right = [], []
+    for name in dev_sets:
+        scores_path = system_dir / "scores" / conf.score_name(name, backend.kind)
+        utt2lang = read_kv(data_dir / name / "utt2lang")
+        lines = scores_path.read_text(encoding="utf-8").splitlines()
+        if not lines or lines[0].split() != languages:
+            raise ApmError(f"{scores_path}: header is not the languages {languages}")
+        for line in lines[1:]:
+            utt, *values = line.split()
+            post = backend.posteriors(np.array([values], dtype=np.float64))[0]
+            best.append(float(post.max()))
+            right.append(languages[int(post.argmax())] == utt2lang.get(utt))
+    best_arr, right_arr = np.array(best), np.array(right, dtype=bool)
+    where = f"dev sets {' '.join(dev_sets)} ({len(best)} utterances)"
+    if not dev_sets:
+        return 0.0, "0 (never unknown): no dev sets were given"
+    if right_arr.all() or not right_arr.any():
+        kind = "wrong" if right_arr.all() else "correct"
+        return 0.0, f"0 (never unknown): the {where} have no {kind} answers"
+    threshold, miss, false_accept = equal_error_threshold(best_arr[right_arr], best_arr[~right_arr])
+    return threshold, (
+        f"equal-error threshold on the best posterior of {where}: it turns {100 * miss:.1f}% "
+        f"of the correct answers into unknown and keeps {100 * false_accept:.1f}% of the wrong "
+        "ones (misidentified or of an untrained language)"
+    )
+
+
+def equal_error_threshold(keep: np.ndarray, reject: np.ndarray) -> tuple[float, float, float]:
+    """(t, P(keep < t), P(reject >= t)) for the t among the scores where the two rates are
+    closest (the smallest such t)."""
+    candidates = np.unique(np.concatenate([keep, reject]))
+    miss = np.searchsorted(np.sort(keep), candidates, side="left") / len(keep)
+    false_accept = 1 - np.searchsorted(np.sort(reject), candidates, side="left") / len(reject)
+    k = int(np.argmin(np.abs(miss - false_accept)))
+    return float(candidates[k]), float(miss[k]), float(false_accept[k])
+
+
 def _backend_config(system_dir: Path, conf_path: str | os.PathLike | None) -> BackendConfig:
     """The back-end configuration stage 6 recorded (`scores/backend.yaml`), else `conf_path`."""
     from apm.backend.config import load_backend_config
@@ -195,7 +243,8 @@ def _model_card(
 - **Input**: any audio soundfile reads, downmixed to mono and resampled to {SAMPLE_RATE} Hz;
   fbank {settings["features"]["fbank"]}, energy VAD {settings["features"]["vad"]},
   CMN `{settings["cmn"]}`
-- **Unknown threshold** (default of `identify --unknown-threshold`): {settings["unknown_threshold"]}
+- **Unknown threshold** (default of `identify --unknown-threshold`):
+  {settings["unknown_threshold"]:.4f}, {settings["unknown_threshold_source"]}
 - {origin}
 
 ## Results (stage 7)
@@ -215,13 +264,16 @@ def write_package(
     out_dir: str | os.PathLike | None = None,
     feature_config: FeatureConfig | None = None,
     backend_conf: str | os.PathLike | None = None,
-    unknown_threshold: float = 0.0,
+    unknown_threshold: float | None = None,
     command: str = "",
+    dev_sets: tuple[str, ...] = (),
 ) -> Path:
     """Write the package of `system_dir` (default `<system_dir>/model`); returns its path.
 
     `train_set` is the set the stage 6 back-ends were trained on (its `--backend-train-set`,
     else `--train-set`); `feature_config` the stage 2 configuration (conf/fbank.yaml).
+    The default `unknown` threshold is `unknown_threshold` when given, else chosen on the
+    stage 6 scores of `dev_sets` (`choose_unknown_threshold`), else 0 (never unknown).
     """
     system_dir, data_dir = Path(system_dir), Path(data_dir)
     out = Path(out_dir) if out_dir is not None else system_dir / "model"
@@ -236,6 +288,12 @@ def write_package(
         n_train = len(x)
     backends = fit_backends(x, labels, conf, len(languages))
     cfg = state["config"]
+    if unknown_threshold is not None:
+        threshold_source = "given (--unknown-threshold)"
+    else:
+        unknown_threshold, threshold_source = choose_unknown_threshold(
+            system_dir, data_dir, list(dev_sets), backends[conf.primary], languages
+        )
     settings = {
         "format": FORMAT,
         "system": system_dir.resolve().name,
@@ -247,6 +305,7 @@ def write_package(
         "cmn": cfg["train"]["cmn"],
         "extract": dict(cfg["extract"]),
         "unknown_threshold": float(unknown_threshold),
+        "unknown_threshold_source": threshold_source,
         "backend_config": asdict(conf),
         "train_set": train_set,
         "origin": provenance(command),

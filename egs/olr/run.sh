@@ -151,5 +151,5 @@ run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --c
 
 for system in $systems; do  # after the report: MODEL.md carries the stage 7 results
   run_stage 7 "package_$system" steps/package_model.sh --fbank-conf "$fbank_conf" --data "$data" \
-    --train-set "${backend_train_set:-$train_set}" "$exp/$system"
+    --train-set "${backend_train_set:-$train_set}" --dev-sets "$dev_sets" "$exp/$system"
 done
