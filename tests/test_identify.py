@@ -260,3 +260,20 @@ def test_equal_error_threshold():
     t, miss, false_accept = equal_error_threshold(keep, reject)
     assert t == 0.65 and miss == 0.25 and false_accept == 0.25
     assert equal_error_threshold(np.array([0.9]), np.array([0.2]))[1:] == (0.0, 0.0)
+
+
+def test_import_apm_stays_cheap():
+    code = "import sys, apm; assert 'torch' not in sys.modules; apm.LanguageIdentifier"
+    assert subprocess.run([sys.executable, "-c", code], env=_env()).returncode == 0
+
+
+def test_readme_snippet_is_tests_copy():
+    """Once README has its "Use a trained model" section, its Python block is the snippet
+    tests/readme_use_model.py runs (without the file's leading comment lines)."""
+    readme = (REPO / "README.md").read_text()
+    if "## Use a trained model" not in readme:
+        pytest.skip("README has no 'Use a trained model' section yet")
+    section = readme.split("## Use a trained model", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```python\n", 1)[1].split("```", 1)[0]
+    lines = (REPO / "tests/readme_use_model.py").read_text().splitlines(keepends=True)
+    assert block == "".join(ln for ln in lines if not ln.startswith("#"))
