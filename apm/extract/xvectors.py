@@ -161,14 +161,21 @@ def embed(system: System, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return embed_batch(system, [feats])[0]
 
 
-def prepare_frames(cut, vad_table: dict, cmn: str, min_voiced: int) -> tuple[np.ndarray, bool]:
-    """VAD-kept frames of `cut`, normalised as in training; (frames, whether VAD was ignored)."""
-    feats = load_cut_features(cut)
-    keep = voiced_mask(cut.id, vad_table, len(feats))
+def normalize_voiced(
+    feats: np.ndarray, keep: np.ndarray, cmn: str, min_voiced: int
+) -> tuple[np.ndarray, bool]:
+    """The frames `keep` (the VAD) selects, normalised as in training, or all frames when
+    fewer than `min_voiced` are voiced; (frames, whether VAD was ignored)."""
     unvoiced = int(keep.sum()) < min_voiced
     if unvoiced:
         keep = np.ones(len(feats), dtype=bool)
     return select_and_normalize(feats, keep, cmn), unvoiced
+
+
+def prepare_frames(cut, vad_table: dict, cmn: str, min_voiced: int) -> tuple[np.ndarray, bool]:
+    """VAD-kept frames of `cut`, normalised as in training; (frames, whether VAD was ignored)."""
+    feats = load_cut_features(cut)
+    return normalize_voiced(feats, voiced_mask(cut.id, vad_table, len(feats)), cmn, min_voiced)
 
 
 def write_vectors(out_dir: Path, name: str, vectors: dict[str, np.ndarray]) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,11 +25,12 @@ import soundfile as sf
 import torch
 from scipy.signal import resample_poly
 
-from apm.extract.xvectors import BATCH_FRAMES, embed_batch, load_system
+from apm.data.audio import AudioProblem, run_pipe
+from apm.data.kaldi_dir import is_pipe
+from apm.extract.xvectors import BATCH_FRAMES, embed_batch, load_system, normalize_voiced
 from apm.features.fbank import FeatureConfig, fbank_and_vad, make_extractor
 from apm.features.vad import VadConfig
 from apm.infer.package import SAMPLE_RATE, load_package
-from apm.train.data import select_and_normalize
 from apm.utils import ApmError, num_frames
 
 UNKNOWN = "unknown"
@@ -69,20 +69,15 @@ def read_audio(source: str | os.PathLike) -> tuple[np.ndarray, int]:
     (wav, flac, ogg...) or of a Kaldi `command |` pipe writing such a file to stdout."""
     text = os.fspath(source)
     try:
-        if isinstance(text, str) and text.rstrip().endswith("|"):
-            done = subprocess.run(text.rstrip()[:-1], shell=True, capture_output=True, timeout=600)
-            if done.returncode != 0:
-                err = done.stderr.decode(errors="replace").strip().splitlines()
-                raise ApmError(f"command exited with status {done.returncode}"
-                               + (f": {err[-1][:200]}" if err else ""))  # fmt: skip
-            data, rate = sf.read(io.BytesIO(done.stdout), dtype="float32", always_2d=True)
+        if is_pipe(text):
+            data, rate = sf.read(io.BytesIO(run_pipe(text)), dtype="float32", always_2d=True)
         else:
             if not Path(text).is_file():
                 raise ApmError("no such file")
             data, rate = sf.read(text, dtype="float32", always_2d=True)
-    except sf.LibsndfileError as e:
-        raise ApmError(f"cannot decode audio ({e})") from None
-    except (RuntimeError, TypeError, ValueError) as e:
+    except AudioProblem as e:
+        raise ApmError(str(e)) from None
+    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise ApmError(f"cannot decode audio ({e})") from None
     if data.size == 0:
         raise ApmError("no samples")
@@ -154,10 +149,8 @@ class LanguageIdentifier:
         feats, vad = fbank_and_vad(
             samples, SAMPLE_RATE, self.extractor, self.feature_config.vad, name
         )
-        keep = vad > 0.5
-        if int(keep.sum()) < self.settings["extract"]["min_voiced_frames"]:
-            keep = np.ones(len(feats), dtype=bool)
-        return select_and_normalize(feats, keep, self.settings["cmn"])
+        min_voiced = self.settings["extract"]["min_voiced_frames"]
+        return normalize_voiced(feats, vad > 0.5, self.settings["cmn"], min_voiced)[0]
 
     def embed_features(self, prepared: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(x-vector, network language outputs) of prepared frames, as stage 5."""

@@ -34,7 +34,9 @@ from apm.backend.config import BackendConfig
 from apm.backend.models import CosineBackend, EmbeddingProcessor, LogisticBackend
 from apm.backend.scoring import training_data
 from apm.features.fbank import FeatureConfig
+from apm.metrics.eer import det_curve
 from apm.metrics.languages import read_languages
+from apm.metrics.scorefile import read_scores
 from apm.train import checkpoint
 from apm.utils import ApmError, read_kv
 from apm.utils.provenance import provenance
@@ -155,25 +157,21 @@ def choose_unknown_threshold(
     system identifies correctly (kept) and the others (misidentified, or of a language it
     was not trained on: better answered `unknown`). (0.0, why) when the dev data has none of
     one kind."""
-    from apm.backend.config import BackendConfig
-
+    if not dev_sets:
+        return 0.0, "0 (never unknown): no dev sets were given"
     conf = BackendConfig(primary=backend.kind)
     best, right = [], []
     for name in dev_sets:
-        scores_path = system_dir / "scores" / conf.score_name(name, backend.kind)
+        scores = read_scores(system_dir / "scores" / conf.score_name(name, backend.kind))
+        if scores.languages != languages:
+            raise ApmError(f"{scores.path}: header is not the languages {languages}")
         utt2lang = read_kv(data_dir / name / "utt2lang")
-        lines = scores_path.read_text(encoding="utf-8").splitlines()
-        if not lines or lines[0].split() != languages:
-            raise ApmError(f"{scores_path}: header is not the languages {languages}")
-        for line in lines[1:]:
-            utt, *values = line.split()
-            post = backend.posteriors(np.array([values], dtype=np.float64))[0]
-            best.append(float(post.max()))
-            right.append(languages[int(post.argmax())] == utt2lang.get(utt))
-    best_arr, right_arr = np.array(best), np.array(right, dtype=bool)
-    where = f"dev sets {' '.join(dev_sets)} ({len(best)} utterances)"
-    if not dev_sets:
-        return 0.0, "0 (never unknown): no dev sets were given"
+        post = backend.posteriors(scores.matrix)
+        best.append(post.max(axis=1))
+        right.append([languages[k] == utt2lang.get(u)
+                      for u, k in zip(scores.utts, post.argmax(axis=1), strict=True)])  # fmt: skip
+    best_arr, right_arr = np.concatenate(best), np.concatenate(right).astype(bool)
+    where = f"dev sets {' '.join(dev_sets)} ({len(best_arr)} utterances)"
     if right_arr.all() or not right_arr.any():
         kind = "wrong" if right_arr.all() else "correct"
         return 0.0, f"0 (never unknown): the {where} have no {kind} answers"
@@ -188,10 +186,9 @@ def choose_unknown_threshold(
 def equal_error_threshold(keep: np.ndarray, reject: np.ndarray) -> tuple[float, float, float]:
     """(t, P(keep < t), P(reject >= t)) for the t among the scores where the two rates are
     closest (the smallest such t)."""
+    false_accept, miss = det_curve(keep, reject)  # at each distinct score, then at +inf
     candidates = np.unique(np.concatenate([keep, reject]))
-    miss = np.searchsorted(np.sort(keep), candidates, side="left") / len(keep)
-    false_accept = 1 - np.searchsorted(np.sort(reject), candidates, side="left") / len(reject)
-    k = int(np.argmin(np.abs(miss - false_accept)))
+    k = int(np.argmin(np.abs(miss[:-1] - false_accept[:-1])))
     return float(candidates[k]), float(miss[k]), float(false_accept[k])
 
 
