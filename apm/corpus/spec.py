@@ -94,8 +94,8 @@ SIZES = {
     # tiny: seconds; a confusable pair (id/ms) plus two others, for tests.
     "tiny": Size(("id-id", "ms-my", "ru-ru", "zh-cn"), ("ky-kg", "tr-tr"), 2, 3, 2, 3, 2, 3, 300),
     # mini: ~50 min of training audio; 100 test utterances per language and task (1000 per
-    # closed-set task: enough trials for a paired bootstrap to resolve Cavg differences of
-    # about 0.01 over 5 seeds), 60 dev utterances per language and dev set.
+    # closed-set task: with 5 seeds a paired bootstrap resolved Cavg differences of
+    # 0.008-0.03), 60 dev utterances per language and dev set.
     "mini": Size(ALL_TARGETS, ("ky-kg", "uz-uz", "tr-tr", "ta-in"), 10, 6, 10, 100, 6, 60, 1500),
     # full: 10x mini's training audio, for a GPU machine.
     "full": Size(
