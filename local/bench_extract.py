@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apm.extract.xvectors import BATCH_FRAMES, embed, embed_batch, load_system, prepare_frames
-from apm.train import checkpoint
-from apm.train.data import read_cuts, read_scp
+from apm.extract.xvectors import BATCH_FRAMES, embed, embed_batch, load_system
+from apm.features.readers import prepare_frames, read_cuts, read_scp
+from apm.nnet import checkpoint
 
 RECIPE = Path(__file__).resolve().parents[1] / "egs" / "olr"
 

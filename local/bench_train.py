@@ -30,9 +30,9 @@ import torch
 from apm.train.batches import plan_epoch
 from apm.train.config import load_config
 from apm.train.data import load_corpus
-from apm.train.dist import init_distributed
 from apm.train.toy import make_toy_corpus
 from apm.train.trainer import Trainer
+from apm.utils.dist import init_distributed
 
 REPO = Path(__file__).resolve().parents[1]
 

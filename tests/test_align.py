@@ -15,10 +15,11 @@ from scipy.signal import lfilter
 from apm.align.arkio import read_labels, write_ark_scp
 from apm.align.config import AlignConfig, load_align_config
 from apm.align.decode import JobSummary, align_cut, split
-from apm.align.labels import perturbed_source, segments_to_frames, warp_labels
-from apm.align.phones import PhoneTable, map_labels, normalise_table, read_phones_txt
+from apm.align.labels import segments_to_frames, warp_labels
+from apm.align.phones import PhoneTable, map_labels, normalise_table
 from apm.align.pipeline import align_phones
 from apm.align.sphinx import SphinxAligner, default_model
+from apm.features.readers import perturbed_source, read_phones
 from apm.utils import ApmError, num_frames
 
 SR = 16000
@@ -112,7 +113,7 @@ def test_kaldi_table_normalisation(tmp_path):
     (tmp_path / "phones.txt").write_text(
         "<eps> 0\nSIL 1\nSIL_B 2\nSPN_S 3\nAA_B 4\nAA_E 5\nB_I 6\n#0 7\n#1 8\n"
     )
-    table, lookup = normalise_table(read_phones_txt(tmp_path / "phones.txt"), ["SIL", "SPN"], True)
+    table, lookup = normalise_table(read_phones(tmp_path / "phones.txt"), ["SIL", "SPN"], True)
     assert table.symbols == ("SIL", "AA", "B")
     assert list(lookup) == [-1, 0, 0, 0, 1, 1, 2, -1, -1]
     assert list(map_labels(np.array([1, 4, 5, 6, 3]), lookup, "u", "kaldi")) == [0, 1, 1, 2, 0]
@@ -125,7 +126,7 @@ def test_kaldi_table_normalisation(tmp_path):
 def test_phone_table_round_trip(tmp_path):
     table = PhoneTable(("SIL", "AA", "B"))
     table.write(tmp_path / "phones.txt")
-    assert read_phones_txt(tmp_path / "phones.txt") == {"SIL": 0, "AA": 1, "B": 2}
+    assert read_phones(tmp_path / "phones.txt") == {"SIL": 0, "AA": 1, "B": 2}
     with pytest.raises(ApmError, match="must start with SIL"):
         PhoneTable(("AA", "SIL"))
 
@@ -195,7 +196,7 @@ def test_decoded_frames_match_features(decoded):
         assert len(ali[cut_id]) == num_frames(cut.num_samples, SR)
     speech = np.concatenate(list(ali.values()))
     assert 0 < np.mean(speech == 0) < 0.9 and len(np.unique(speech)) > 5
-    assert read_phones_txt(dst / "phones.txt")["SIL"] == 0
+    assert read_phones(dst / "phones.txt")["SIL"] == 0
     summary = report["summary"]
     assert summary["decoded"] == 4 and summary["perturbed"] == "warp" and summary["failed"] == 0
     assert set(report["languages"]) == set(LANGS)
@@ -285,7 +286,7 @@ def test_oracle_conversion_warps_copies_and_skips_nmi(speech_dir, tmp_path):
     assert sorted(ali) == sorted(cuts)
     assert np.array_equal(ali["utt1"], orig["utt1"])
     assert len(ali["utt1_sp1.1"]) == cuts["utt1_sp1.1"].num_frames
-    assert read_phones_txt(tmp_path / "ali/phones.txt") == {"SIL": 0, "a": 1, "i": 2, "u": 3}
+    assert read_phones(tmp_path / "ali/phones.txt") == {"SIL": 0, "a": 1, "i": 2, "u": 3}
     assert all("oracle" not in st for st in report["languages"].values())
 
 
@@ -302,7 +303,7 @@ def test_oracle_labels_in_the_shared_inventory(speech_dir, tmp_path):
     src, cuts = speech_dir
     odir = oracle_dir(tmp_path, cuts)
     report = align_phones(src, tmp_path / "ali", "oracle", AlignConfig(), oracle_dir=odir)
-    table = read_phones_txt(tmp_path / "ali/phones.txt")
+    table = read_phones(tmp_path / "ali/phones.txt")
     assert table == {"SIL": 0, "V_close_front": 1, "V_open": 2, "V_close_back": 3}
     raw_to_shared = np.array([0, 2, 1, 3])  # SIL a i u -> their classes
     ali, orig = read_labels(tmp_path / "ali/ali.scp"), read_labels(odir / "ali.scp")
@@ -343,7 +344,7 @@ def test_kaldi_import(speech_dir, tmp_path):
     kdir = kaldi_dir(tmp_path, cuts, shorten=2)  # within the tolerance: edge-padded
     align_phones(src, tmp_path / "ali", f"kaldi:{kdir}", AlignConfig())
     ali = read_labels(tmp_path / "ali/ali.scp")
-    assert read_phones_txt(tmp_path / "ali/phones.txt") == {"SIL": 0, "AA": 1, "K": 2}
+    assert read_phones(tmp_path / "ali/phones.txt") == {"SIL": 0, "AA": 1, "K": 2}
     for cid, cut in cuts.items():
         assert len(ali[cid]) == cut.num_frames
     assert list(ali["utt0"][:20]) == [0] * 5 + [1] * 10 + [2] * 5

@@ -17,14 +17,12 @@ from apm.extract.xvectors import (
     embed,
     embed_batch,
     load_system,
-    prepare_frames,
     run_extraction,
     write_vectors,
 )
-from apm.nnet import ModelOutput
-from apm.train import checkpoint
+from apm.features.readers import prepare_frames, read_cuts, read_scp
+from apm.nnet import ModelOutput, checkpoint
 from apm.train.config import resolve_config
-from apm.train.data import read_cuts, read_scp
 from apm.train.job import TrainJob, run_training
 from apm.train.toy import make_toy_corpus, toy_config
 from apm.utils.errors import ApmError
@@ -111,10 +109,25 @@ def test_shards_merge_into_the_single_process_output(tmp_path):
     for name in ("xvector", "logits"):
         for rank in range(2):
             write_vectors(tmp_path, f"{name}.part{rank}", {u: vectors[u] for u in ids[rank::2]})
-    _merge_parts(tmp_path, 2)
+    _merge_parts(tmp_path, 2, ["xvector", "logits"])
     merged = _read(tmp_path / "xvector.scp")
     assert list(merged) == ids and all(np.array_equal(merged[u], vectors[u]) for u in ids)
     assert not list(tmp_path.glob("*.part*"))
+
+
+def test_confidence_is_the_training_time_c_i(system):
+    """confidence.scp holds c_i of each utterance (mean max phone posterior over its valid
+    frames): the batched, padded value equals the one of the utterance alone."""
+    exp, fbank, _ = system
+    system_ = load_system(checkpoint.load(exp / "final.pt"), torch.device("cpu"))
+    rng = np.random.default_rng(1)
+    utts = [rng.normal(size=(n, 20)).astype(np.float32) for n in (90, 130, 60)]
+    batched = embed_batch(system_, utts, confidence=True)
+    for feats, (_, _, c) in zip(utts, batched, strict=True):
+        with torch.no_grad():
+            logits = system_.model(torch.from_numpy(feats[None]), None).phone_logits
+        alone = torch.softmax(logits, -1).amax(-1).mean()
+        assert c.shape == (1,) and c[0] == pytest.approx(float(alone), abs=1e-5)
 
 
 def test_missing_final_model_is_a_clear_error(tmp_path, system):

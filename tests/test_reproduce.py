@@ -166,8 +166,9 @@ def test_script_help():
 
 
 def test_margin_distribution_of_a_trained_system(tmp_path):
+    from apm.extract.xvectors import ExtractJob, run_extraction
+    from apm.features.readers import read_cuts
     from apm.train.config import resolve_config
-    from apm.train.data import read_cuts
     from apm.train.job import TrainJob, run_training
     from apm.train.toy import make_toy_corpus, toy_config
 
@@ -177,6 +178,9 @@ def test_margin_distribution_of_a_trained_system(tmp_path):
     data = tmp_path / "data"
     (data / "fbank").mkdir(parents=True)
     (data / "fbank/task_full").symlink_to(toy.fbank_dir)
+    with pytest.raises(ApmError, match="confidence.scp"):  # the report reads, never runs, models
+        paper.margin_distribution(tmp_path / "exp", data, ["task_full"])
+    run_extraction(ExtractJob(tmp_path / "exp", toy.fbank_dir, tmp_path / "exp/xvectors/task_full"))
     # one utterance without a language (not in the task) is left out
     utts = sorted(c.id for c in read_cuts(toy.fbank_dir))
     write_kv(data / "task_full/utt2lang", {u: u.split("_")[0] for u in utts[1:]})

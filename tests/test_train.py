@@ -11,15 +11,14 @@ import torch
 import yaml
 
 from apm.losses import build_loss
-from apm.nnet import build_model
-from apm.train import checkpoint
+from apm.nnet import build_model, checkpoint
 from apm.train.batches import ChunkBatches, gather, plan_epoch
 from apm.train.config import load_config, resolve_config
 from apm.train.data import load_corpus, split_validation
-from apm.train.dist import init_distributed
 from apm.train.job import TrainJob, run_training
 from apm.train.toy import make_toy_corpus, toy_config
 from apm.train.trainer import Trainer
+from apm.utils.dist import init_distributed
 from apm.utils.errors import ApmError
 
 
@@ -272,7 +271,7 @@ def test_dataloader_workers_give_the_same_batches(tmp_path, toy):
 
 def test_sliding_cmn_normalises_before_vad_selection():
     from apm.features.cmn import sliding_cmn
-    from apm.train.data import select_and_normalize
+    from apm.features.readers import select_and_normalize
 
     feats = np.random.default_rng(0).normal(3.0, 1.0, (50, 4)).astype(np.float32)
     keep = np.arange(50) % 3 != 0

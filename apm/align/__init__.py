@@ -3,7 +3,7 @@ or Kaldi per-frame alignments), one int32 id per 10 ms feature frame, SIL = 0.""
 
 from apm.align.arkio import read_labels, write_ark_scp
 from apm.align.config import AlignConfig, load_align_config
-from apm.align.phones import SILENCE, SILENCE_ID, PhoneTable, read_phones_txt
+from apm.align.phones import SILENCE, SILENCE_ID, PhoneTable
 from apm.align.pipeline import align_phones
 
 __all__ = [
@@ -14,6 +14,5 @@ __all__ = [
     "align_phones",
     "load_align_config",
     "read_labels",
-    "read_phones_txt",
     "write_ark_scp",
 ]

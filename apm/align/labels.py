@@ -2,21 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable
 
 import numpy as np
 
 from apm.align.phones import SILENCE_ID
 from apm.utils.frames import fit_frame_count
-
-_PERTURBED = re.compile(r"^(?P<base>.+)_sp(?P<factor>\d+(?:\.\d+)?)$")
-
-
-def perturbed_source(cut_id: str) -> tuple[str, float] | None:
-    """`(<utt>, factor)` for a lhotse speed-perturbed copy id `<utt>_sp<factor>`, else None."""
-    m = _PERTURBED.match(cut_id)
-    return (m["base"], float(m["factor"])) if m else None
 
 
 def segments_to_frames(segments: Iterable[tuple[int, int, int]], shift: int = 0) -> np.ndarray:

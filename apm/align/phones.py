@@ -53,27 +53,6 @@ class PhoneTable:
                 f.write(f"{sym} {i}\n")
 
 
-def read_phones_txt(path: str | os.PathLike) -> dict[str, int]:
-    """Read any `symbol id` table (ours, Kaldi's, the oracle's) as {symbol: id}."""
-    path = Path(path)
-    if not path.is_file():
-        raise ApmError(f"{path}: phone table not found")
-    table: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise ApmError(f"{path}:{lineno}: expected 'symbol id', got '{line.strip()}'")
-            if fields[0] in table or int(fields[1]) in table.values():
-                raise ApmError(f"{path}:{lineno}: duplicate symbol or id '{line.strip()}'")
-            table[fields[0]] = int(fields[1])
-    if not table:
-        raise ApmError(f"{path}: empty phone table")
-    return table
-
-
 def normalise_table(
     table: dict[str, int],
     silence: Iterable[str],

@@ -20,33 +20,14 @@ from apm.align.config import AlignConfig
 from apm.align.decode import cut_frames, decode_cuts
 from apm.align.inventory import language_information, shared_lookup
 from apm.align.kaldi import UnsnippedLabels
-from apm.align.labels import perturbed_source, warp_labels
-from apm.align.phones import PhoneTable, map_labels, normalise_table, read_phones_txt
+from apm.align.labels import warp_labels
+from apm.align.phones import PhoneTable, map_labels, normalise_table
 from apm.align.report import build_report, write_report
+from apm.features.readers import cut_language, perturbed_source, read_phones, sorted_cuts
 from apm.utils.errors import ApmError
 from apm.utils.frames import fit_frame_count
 
 log = logging.getLogger(__name__)
-
-CUTS = "cuts.jsonl.gz"
-
-
-def load_cuts(src: str | os.PathLike) -> list:
-    """The cuts of a stage-2 feature directory, sorted by id."""
-    from lhotse import CutSet
-
-    path = Path(src) / CUTS
-    if not path.is_file():
-        raise ApmError(f"{path}: not found; run stage 2 (features) for this set first")
-    cuts = sorted(CutSet.from_file(path), key=lambda c: c.id)
-    if not cuts:
-        raise ApmError(f"{path}: no cuts")
-    return cuts
-
-
-def cut_language(cut) -> str:
-    langs = {s.language for s in cut.supervisions if s.language}
-    return langs.pop() if len(langs) == 1 else "unknown"
 
 
 class LabelSource:
@@ -100,7 +81,7 @@ def read_label_dir(
     if not ali.is_file():
         raise ApmError(f"{directory}: neither ali.scp nor ali.ark found ({name} alignment)")
     phones = directory / "phones.txt"
-    table, lookup = normalise_table(read_phones_txt(phones), silence, merge_positions, str(phones))
+    table, lookup = normalise_table(read_phones(phones), silence, merge_positions, str(phones))
     labels = read_labels(ali)
     if snip_edges:
         labels = UnsnippedLabels(labels)
@@ -181,7 +162,7 @@ def align_phones(
 ) -> dict:
     """Write `dst/ali.{ark,scp}`, `dst/phones.txt` and `dst/report.{json,md}`; return the report."""
     dst = Path(dst)
-    cuts = load_cuts(src)
+    cuts = sorted_cuts(src)
     oracle = None  # the report's reference: eSpeak's raw mnemonics
     if oracle_dir and Path(oracle_dir).is_dir():
         oracle = oracle_source(oracle_dir, cfg, "raw")
@@ -231,7 +212,7 @@ def _report(
 ) -> dict:
     """report.json's content: counts, phone set, per-language statistics, what failed."""
     oracle_labels = None
-    language = {c.id: cut_language(c) for c in cuts}
+    language = {c.id: cut_language(c, "unknown") for c in cuts}
     info = {ali_from: language_information([labels[k] for k in labels],
                                            [language[k] for k in labels])}  # fmt: skip
     if oracle is not None:

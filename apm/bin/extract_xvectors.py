@@ -10,8 +10,8 @@ from pathlib import Path
 
 from apm.bin.cli import main
 from apm.extract.xvectors import ExtractJob, run_extraction
-from apm.train.dist import DEVICES
 from apm.utils import ApmError
+from apm.utils.dist import DEVICES
 
 
 def build_parser() -> argparse.ArgumentParser:

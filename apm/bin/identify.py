@@ -16,8 +16,8 @@ import logging
 import sys
 
 from apm.bin.cli import main
-from apm.train.dist import DEVICES
 from apm.utils import ApmError
+from apm.utils.dist import DEVICES
 from apm.utils.log import progress
 
 log = logging.getLogger("identify")

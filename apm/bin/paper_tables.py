@@ -133,7 +133,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")
     parser.add_argument("--data", default="", help="data dir with the test sets (report)")
     parser.add_argument("--margin-plot", action="store_true",
-                        help="draw margins.png (runs the chosen APM-AM system on the tests)")  # fmt: skip
+                        help="draw margins.png (from the chosen APM-AM system's stage-5 confidence.scp)")  # fmt: skip
     parser.add_argument("--command-line", default="python -m apm.bin.paper_tables report",
                         help="the command recorded in RESULTS.md")  # fmt: skip
     parser.add_argument("out", help="the comparison's output directory")

@@ -9,8 +9,8 @@ from pathlib import Path
 
 from apm.bin.cli import main, str2bool
 from apm.train.config import load_config
-from apm.train.dist import DEVICES
 from apm.train.job import TrainJob, run_training
+from apm.utils.dist import DEVICES
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,7 +1,7 @@
 """Stage 5: x-vectors and language-branch scores of a feature set from a trained system.
 
 For every cut (speed-perturbed copies `<utt>_sp<factor>` excepted: they only serve training)
-the features get the training-time preparation (`apm.train.data`: VAD, then CMN); an
+the features get the training-time preparation (`apm.features.readers`: VAD, then CMN); an
 utterance with fewer than `extract.min_voiced_frames` voiced frames keeps all its frames
 instead (counted). An utterance longer than `extract.max_chunk_frames` is cut into the fewest
 equal-length chunks of at most that length, evenly spread (neighbours overlap by less than a
@@ -12,6 +12,10 @@ Outputs in the set's directory under `exp/<system>/xvectors/<set>/`:
   xvector.ark/scp   float32 [embed_dim] per utterance: the model output `extract.layer` names
                     (default `embedding`, the first segment layer: Kaldi's x-vector)
   logits.ark/scp    float32 [num_languages] per utterance, in `languages.txt` order
+  confidence.ark/scp  float32 [1] per utterance, systems with a phone branch only: the
+                    phonetic confidence c_i of the APM margin (mean max phone posterior over
+                    the valid frames, as in training, averaged over the chunks); the report
+                    draws the margin distribution m * c_i from it
 Under torchrun, process r embeds every N-th cut; process 0 merges the parts.
 """
 
@@ -29,24 +33,16 @@ import numpy as np
 import torch
 
 from apm.data.kaldi_dir import portable_path
-from apm.losses import build_loss
-from apm.nnet import ModelOutput, build_model
-from apm.train import checkpoint
-from apm.train.data import (
-    is_speed_perturbed,
-    load_cut_features,
-    read_cuts,
-    read_scp,
-    select_and_normalize,
-    voiced_mask,
-)
-from apm.train.dist import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
+from apm.features.readers import chunk_cmn, is_speed_perturbed, prepare_frames, read_cuts, read_scp
+from apm.losses import build_loss, phone_confidence
+from apm.nnet import ModelOutput, build_model, checkpoint
+from apm.utils.dist import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
 from apm.utils.errors import ApmError
 from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
-OUTPUTS = ("xvector", "logits")
+OUTPUTS = ("xvector", "logits", "confidence")
 
 
 # Padded frames per forward pass (chunks sorted by length), by device type. On CPU large
@@ -103,10 +99,7 @@ def chunk_starts(num_frames: int, max_chunk: int) -> tuple[np.ndarray, int]:
 
 def _chunks(system: System, feats: np.ndarray) -> list[np.ndarray]:
     starts, length = chunk_starts(len(feats), system.config["extract"]["max_chunk_frames"])
-    chunks = [feats[s : s + length] for s in starts]
-    if system.config["train"]["cmn"] == "chunk":
-        chunks = [c - c.mean(axis=0, keepdims=True) for c in chunks]
-    return chunks
+    return [chunk_cmn(feats[s : s + length], system.config["train"]["cmn"]) for s in starts]
 
 
 def _batches(lengths: list[int], batch_frames: int) -> list[list[int]]:
@@ -124,9 +117,13 @@ def _batches(lengths: list[int], batch_frames: int) -> list[list[int]]:
 
 @torch.no_grad()
 def embed_batch(
-    system: System, utterances: list[np.ndarray], batch_frames: int = BATCH_FRAMES["cpu"]
-) -> list[tuple[np.ndarray, np.ndarray]]:
-    """(x-vector, language scores) of each utterance's prepared frames [T, F].
+    system: System,
+    utterances: list[np.ndarray],
+    batch_frames: int = BATCH_FRAMES["cpu"],
+    confidence: bool = False,
+) -> list[tuple[np.ndarray, ...]]:
+    """(x-vector, language scores) of each utterance's prepared frames [T, F]; with
+    `confidence` (a system with a phone branch) (x-vector, scores, [c_i]).
 
     Every chunk of every utterance is one item; items sorted by length are padded into
     batches with a mask (the network pools a padded segment exactly as the segment alone).
@@ -141,11 +138,13 @@ def embed_batch(
         for row, i in enumerate(batch):
             chunk = items[i][1]
             x[row, : len(chunk)], mask[row, : len(chunk)] = chunk, True
-        out = system.model(torch.from_numpy(x).to(system.device),
-                           torch.from_numpy(mask).to(system.device), phones=False)  # fmt: skip
+        valid = torch.from_numpy(mask).to(system.device)
+        out = system.model(torch.from_numpy(x).to(system.device), valid, phones=confidence)
         owners = torch.tensor([items[i][0] for i in batch], device=system.device)
-        for name in ("embedding", "classifier_input"):
-            value = getattr(out, name).float()
+        values = {name: getattr(out, name).float() for name in ("embedding", "classifier_input")}
+        if confidence:
+            values["confidence"] = phone_confidence(out.phone_logits, valid)[:, None]
+        for name, value in values.items():
             total = sums.setdefault(name, value.new_zeros(len(utterances), value.shape[1]))
             total.index_add_(0, owners, value)
         counts.index_add_(0, owners, torch.ones(len(batch), 1, device=system.device))
@@ -153,29 +152,14 @@ def embed_batch(
                        classifier_input=sums["classifier_input"] / counts)  # fmt: skip
     scores = system.crit.scores(mean).float().cpu().numpy()
     vectors = getattr(mean, system.config["extract"]["layer"]).cpu().numpy()
+    if confidence:
+        return list(zip(vectors, scores, (sums["confidence"] / counts).cpu().numpy(), strict=True))
     return list(zip(vectors, scores, strict=True))
 
 
 def embed(system: System, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(x-vector, language scores) of one utterance's prepared frames [T, F]."""
     return embed_batch(system, [feats])[0]
-
-
-def normalize_voiced(
-    feats: np.ndarray, keep: np.ndarray, cmn: str, min_voiced: int
-) -> tuple[np.ndarray, bool]:
-    """The frames `keep` (the VAD) selects, normalised as in training, or all frames when
-    fewer than `min_voiced` are voiced; (frames, whether VAD was ignored)."""
-    unvoiced = int(keep.sum()) < min_voiced
-    if unvoiced:
-        keep = np.ones(len(feats), dtype=bool)
-    return select_and_normalize(feats, keep, cmn), unvoiced
-
-
-def prepare_frames(cut, vad_table: dict, cmn: str, min_voiced: int) -> tuple[np.ndarray, bool]:
-    """VAD-kept frames of `cut`, normalised as in training; (frames, whether VAD was ignored)."""
-    feats = load_cut_features(cut)
-    return normalize_voiced(feats, voiced_mask(cut.id, vad_table, len(feats)), cmn, min_voiced)
 
 
 def write_vectors(out_dir: Path, name: str, vectors: dict[str, np.ndarray]) -> None:
@@ -198,8 +182,11 @@ def write_vectors(out_dir: Path, name: str, vectors: dict[str, np.ndarray]) -> N
 
 def _embed_cuts(
     system: System, cuts: list, vad_table: dict, env: DistEnv, batch_frames: int
-) -> tuple[dict, dict, int]:
-    xvectors, logits, unvoiced = {}, {}, 0
+) -> tuple[dict[str, dict], int]:
+    """({output name: {cut id: vector}}, number of utterances whose VAD was ignored)."""
+    names = output_names(system)
+    outputs: dict[str, dict] = {name: {} for name in names}
+    unvoiced = 0
     ecfg, cmn = system.config["extract"], system.config["train"]["cmn"]
     bar = progress(total=len(cuts), desc="x-vectors", unit="utt", disable=not env.is_main)
     for first in range(0, len(cuts), WINDOW_UTTS):
@@ -214,16 +201,17 @@ def _embed_cuts(
                 )
             unvoiced += fell_back
             prepared.append(feats)
-        for cut, (xvector, scores) in zip(window, embed_batch(system, prepared, batch_frames),
-                                          strict=True):  # fmt: skip
-            xvectors[cut.id], logits[cut.id] = xvector, scores
+        embedded = embed_batch(system, prepared, batch_frames, confidence=len(names) == 3)
+        for cut, values in zip(window, embedded, strict=True):
+            for name, value in zip(names, values, strict=True):
+                outputs[name][cut.id] = value
         bar.update(len(window))
     bar.close()
-    return xvectors, logits, unvoiced
+    return outputs, unvoiced
 
 
-def _merge_parts(out_dir: Path, world: int) -> None:
-    for name in OUTPUTS:
+def _merge_parts(out_dir: Path, world: int, names: list[str]) -> None:
+    for name in names:
         merged: dict[str, np.ndarray] = {}
         for rank in range(world):
             part = out_dir / f"{name}.part{rank}.scp"
@@ -234,9 +222,14 @@ def _merge_parts(out_dir: Path, world: int) -> None:
                 (out_dir / f"{name}.part{rank}.{ext}").unlink()
 
 
-def _done(out_dir: Path, model: Path) -> bool:
-    """Both outputs exist and are newer than the model (a retrained model redoes the set)."""
-    paths = [out_dir / f"{name}.scp" for name in OUTPUTS]
+def output_names(system: System) -> tuple[str, ...]:
+    """What extraction writes for `system`: confidence only with a phone branch."""
+    return OUTPUTS if getattr(system.model, "phone_out", None) is not None else OUTPUTS[:2]
+
+
+def _done(out_dir: Path, model: Path, names: tuple[str, ...]) -> bool:
+    """Every output exists and is newer than the model (a retrained model redoes the set)."""
+    paths = [out_dir / f"{name}.scp" for name in names]
     return all(p.is_file() and p.stat().st_mtime >= model.stat().st_mtime for p in paths)
 
 
@@ -253,17 +246,18 @@ def _extract_set(
         log.info("skipping %d speed-perturbed cuts (training copies)", skipped)
     if not kept:
         raise ApmError(f"{fbank_dir}: no cut to embed")
-    xvectors, logits, unvoiced = _embed_cuts(
+    outputs, unvoiced = _embed_cuts(
         system, kept[env.rank :: env.world], vad_table, env, batch_frames
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     suffix = "" if env.world == 1 else f".part{env.rank}"
-    write_vectors(out_dir, f"xvector{suffix}", xvectors)
-    write_vectors(out_dir, f"logits{suffix}", logits)
+    for name, vectors in outputs.items():
+        write_vectors(out_dir, f"{name}{suffix}", vectors)
     barrier(env)
     if env.world > 1 and env.is_main:
-        _merge_parts(out_dir, env.world)
-    counts = all_reduce_sum(torch.tensor([len(xvectors), unvoiced], device=env.device), env)
+        _merge_parts(out_dir, env.world, list(outputs))
+    embedded = len(outputs["xvector"])
+    counts = all_reduce_sum(torch.tensor([embedded, unvoiced], device=env.device), env)
     summary = {
         "embedded": int(counts[0]),
         "speed_perturbed_skipped": skipped,
@@ -291,7 +285,7 @@ def run_extraction(job: ExtractJob) -> dict:
         system = load_system(state, env.device)
         total = {"embedded": 0, "speed_perturbed_skipped": 0, "vad_ignored": 0, "seconds": 0.0}
         for fbank_dir, out_dir in job.sets():
-            if _done(out_dir, model):
+            if _done(out_dir, model, output_names(system)):
                 log.info("%s: already extracted with this model, kept", out_dir)
                 continue
             batch = job.batch_frames or BATCH_FRAMES.get(env.device.type, BATCH_FRAMES["cpu"])

@@ -1,10 +1,19 @@
-"""Reading stage 2's output (`data/fbank/<set>/`) in later stages.
+"""Reading stage 2's output (`data/fbank/<set>/`) and preparing frames for a network.
+
+The one place where training, extraction, inference tools and reports read features, VAD,
+alignments and phone tables, and where frames are selected and mean-normalised:
 
     cuts = load_cuts("data/fbank/train")          # lhotse CutSet; cut.load_features()
-    feats = load_feats("data/fbank/train")        # {utt: float32 [frames, bins]}, lazy
-    vad = load_vad("data/fbank/train")            # {utt: float32 [frames]} of 0/1
+    feats = load_feats("data/fbank/train")        # {utt: float32 [frames, bins]}, lazy (Kaldi copy)
+    vad = read_scp(Path("data/fbank/train/vad.scp"), "VAD (vad.scp)")  # lazy {utt: [frames]}
 
-Features are raw log mel energies (Kaldi scale, no CMN): the consumer normalises them.
+Features are raw log mel energies (Kaldi scale, no CMN): `select_and_normalize` prepares them
+the same way for every consumer:
+ - VAD: only frames with `vad > 0.5` are kept (Kaldi `select-voiced-frames`);
+ - CMN (`cmn: utterance`): the mean over the kept frames of the whole utterance is subtracted;
+   `cmn: sliding` is Kaldi's x-vector recipe order (`apply-cmvn-sliding --cmn-window=300` over
+   all frames, then `select-voiced-frames`); with `cmn: chunk` the mean of each
+   training/extraction chunk is subtracted instead (`chunk_cmn`).
 Relative paths inside these files are relative to the recipe directory (stage 2 writes them
 so, `apm.features.pipeline`): call these from there, as run.sh does.
 """
@@ -12,6 +21,7 @@ so, `apm.features.pipeline`): call these from there, as run.sh does.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -19,7 +29,29 @@ import kaldiio
 import numpy as np
 from lhotse import CutSet
 
+from apm.features.cmn import sliding_cmn
 from apm.utils import ApmError
+from apm.utils.frames import fit_frame_count
+
+CUTS = "cuts.jsonl.gz"
+# lhotse's speed-perturbed copy of `<utt>`: `<utt>_sp<factor>` (`CutSet.perturb_speed`)
+SPEED_PERTURBED = re.compile(r"^(?P<base>.+)_sp(?P<factor>\d+(?:\.\d+)?)$")
+
+
+def perturbed_source(cut_id: str) -> tuple[str, float] | None:
+    """`(<utt>, factor)` for a speed-perturbed copy id `<utt>_sp<factor>`, else None."""
+    m = SPEED_PERTURBED.match(cut_id)
+    return (m["base"], float(m["factor"])) if m else None
+
+
+def is_speed_perturbed(cut_id: str) -> bool:
+    return SPEED_PERTURBED.match(cut_id) is not None
+
+
+def base_id(cut_id: str) -> str:
+    """The original utterance of a speed-perturbed copy (`utt_sp0.9` -> `utt`)."""
+    source = perturbed_source(cut_id)
+    return source[0] if source else cut_id
 
 
 def _need(path: Path) -> Path:
@@ -37,9 +69,23 @@ def _need(path: Path) -> Path:
     return path
 
 
+def read_cuts(fbank_dir: str | os.PathLike) -> CutSet:
+    """The set's cuts, lazily read, in file order."""
+    return CutSet.from_file(_need(Path(fbank_dir) / CUTS))
+
+
 def load_cuts(fbank_dir: str | os.PathLike) -> CutSet:
     """The set's cuts (eager, indexable by id) with features: `cut.load_features()`."""
-    return CutSet.from_file(_need(Path(fbank_dir) / "cuts.jsonl.gz")).to_eager()
+    return read_cuts(fbank_dir).to_eager()
+
+
+def sorted_cuts(fbank_dir: str | os.PathLike) -> list:
+    """The set's cuts sorted by id; an empty set is an error."""
+    path = Path(fbank_dir) / CUTS
+    cuts = sorted(read_cuts(fbank_dir), key=lambda c: c.id)
+    if not cuts:
+        raise ApmError(f"{path}: no cuts")
+    return cuts
 
 
 def load_feats(fbank_dir: str | os.PathLike) -> Mapping[str, np.ndarray]:
@@ -51,3 +97,114 @@ def load_vad(fbank_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     """vad.scp read in full: {utt: float32 [frames] of 0/1}."""
     scp = kaldiio.load_scp(str(_need(Path(fbank_dir) / "vad.scp")), max_cache_fd=16)
     return {utt: np.asarray(scp[utt], dtype=np.float32) for utt in scp}
+
+
+def read_scp(path: str | os.PathLike, what: str) -> Mapping[str, np.ndarray]:
+    """A lazy kaldiio {key: array} table; `what` names it in the error when it is missing."""
+    path = Path(path)
+    if not path.is_file():
+        raise ApmError(f"{path}: {what} not found")
+    return kaldiio.load_scp(str(path))
+
+
+def read_phones(path: str | os.PathLike) -> dict[str, int]:
+    """Any `symbol id` phone table (ours, Kaldi's, the oracle's) as {symbol: id}."""
+    path = Path(path)
+    if not path.is_file():
+        raise ApmError(f"{path}: phone table not found")
+    table: dict[str, int] = {}
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+                raise ApmError(f"{path}:{lineno}: expected 'symbol id', got '{line.strip()}'")
+            if fields[0] in table or int(fields[1]) in table.values():
+                raise ApmError(f"{path}:{lineno}: duplicate symbol or id '{line.strip()}'")
+            table[fields[0]] = int(fields[1])
+    if not table:
+        raise ApmError(f"{path}: empty phone table")
+    return table
+
+
+def cut_language(cut, default: str | None = None) -> str:
+    """The language of a cut's supervisions. Without exactly one, `default`, or an error when
+    there is no default."""
+    langs = {s.language for s in cut.supervisions if s.language}
+    if len(langs) == 1:
+        return langs.pop()
+    if default is not None:
+        return default
+    what = "no supervision with a language" if not langs else f"languages {sorted(langs)}"
+    raise ApmError(f"cut {cut.id}: {what}; check the manifests (stage 1)")
+
+
+def load_cut_features(cut) -> np.ndarray:
+    feats = np.asarray(cut.load_features(), dtype=np.float32)
+    if feats.ndim != 2 or len(feats) == 0:
+        raise ApmError(f"cut {cut.id}: features have shape {feats.shape}; recompute them")
+    if not np.isfinite(feats).all():
+        raise ApmError(f"cut {cut.id}: features contain NaN or inf; recompute them (stage 2)")
+    return feats
+
+
+def voiced_mask(cut_id: str, vad_table: Mapping, num_frames: int) -> np.ndarray:
+    if cut_id not in vad_table:
+        raise ApmError(f"cut {cut_id}: missing from vad.scp; rerun the feature stage (stage 2)")
+    vad = np.asarray(vad_table[cut_id]).reshape(-1)
+    return fit_frame_count(vad, num_frames, cut_id) > 0.5
+
+
+def load_alignment(cut_id: str, ali_table: Mapping, num_frames: int, num_phones: int) -> np.ndarray:
+    """Frame phone ids of a cut, fitted to its `num_frames` and checked against the table."""
+    ali = np.asarray(ali_table[cut_id]).reshape(-1).astype(np.int64)
+    ali = fit_frame_count(ali, num_frames, cut_id)
+    if len(ali) and (ali.min() < 0 or ali.max() >= num_phones):
+        raise ApmError(
+            f"cut {cut_id}: phone ids {ali.min()}..{ali.max()} outside phones.txt "
+            f"(0..{num_phones - 1}); the alignment and phone table do not match"
+        )
+    return ali
+
+
+def select_and_normalize(feats: np.ndarray, keep: np.ndarray, cmn: str) -> np.ndarray:
+    """The frames `keep` selects, mean-normalised as `cmn` says (see the module docstring);
+    `chunk` and `none` leave the selected frames as they are."""
+    if cmn == "sliding":
+        feats = sliding_cmn(feats)
+    feats = feats[keep]
+    if cmn == "utterance" and len(feats):
+        feats = feats - feats.mean(axis=0, keepdims=True)
+    return feats
+
+
+def chunk_cmn(chunks: np.ndarray, cmn: str, mask: np.ndarray | None = None) -> np.ndarray:
+    """Chunks [..., T, F] cut from prepared frames, each with its own mean subtracted under
+    `cmn: chunk` (else unchanged). With `mask` [..., T] (padded batches) the mean is over the
+    valid frames and padding stays 0."""
+    if cmn != "chunk":
+        return chunks
+    if mask is None:
+        return chunks - chunks.mean(axis=-2, keepdims=True)
+    valid = np.maximum(mask.sum(axis=-1), 1)[..., None, None]
+    out = chunks - chunks.sum(axis=-2, keepdims=True) / valid
+    out[~mask] = 0.0
+    return out
+
+
+def normalize_voiced(
+    feats: np.ndarray, keep: np.ndarray, cmn: str, min_voiced: int
+) -> tuple[np.ndarray, bool]:
+    """The frames `keep` (the VAD) selects, normalised as in training, or all frames when
+    fewer than `min_voiced` are voiced; (frames, whether VAD was ignored)."""
+    unvoiced = int(keep.sum()) < min_voiced
+    if unvoiced:
+        keep = np.ones(len(feats), dtype=bool)
+    return select_and_normalize(feats, keep, cmn), unvoiced
+
+
+def prepare_frames(cut, vad_table: Mapping, cmn: str, min_voiced: int) -> tuple[np.ndarray, bool]:
+    """VAD-kept frames of `cut`, normalised as in training; (frames, whether VAD was ignored)."""
+    feats = load_cut_features(cut)
+    return normalize_voiced(feats, voiced_mask(cut.id, vad_table, len(feats)), cmn, min_voiced)

@@ -27,8 +27,9 @@ from scipy.signal import resample_poly
 
 from apm.data.audio import AudioProblem, run_pipe
 from apm.data.kaldi_dir import is_pipe
-from apm.extract.xvectors import BATCH_FRAMES, embed_batch, load_system, normalize_voiced
+from apm.extract.xvectors import BATCH_FRAMES, embed_batch, load_system
 from apm.features.fbank import FeatureConfig, fbank_and_vad, make_extractor
+from apm.features.readers import normalize_voiced
 from apm.features.vad import VadConfig
 from apm.infer.package import SAMPLE_RATE, load_package
 from apm.utils import ApmError, num_frames

@@ -37,7 +37,7 @@ from apm.features.fbank import FeatureConfig
 from apm.metrics.eer import det_curve
 from apm.metrics.languages import read_languages
 from apm.metrics.scorefile import read_scores
-from apm.train import checkpoint
+from apm.nnet import checkpoint
 from apm.utils import ApmError, read_kv
 from apm.utils.provenance import provenance
 

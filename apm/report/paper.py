@@ -32,6 +32,7 @@ import numpy as np
 import yaml
 
 from apm.data.trials import read_trials
+from apm.features.readers import read_scp
 from apm.metrics.bootstrap import Interval, PairedBootstrap
 from apm.metrics.scorefile import read_scores
 from apm.metrics.trialscores import TrialScores, align_trials
@@ -492,40 +493,27 @@ def margin_distribution(
 ) -> dict[str, dict[str, np.ndarray]]:
     """{task: {language: margins m * c_i of its utterances}} of a trained APM system.
 
-    c_i as in training (max_posterior, not normalised) over the utterance's prepared frames,
-    averaged over the extraction chunks of a long utterance.
+    c_i is what extraction wrote (`xvectors/<task>/confidence.scp`: as in training,
+    max_posterior, not normalised, averaged over the extraction chunks of a long utterance);
+    m is the system's `loss.margin` (`config.yaml`). Utterances outside the task's
+    `utt2lang` are left out.
     """
-    import torch
-
-    from apm.extract.xvectors import chunk_starts, load_system, prepare_frames
-    from apm.losses import phone_confidence
-    from apm.train import checkpoint
-    from apm.train.data import is_speed_perturbed, read_cuts, read_scp
-
-    state = checkpoint.load(Path(sdir) / "final.pt")
-    system = load_system(state, torch.device("cpu"))
-    cfg = system.config
-    margin = float(cfg["loss"]["margin"])
+    sdir = Path(sdir)
+    config = sdir / "config.yaml"
+    if not config.is_file():
+        raise ApmError(f"{config}: not found; train the system first (stage 4)")
+    margin = float(yaml.safe_load(config.read_text(encoding="utf-8"))["loss"]["margin"])
     out: dict[str, dict[str, np.ndarray]] = {}
     for task in tasks:
-        fbank = Path(data_dir) / "fbank" / task
+        scp = sdir / "xvectors" / task / "confidence.scp"
+        if not scp.is_file() and (sdir / "xvectors" / task / "xvector.scp").is_file():
+            raise ApmError(f"{scp}: not found; the system has no phone branch, so no APM margin "
+                           "(or it was extracted by an older version: rerun stage 5)")  # fmt: skip
+        confidence = read_scp(scp, "phonetic confidence (stage 5)")
         utt2lang = read_kv(Path(data_dir) / task / "utt2lang")
-        vad = read_scp(fbank / "vad.scp", "VAD (vad.scp)")
         per_lang: dict[str, list[float]] = {}
-        for cut in read_cuts(fbank):
-            if is_speed_perturbed(cut.id) or cut.id not in utt2lang:
-                continue
-            feats, _ = prepare_frames(cut, vad, cfg["train"]["cmn"],
-                                      cfg["extract"]["min_voiced_frames"])  # fmt: skip
-            starts, length = chunk_starts(len(feats), cfg["extract"]["max_chunk_frames"])
-            x = torch.from_numpy(
-                np.stack([feats[s : s + length] for s in starts]).astype(np.float32)
-            )
-            with torch.no_grad():
-                logits = system.model(x, None).phone_logits
-            if logits is None:
-                raise ApmError(f"{sdir}: the system has no phone branch, so no APM margin")
-            c = float(phone_confidence(logits, None).mean())
-            per_lang.setdefault(utt2lang[cut.id], []).append(margin * c)
+        for utt, c in confidence.items():
+            if utt in utt2lang:
+                per_lang.setdefault(utt2lang[utt], []).append(margin * float(np.asarray(c)[0]))
         out[task] = {lang: np.array(v) for lang, v in sorted(per_lang.items())}
     return out

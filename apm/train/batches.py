@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from apm.features.readers import chunk_cmn
 from apm.train.data import Corpus
 
 
@@ -77,9 +78,7 @@ def gather(
     rows = np.where(mask, corpus.offsets[utts][:, None] + starts[:, None] + frame[None, :], 0)
     feats = corpus.feats[rows]
     feats[~mask] = 0.0
-    if cmn == "chunk":
-        feats -= feats.sum(axis=1, keepdims=True) / valid[:, None, None]
-        feats[~mask] = 0.0
+    feats = chunk_cmn(feats, cmn, mask)
     batch = {
         "feats": torch.from_numpy(feats),
         "mask": torch.from_numpy(mask),

@@ -1,108 +1,35 @@
-"""Reading a feature set (lhotse cuts + `vad.scp`) and its alignments into memory.
+"""A training set (lhotse cuts + `vad.scp`) and its alignments, held in memory.
 
 Training sets of an LID recipe are small enough (hours of speech, 40-dim frames) to keep every
 VAD-kept frame in one array: chunk sampling is then index arithmetic, with no per-step I/O.
-Frame preparation (`select_and_normalize`) is shared with extraction so both see the same input:
- - VAD: only frames with `vad > 0.5` are kept (Kaldi `select-voiced-frames`);
- - CMN (`cmn: utterance`): the mean over the kept frames of the whole utterance is subtracted;
-   `cmn: sliding` is Kaldi's x-vector recipe order (`apply-cmvn-sliding --cmn-window=300` over
-   all frames, then `select-voiced-frames`); with `cmn: chunk` the mean of each
-   training/extraction chunk is subtracted instead.
+Frames are read and prepared by `apm.features.readers`, as extraction prepares them.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import kaldiio
 import numpy as np
-from lhotse import CutSet
 
-from apm.features.cmn import sliding_cmn
+from apm.features.readers import (
+    base_id,
+    cut_language,
+    is_speed_perturbed,
+    load_alignment,
+    load_cut_features,
+    read_cuts,
+    read_phones,
+    read_scp,
+    select_and_normalize,
+    voiced_mask,
+)
 from apm.utils.errors import ApmError
-from apm.utils.frames import fit_frame_count
 from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
-
-SPEED_PERTURBED = re.compile(r"_sp\d+(?:\.\d+)?$")
-
-
-def is_speed_perturbed(cut_id: str) -> bool:
-    return SPEED_PERTURBED.search(cut_id) is not None
-
-
-def base_id(cut_id: str) -> str:
-    """The original utterance of a speed-perturbed copy (`utt_sp0.9` -> `utt`)."""
-    return SPEED_PERTURBED.sub("", cut_id)
-
-
-def read_cuts(fbank_dir: str | os.PathLike) -> CutSet:
-    path = Path(fbank_dir) / "cuts.jsonl.gz"
-    if not path.is_file():
-        raise ApmError(f"{path}: not found; run the feature stage (stage 2) for this set first")
-    return CutSet.from_file(path)
-
-
-def read_scp(path: Path, what: str) -> dict:
-    if not path.is_file():
-        raise ApmError(f"{path}: {what} not found")
-    return kaldiio.load_scp(str(path))
-
-
-def read_phones(path: str | os.PathLike) -> dict[str, int]:
-    """`phones.txt` (`symbol id` per line) as {symbol: id}."""
-    path = Path(path)
-    if not path.is_file():
-        raise ApmError(f"{path}: phone table not found")
-    table: dict[str, int] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        fields = line.split()
-        if not fields:
-            continue
-        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-            raise ApmError(f"{path}:{lineno}: expected '<symbol> <id>', got '{line}'")
-        table[fields[0]] = int(fields[1])
-    if not table:
-        raise ApmError(f"{path}: empty phone table")
-    return table
-
-
-def cut_language(cut) -> str:
-    if not cut.supervisions or not cut.supervisions[0].language:
-        raise ApmError(f"cut {cut.id}: no supervision with a language; check the manifests")
-    return cut.supervisions[0].language
-
-
-def load_cut_features(cut) -> np.ndarray:
-    feats = np.asarray(cut.load_features(), dtype=np.float32)
-    if feats.ndim != 2 or len(feats) == 0:
-        raise ApmError(f"cut {cut.id}: features have shape {feats.shape}; recompute them")
-    if not np.isfinite(feats).all():
-        raise ApmError(f"cut {cut.id}: features contain NaN or inf; recompute them (stage 2)")
-    return feats
-
-
-def voiced_mask(cut_id: str, vad_table: dict, num_frames: int) -> np.ndarray:
-    if cut_id not in vad_table:
-        raise ApmError(f"cut {cut_id}: missing from vad.scp; rerun the feature stage (stage 2)")
-    vad = np.asarray(vad_table[cut_id]).reshape(-1)
-    return fit_frame_count(vad, num_frames, cut_id) > 0.5
-
-
-def select_and_normalize(feats: np.ndarray, keep: np.ndarray, cmn: str) -> np.ndarray:
-    """The frames `keep` selects, mean-normalised as `cmn` says (see the module docstring);
-    `chunk` and `none` leave the selected frames as they are."""
-    if cmn == "sliding":
-        feats = sliding_cmn(feats)
-    feats = feats[keep]
-    if cmn == "utterance" and len(feats):
-        feats = feats - feats.mean(axis=0, keepdims=True)
-    return feats
 
 
 @dataclass
@@ -129,17 +56,6 @@ class Corpus:
     @property
     def feat_dim(self) -> int:
         return int(self.feats.shape[1])
-
-
-def _load_alignment(cut_id: str, ali_table: dict, num_frames: int, num_phones: int) -> np.ndarray:
-    ali = np.asarray(ali_table[cut_id]).reshape(-1).astype(np.int64)
-    ali = fit_frame_count(ali, num_frames, cut_id)
-    if len(ali) and (ali.min() < 0 or ali.max() >= num_phones):
-        raise ApmError(
-            f"cut {cut_id}: phone ids {ali.min()}..{ali.max()} outside phones.txt "
-            f"(0..{num_phones - 1}); the alignment and phone table do not match"
-        )
-    return ali
 
 
 def load_corpus(
@@ -181,7 +97,7 @@ def load_corpus(
             skipped["short"].append(cut.id)
             continue
         if ali_table is not None:
-            phones.append(_load_alignment(cut.id, ali_table, len(x), num_phones)[keep])
+            phones.append(load_alignment(cut.id, ali_table, len(x), num_phones)[keep])
         ids.append(cut.id)
         langs.append(lang)
         feats.append(select_and_normalize(x, keep, cmn))

@@ -23,12 +23,12 @@ from pathlib import Path
 
 import yaml
 
-from apm.train import checkpoint
+from apm.nnet import checkpoint
 from apm.train.config import dump_config
 from apm.train.data import load_corpus, split_validation
-from apm.train.dist import DistEnv, barrier, init_distributed, shutdown
 from apm.train.monitor import Monitor, plot_curves, write_history
 from apm.train.trainer import Trainer
+from apm.utils.dist import DistEnv, barrier, init_distributed, shutdown
 from apm.utils.errors import ApmError
 from apm.utils.io import atomic_write
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 
 from apm.losses import LossOutput
-from apm.train.dist import DistEnv, all_reduce_sum
+from apm.utils.dist import DistEnv, all_reduce_sum
 from apm.utils.io import atomic_path, atomic_write
 
 FIELDS = (

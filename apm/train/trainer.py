@@ -24,8 +24,8 @@ from apm.losses import LossOutput, build_loss
 from apm.nnet import ModelOutput, build_model
 from apm.train.batches import ChunkBatches, batches_per_epoch, plan_epoch, validation_batches
 from apm.train.data import Corpus
-from apm.train.dist import DistEnv, all_reduce_sum
 from apm.train.monitor import EpochMetrics, Monitor
+from apm.utils.dist import DistEnv, all_reduce_sum
 from apm.utils.errors import ApmError
 from apm.utils.io import atomic_write
 from apm.utils.log import progress
