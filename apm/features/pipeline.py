@@ -157,8 +157,9 @@ def run_job(job: Job) -> dict:
                 skipped.append(f"{cut.id} {why}")
                 continue
             f, v = fbank_and_vad(audio, cut.sampling_rate, extractor, job.config.vad, cut.id)
+            # lilcom rounds `f` in place: only its shape is used after this. The manifest
+            # names the archive's final name, not the writer's temporary one.
             key = writer.write(cut.id, f)
-            # The final name, not the writer's temporary one.
             manifest = features_manifest(cut, f, writer.name, str(archive), key)
             cuts.append(fastcopy(cut, features=manifest))
             vads[cut.id] = v
