@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Stage 2: fbank + Kaldi energy VAD of <manifests>/<set>/cuts.jsonl.gz into <out>/<set>/:
-# cuts.jsonl.gz (lhotse features), feats.scp and vad.scp (kaldiio). Resumable per job.
+# cuts.jsonl.gz with a lilcom-compressed lhotse store (storage/feats.*.lca), vad.scp
+# (kaldiio), and with --kaldi-copy true a Kaldi feats.scp. Resumable per job.
 set -euo pipefail
 help_message="Usage: $0 [options] <manifests> <out> <set> [<set>...]"
-nj=2                   # parallel jobs
-conf=conf/fbank.yaml   # feature config (fbank and VAD options)
-skip_bad=false         # skip (and count) unreadable audio instead of stopping
+nj=2                     # parallel jobs
+config=conf/fbank.yaml   # feature config (fbank and VAD options)
+skip_bad=false           # skip (and count) unreadable audio instead of stopping
+kaldi_copy=false         # also write feats.scp/ark (float32) for Kaldi tools
 
 # Physical path: steps/ is usually reached through the recipe's symlink.
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"
@@ -14,4 +16,5 @@ skip_bad=false         # skip (and count) unreadable audio instead of stopping
 if [ $# -lt 3 ]; then
   echo "$help_message" >&2; exit 1
 fi
-python -m apm.bin.make_fbank --nj "$nj" --conf "$conf" --skip-bad "$skip_bad" "$@"
+python -m apm.bin.make_fbank --nj "$nj" --config "$config" --skip-bad "$skip_bad" \
+  --kaldi-copy "$kaldi_copy" "$@"

@@ -1,4 +1,4 @@
-"""Stage 2: fbank frame convention, Kaldi compute-vad semantics, kaldiio export, resuming."""
+"""Stage 2: fbank frame convention, Kaldi compute-vad semantics, lilcom store, Kaldi copy, resuming."""
 
 import dataclasses
 
@@ -110,22 +110,24 @@ def manifests(tmp_path):
 
 
 def _outputs(set_dir):
-    names = ["cuts.jsonl.gz", "feats.scp", "vad.scp", "skipped"]
-    names += sorted(p.name for p in (set_dir / "jobs").iterdir())
+    """Every output file of the set (temporary files excluded), by relative path."""
     return {
-        n: (set_dir / n if (set_dir / n).exists() else set_dir / "jobs" / n).read_bytes()
-        for n in names
+        str(p.relative_to(set_dir)): p.read_bytes()
+        for p in sorted(set_dir.rglob("*"))
+        if p.is_file() and not p.name.endswith((".tmp", ".tmp.lca"))
     }
 
 
-def test_kaldiio_export_equals_lhotse_features(manifests, tmp_path):
+def test_kaldi_copy_equals_the_lilcom_store(manifests, tmp_path):
     cfg = dataclasses.replace(FeatureConfig(), cuts_per_job=4)
-    (summary,) = make_fbank(manifests, tmp_path / "fbank", ["train"], cfg, nj=2)
+    (summary,) = make_fbank(manifests, tmp_path / "fbank", ["train"], cfg, nj=2, kaldi_copy=True)
     d = tmp_path / "fbank/train"
     cuts, feats, vad = load_cuts(d), load_feats(d), load_vad(d)
     assert summary.cuts == len(cuts) == len(feats) == len(vad) == 6
     assert sorted(read_kv(d / "feats.scp")) == sorted(cuts.ids)
+    assert sorted(p.name for p in (d / "storage").iterdir()) == ["feats.1.lca", "feats.2.lca"]
     for cut in cuts:
+        assert cut.features.storage_type == "lilcom_chunky"
         f = cut.load_features()
         assert f.shape == (cut.num_frames, 40)
         np.testing.assert_array_equal(f, feats[cut.id])
@@ -134,23 +136,47 @@ def test_kaldiio_export_equals_lhotse_features(manifests, tmp_path):
     assert summary.frames == sum(c.num_frames for c in cuts)
 
 
+def test_kaldi_copy_is_optional_and_added_later_without_recomputing(manifests, tmp_path):
+    make_fbank(manifests, tmp_path / "fbank", ["train"], FeatureConfig())
+    d = tmp_path / "fbank/train"
+    assert not (d / "feats.scp").exists()
+    assert sorted(p.name for p in d.rglob("*.ark")) == ["vad.1.ark"], "only the VAD table"
+    with pytest.raises(ApmError, match="feats.scp: not found.*--kaldi-copy true"):
+        load_feats(d)
+    store = {p.name: p.stat().st_mtime_ns for p in (d / "storage").iterdir()}
+    before = _outputs(d)
+    assert (
+        make_fbank(manifests, tmp_path / "fbank", ["train"], FeatureConfig(), kaldi_copy=True) == []
+    )
+    assert {p.name: p.stat().st_mtime_ns for p in (d / "storage").iterdir()} == store
+    after = _outputs(d)
+    assert {k: v for k, v in after.items() if k in before} == before, "the store is untouched"
+    assert sorted(set(after) - set(before)) == ["feats.scp", "jobs/feats.1.ark", "jobs/feats.1.scp"]
+    feats = load_feats(d)
+    for cut in load_cuts(d):
+        np.testing.assert_array_equal(cut.load_features(), feats[cut.id])
+
+
 def test_rerun_resumes_only_unfinished_jobs(manifests, tmp_path):
     cfg = dataclasses.replace(FeatureConfig(), cuts_per_job=2)
     make_fbank(manifests, tmp_path / "fbank", ["train"], cfg)
     d = tmp_path / "fbank/train"
     before = _outputs(d)
     assert make_fbank(manifests, tmp_path / "fbank", ["train"], cfg) == [], "finished: skipped"
-    job1 = (d / "jobs/feats.1.ark").stat().st_mtime_ns
+    job1 = (d / "storage/feats.1.lca").stat().st_mtime_ns
     # As after a kill during job 2: its files half there, the set not finished.
     (d / ".done").unlink()
     (d / "jobs/cuts.2.jsonl.gz").unlink()
-    (d / "jobs/feats.2.ark").write_bytes(b"half")
-    (d / "jobs/.feats.3.ark.x.tmp").write_bytes(b"stale")
+    (d / "storage/feats.2.lca").write_bytes(b"half")
+    (d / "storage/.feats.3.tmp.lca").write_bytes(b"stale")
+    (d / "jobs/.vad.3.ark.x.tmp").write_bytes(b"stale")
     make_fbank(manifests, tmp_path / "fbank", ["train"], cfg)
-    assert (d / "jobs/feats.1.ark").stat().st_mtime_ns == job1, "job 1 was not redone"
+    assert (d / "storage/feats.1.lca").stat().st_mtime_ns == job1, "job 1 was not redone"
+    assert not list(d.rglob(".*.tmp*")), "stale temporary files removed"
     assert _outputs(d) == before
     make_fbank(manifests, tmp_path / "fbank", ["train"], dataclasses.replace(cfg, cuts_per_job=3))
     assert len(list((d / "jobs").glob("cuts.*"))) == 2, "a new config recomputes the set"
+    assert len(list((d / "storage").glob("*.lca"))) == 2, "and leaves no old archive"
 
 
 def test_unloadable_audio_in_stage_2_stops_or_is_skipped(manifests, tmp_path):
@@ -158,8 +184,8 @@ def test_unloadable_audio_in_stage_2_stops_or_is_skipped(manifests, tmp_path):
     (tmp_path / "olr" / "wav" / f"{wav[0]}.wav").unlink()
     with pytest.raises(ApmError, match=f"utterance {wav[0]} .*{wav[0]}.wav.*--skip-bad true"):
         make_fbank(manifests, tmp_path / "fbank", ["train"], FeatureConfig())
-    assert not (tmp_path / "fbank/train/feats.scp").exists()
-    assert not list((tmp_path / "fbank/train").rglob("*.npy")), "stored features removed"
+    assert not (tmp_path / "fbank/train/vad.scp").exists()
+    assert not list((tmp_path / "fbank/train").rglob("*.lca")), "no archive left behind"
     (summary,) = make_fbank(
         manifests, tmp_path / "fbank", ["train"], FeatureConfig(), skip_bad=True
     )
@@ -180,10 +206,11 @@ def test_paths_in_outputs_are_relative_to_the_recipe_directory(manifests, tmp_pa
     recipe = tmp_path / "recipe"
     recipe.mkdir()
     monkeypatch.chdir(recipe)
-    make_fbank(manifests, "data/fbank", ["train"], FeatureConfig())
+    make_fbank(manifests, "data/fbank", ["train"], FeatureConfig(), kaldi_copy=True)
     scp = (recipe / "data/fbank/train/feats.scp").read_text()
     assert scp.split()[1].startswith("data/fbank/train/jobs/feats.1.ark:"), scp
-    assert load_cuts("data/fbank/train")[0].features.storage_path == "data/fbank/train/storage"
+    storage = load_cuts("data/fbank/train")[0].features.storage_path
+    assert storage == "data/fbank/train/storage/feats.1.lca"
     moved = tmp_path / "elsewhere" / "recipe"
     moved.parent.mkdir()
     recipe.rename(moved)

@@ -94,7 +94,7 @@ def test_backend_train_set_without_trials_is_imported_embedded_and_trains_the_ba
     assert r.returncode == 0, r.stdout + r.stderr
     d = tmp_path / "d"
     for s in ("train", "test", "enroll"):
-        assert (d / "fbank" / s / "feats.scp").is_file(), s
+        assert (d / "fbank" / s / "cuts.jsonl.gz").is_file(), s
     assert not (d / "enroll/trials").exists()
 
     # Stage 5 embeds it too (the command is logged even though there is no model here).

@@ -56,7 +56,7 @@ def test_recipe_directory_moved_after_stage_3_runs_stages_4_to_7(repo_root, tmp_
     r = _run(recipe, olr, "--stop-stage", "3")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = recipe / "data"
-    generated = [data / "fbank/train/feats.scp", data / "fbank/test/vad.scp",
+    generated = [data / "fbank/train/vad.scp", data / "fbank/test/vad.scp",
                  data / "fbank/train/cuts.jsonl.gz", data / "ali/train/ali.scp"]  # fmt: skip
     for path in generated:
         assert str(tmp_path / "a") not in _text(path), f"{path} names the recipe absolutely"

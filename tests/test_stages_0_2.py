@@ -1,5 +1,6 @@
 """End to end: `egs/olr/run.sh --stage 0 --stop-stage 2 --olr-root DIR` on a tiny corpus:
-outputs, a rerun that skips, and a run killed in stage 2 that resumes to identical bytes.
+outputs, a rerun that skips, a run killed in stage 2 that resumes to identical bytes, and a
+Kaldi feats.scp copy added afterwards with --kaldi-copy true.
 
 The kill uses the stage-2 test hook APM_FBANK_CRASH_AFTER_JOBS=N: make_fbank SIGKILLs itself
 (its workers die with it) after N finished jobs, like a machine going down mid-stage.
@@ -12,7 +13,7 @@ import subprocess
 import pytest
 
 from apm.data.toy import make_toy_corpus
-from apm.features import load_cuts, load_feats, load_vad
+from apm.features import load_cuts, load_vad
 from apm.utils import num_frames, read_kv
 
 pytestmark = pytest.mark.slow
@@ -60,16 +61,14 @@ def test_stages_0_to_2_rerun_and_resume_after_kill(repo_root, tmp_path):
     for s in SETS:
         assert (data / s / "utt2lang").is_file()
         assert (data / "manifests" / s / "cuts.jsonl.gz").is_file()
-        cuts, feats, vad = (
-            load_cuts(data / "fbank" / s),
-            load_feats(data / "fbank" / s),
-            load_vad(data / "fbank" / s),
-        )
-        assert sorted(feats) == sorted(vad) == sorted(cuts.ids)
+        cuts, vad = load_cuts(data / "fbank" / s), load_vad(data / "fbank" / s)
+        assert sorted(vad) == sorted(cuts.ids)
+        assert not (data / "fbank" / s / "feats.scp").exists(), "no Kaldi copy by default"
         for cut in cuts:
             frames = num_frames(cut.num_samples, cut.sampling_rate)
-            assert feats[cut.id].shape == (frames, 40) and vad[cut.id].shape == (frames,)
-    train_ids = read_kv(data / "fbank/train/feats.scp")
+            assert cut.features.storage_type == "lilcom_chunky"
+            assert cut.load_features().shape == (frames, 40) and vad[cut.id].shape == (frames,)
+    train_ids = read_kv(data / "fbank/train/vad.scp")
     assert len(train_ids) == 36 and "train-spk0-zh-cn-001_sp0.9" in train_ids
     assert "test" in (data / "test/trials").read_text()
 
@@ -88,7 +87,7 @@ def test_stages_0_to_2_rerun_and_resume_after_kill(repo_root, tmp_path):
     assert r.returncode != 0 and "stage 2 (fbank) failed" in r.stderr, r.stdout + r.stderr
     finished = len(list((data / "fbank/train/jobs").glob("cuts.*.jsonl.gz")))
     assert 1 <= finished < 5, "killed with jobs left (at most --nj run at once)"
-    assert not (data / "fbank/train/feats.scp").exists(), "no merged output from a killed run"
+    assert not (data / "fbank/train/vad.scp").exists(), "no merged output from a killed run"
     r = _recipe(repo_root, tmp_path, "--stage", "0", "--stop-stage", "2")
     assert r.returncode == 0, r.stdout + r.stderr
     assert (
@@ -96,3 +95,11 @@ def test_stages_0_to_2_rerun_and_resume_after_kill(repo_root, tmp_path):
         and f"{finished} of 5 jobs already done" in r.stdout
     )
     assert _snapshot(data / "fbank") == snapshot
+
+    # A Kaldi user asks for the copy afterwards: stage 2 reruns (its command changed) and
+    # only writes feats.scp from the store; the store's bytes stay as they were.
+    r = _recipe(repo_root, tmp_path, "--stage", "2", "--stop-stage", "2", "--kaldi-copy", "true")
+    assert r.returncode == 0 and "writing their Kaldi copy" in r.stdout, r.stdout + r.stderr
+    after = _snapshot(data / "fbank")
+    assert {k: v for k, v in after.items() if k in snapshot} == snapshot
+    assert read_kv(data / "fbank/train/feats.scp").keys() == train_ids.keys()

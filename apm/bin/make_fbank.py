@@ -1,4 +1,5 @@
-"""Stage 2: fbank + energy VAD of every cut, lhotse storage plus Kaldi feats.scp/vad.scp."""
+"""Stage 2: fbank + energy VAD of every cut: a lilcom-compressed lhotse store plus Kaldi
+vad.scp, and with --kaldi-copy true a Kaldi feats.scp copy of the features."""
 
 import argparse
 
@@ -10,8 +11,13 @@ from apm.features.pipeline import make_fbank
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make_fbank", description=__doc__)
     p.add_argument("--nj", type=int, default=1, help="parallel jobs")
-    p.add_argument("--conf", default=None, help="feature config YAML (conf/fbank.yaml)")
+    p.add_argument("--config", default=None, help="feature config YAML (conf/fbank.yaml)")
     p.add_argument("--skip-bad", type=str2bool, default=False, help="skip and count bad audio")
+    p.add_argument(
+        "--kaldi-copy", type=str2bool, default=False,
+        help="also write feats.scp/ark (float32, for Kaldi tools); added to a finished set "
+        "without recomputing",
+    )  # fmt: skip
     p.add_argument("manifests", help="directory with <set>/cuts.jsonl.gz (stage 1)")
     p.add_argument("out", help="output: <out>/<set>/")
     p.add_argument("sets", nargs="+")
@@ -23,9 +29,10 @@ def run(args: argparse.Namespace) -> None:
         args.manifests,
         args.out,
         args.sets,
-        load_config(args.conf),
+        load_config(args.config),
         nj=args.nj,
         skip_bad=args.skip_bad,
+        kaldi_copy=args.kaldi_copy,
     )
 
 

@@ -1,15 +1,23 @@
 """Stage 2: fbank + VAD for every cut of a set, in resumable jobs.
 
 Layout of `<out>/<set>/`:
-  cuts.jsonl.gz        the cuts with lhotse features (numpy files under storage/)
-  feats.scp, vad.scp   Kaldi copies (float32 frames x bins, float32 0/1 per frame)
-  jobs/                per job j: feats.j.ark/scp, vad.j.ark/scp, cuts.j.jsonl.gz, stats.j.json
+  cuts.jsonl.gz        the cuts with lhotse features in the lilcom store below
+  storage/feats.j.lca  per job j: lhotse `LilcomChunkyWriter` archive (lilcom-compressed
+                       fbank, random access per cut and frame range), the one feature copy
+  vad.scp              Kaldi table (float32 0/1 per frame)
+  feats.scp            only with `kaldi_copy`: Kaldi table of the store's decoded fbank
+  jobs/                per job j: vad.j.ark/scp, cuts.j.jsonl.gz, stats.j.json (+ feats.j.ark/scp)
   skipped              `<utt> <reason>` of bad utterances left out (--skip-bad true)
 
 The cuts are cut into fixed-size jobs (`cuts_per_job`, independent of --nj, so any rerun
 splits alike). A job's files are written under temporary names and renamed, its cuts file
 last: a job whose cuts file exists is finished and is not redone. A killed run, rerun,
 therefore gives the same bytes as an uninterrupted one.
+
+lilcom is lossy: values are rounded to multiples of 2^-5 (`TICK_POWER`), so a decoded log mel
+energy is within 2^-6 of the float32 fbank (measured: local/bench_feature_store.py). The
+Kaldi copy is written from the store, so it equals what `cut.load_features()` gives; it can
+be added to a finished set later (rerun with --kaldi-copy true: no fbank is recomputed).
 
 Paths inside feats.scp, vad.scp and the cuts' feature storage are relative to the current
 directory (the recipe directory: run.sh runs every stage there) when `<out>` lies under it,
@@ -18,6 +26,7 @@ absolute otherwise (`apm.data.kaldi_dir.portable_path`); readers open them from 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import gzip
 import hashlib
@@ -27,6 +36,7 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +45,7 @@ import numpy as np
 import torch
 from kaldiio.matio import write_array
 from lhotse import CutSet
-from lhotse.features.io import NumpyFilesWriter
+from lhotse.features.io import LilcomChunkyWriter
 from lhotse.utils import fastcopy
 
 from apm.data.kaldi_dir import portable_path
@@ -49,6 +59,8 @@ log = logging.getLogger(__name__)
 CRASH_ENV = "APM_FBANK_CRASH_AFTER_JOBS"  # test hook: SIGKILL stage 2 after N finished jobs
 DONE = ".done"
 CONFIG = ".config"
+STORAGE = "storage"
+TICK_POWER = -5  # lilcom rounds to multiples of 2^TICK_POWER (lhotse's default precision)
 
 
 @dataclass(frozen=True)
@@ -117,30 +129,40 @@ def _load_audio(cut, skip_bad: bool) -> tuple[np.ndarray | None, str]:
         return None, what
 
 
+@contextlib.contextmanager
+def _lilcom_archive(path: Path) -> Iterator[LilcomChunkyWriter]:
+    """lhotse's LilcomChunkyWriter onto `path` (`*.lca`), atomically: it writes
+    `.<stem>.tmp.lca` (the writer insists on the suffix), renamed onto `path` on success."""
+    tmp = path.with_name(f".{path.stem}.tmp.lca")
+    try:
+        with LilcomChunkyWriter(tmp, tick_power=TICK_POWER) as writer:
+            yield writer
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def run_job(job: Job) -> dict:
     """Features of one job's cuts; returns its stats (also written to jobs/stats.j.json).
-    On error the feature files it stored are removed again."""
+    On error its archive is not left behind."""
     set_dir, j = Path(job.set_dir), job.index
     jobs = set_dir / "jobs"
     extractor = make_extractor(job.config)
-    writer = NumpyFilesWriter(set_dir / "storage")
-    feats, vads, cuts, skipped = {}, {}, [], []
-    try:
+    archive = set_dir / STORAGE / f"feats.{j}.lca"
+    vads, cuts, skipped = {}, [], []
+    with _lilcom_archive(archive) as writer:
         for cut in job.cuts:
             audio, why = _load_audio(cut, job.skip_bad)
             if audio is None:
                 skipped.append(f"{cut.id} {why}")
                 continue
             f, v = fbank_and_vad(audio, cut.sampling_rate, extractor, job.config.vad, cut.id)
+            # lilcom rounds `f` in place: only its shape is used after this. The manifest
+            # names the archive's final name, not the writer's temporary one.
             key = writer.write(cut.id, f)
-            manifest = features_manifest(cut, f, writer.name, str(writer.storage_path), key)
+            manifest = features_manifest(cut, f, writer.name, str(archive), key)
             cuts.append(fastcopy(cut, features=manifest))
-            feats[cut.id], vads[cut.id] = f, v
-    except BaseException:
-        for cut in cuts:
-            Path(cut.features.storage_path, cut.features.storage_key).unlink(missing_ok=True)
-        raise
-    _write_ark(jobs / f"feats.{j}.ark", feats)
+            vads[cut.id] = v
     _write_ark(jobs / f"vad.{j}.ark", vads)
     stats = {
         "cuts": len(cuts),
@@ -157,6 +179,9 @@ def run_job(job: Job) -> dict:
 
 def _signature(cuts_path: Path, cfg: FeatureConfig) -> str:
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
+    # The storage format too: a set written in another layout (before the lilcom store:
+    # numpy files + a Kaldi copy) is recomputed, not taken as finished.
+    h.update(f"{LilcomChunkyWriter.name} {TICK_POWER}".encode())
     h.update(cuts_path.read_bytes())
     return h.hexdigest()
 
@@ -166,13 +191,15 @@ def _prepare(set_dir: Path, signature: str) -> bool:
     work done for the same inputs and config (anything else is removed)."""
     config = set_dir / CONFIG
     if config.is_file() and config.read_text().strip() == signature:
-        for stale in (set_dir / "jobs").glob(".*.tmp"):  # left by a killed run
-            stale.unlink()
+        stale = [*(set_dir / "jobs").glob(".*.tmp"), *(set_dir / STORAGE).glob(".*.tmp.lca")]
+        for path in stale:  # left by a killed run
+            path.unlink()
         return (set_dir / DONE).is_file()
     if set_dir.exists():
         log.info("%s: inputs or config changed, recomputing the set", set_dir)
         shutil.rmtree(set_dir)
     (set_dir / "jobs").mkdir(parents=True)
+    (set_dir / STORAGE).mkdir()
     with atomic_write(config) as f:
         f.write(signature + "\n")
     return False
@@ -206,15 +233,18 @@ def _run_jobs(todo: list[Job], nj: int, total: int, done: int) -> None:
                     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _concat_scp(set_dir: Path, stem: str, n_jobs: int) -> None:
+    """`<stem>.scp` of the set: the jobs' `jobs/<stem>.j.scp` in job order."""
+    with atomic_write(set_dir / f"{stem}.scp", encoding="utf-8") as f:
+        for j in range(1, n_jobs + 1):
+            f.write((set_dir / "jobs" / f"{stem}.{j}.scp").read_text(encoding="utf-8"))
+
+
 def _merge(set_dir: Path, n_jobs: int) -> dict:
-    """Join the jobs' scp, cuts and stats into the set's files; return the summed stats."""
+    """Join the jobs' vad scp, cuts and stats into the set's files; return the summed stats."""
     jobs = set_dir / "jobs"
     totals = {"cuts": 0, "seconds": 0.0, "frames": 0, "speech_frames": 0, "skipped": []}
-    for name in ("feats.scp", "vad.scp"):
-        stem = name.split(".")[0]
-        with atomic_write(set_dir / name, encoding="utf-8") as f:
-            for j in range(1, n_jobs + 1):
-                f.write((jobs / f"{stem}.{j}.scp").read_text(encoding="utf-8"))
+    _concat_scp(set_dir, "vad", n_jobs)
     with atomic_path(set_dir / "cuts.jsonl.gz") as tmp:
         with (
             open(tmp, "wb") as raw,
@@ -232,20 +262,40 @@ def _merge(set_dir: Path, n_jobs: int) -> dict:
     return totals
 
 
+def write_kaldi_copy(set_dir: Path, n_jobs: int) -> None:
+    """feats.scp (+ jobs/feats.j.ark/scp): the store's decoded fbank as a Kaldi table, per
+    job (a job whose ark exists is done; its scp is renamed before it), feats.scp last."""
+    jobs = set_dir / "jobs"
+    for j in range(1, n_jobs + 1):
+        ark = jobs / f"feats.{j}.ark"
+        if not ark.is_file():
+            cuts = CutSet.from_file(jobs / f"cuts.{j}.jsonl.gz")
+            _write_ark(ark, {cut.id: cut.load_features() for cut in cuts})
+    _concat_scp(set_dir, "feats", n_jobs)
+
+
 def make_set_fbank(
-    cuts_path: Path, set_dir: Path, cfg: FeatureConfig, nj: int, skip_bad: bool
-) -> FbankSummary | None:
-    """Stage 2 for one set; None when it was already finished for these inputs and config."""
+    cuts_path: Path, set_dir: Path, cfg: FeatureConfig, nj: int, skip_bad: bool,
+    kaldi_copy: bool = False,
+) -> FbankSummary | None:  # fmt: skip
+    """Stage 2 for one set; None when it was already finished for these inputs and config
+    (then only a missing Kaldi copy that `kaldi_copy` asks for is written)."""
     if not cuts_path.is_file():
         raise ApmError(f"{cuts_path}: not found; run stage 1 (manifests) first")
+    # Relative to the recipe directory when under it: paths written inside files use it.
+    where = Path(portable_path(set_dir))
     if _prepare(set_dir, _signature(cuts_path, cfg)):
-        log.info("%s: features up to date, skipping", set_dir)
+        if kaldi_copy and not (set_dir / "feats.scp").is_file():
+            log.info("%s: features up to date; writing their Kaldi copy (feats.scp)", set_dir)
+            write_kaldi_copy(where, len(list((set_dir / "jobs").glob("cuts.*.jsonl.gz"))))
+        else:
+            log.info("%s: features up to date, skipping", set_dir)
         return None
     start = time.time()
     cuts = list(CutSet.from_file(cuts_path))
     size = cfg.cuts_per_job
     jobs = [
-        Job(i + 1, cuts[k : k + size], portable_path(set_dir), cfg, skip_bad)
+        Job(i + 1, cuts[k : k + size], str(where), cfg, skip_bad)
         for i, k in enumerate(range(0, len(cuts), size))
     ]
     todo = [job for job in jobs if not (set_dir / "jobs" / f"cuts.{job.index}.jsonl.gz").is_file()]
@@ -260,6 +310,8 @@ def make_set_fbank(
             f"{set_dir}: every utterance was skipped (see {set_dir / 'skipped'}); a set "
             "without features cannot go on, even with --skip-bad true"
         )
+    if kaldi_copy:
+        write_kaldi_copy(where, len(jobs))
     with atomic_write(set_dir / DONE) as f:
         f.write("\n")
     return FbankSummary(
@@ -281,13 +333,20 @@ def make_fbank(
     *,
     nj: int = 1,
     skip_bad: bool = False,
+    kaldi_copy: bool = False,
 ) -> list[FbankSummary]:
-    """Stage 2: `<manifests>/<set>/cuts.jsonl.gz` -> `<out>/<set>/` for each set."""
+    """Stage 2: `<manifests>/<set>/cuts.jsonl.gz` -> `<out>/<set>/` for each set; with
+    `kaldi_copy` also a Kaldi feats.scp of each set's features."""
     check_nj(nj)
     summaries = []
     for name in sets:
         summary = make_set_fbank(
-            Path(manifests) / name / "cuts.jsonl.gz", Path(out) / name, cfg, nj, skip_bad
+            Path(manifests) / name / "cuts.jsonl.gz",
+            Path(out) / name,
+            cfg,
+            nj,
+            skip_bad,
+            kaldi_copy,
         )
         if summary is not None:
             log.info("%s", summary.line())

@@ -4,7 +4,7 @@ The one place where training, extraction, inference tools and reports read featu
 alignments and phone tables, and where frames are selected and mean-normalised:
 
     cuts = load_cuts("data/fbank/train")          # lhotse CutSet; cut.load_features()
-    feats = load_feats("data/fbank/train")        # {utt: float32 [frames, bins]}, lazy (Kaldi copy)
+    feats = load_feats("data/fbank/train")        # lazy {utt: [frames, bins]}, --kaldi-copy true
     vad = read_scp(Path("data/fbank/train/vad.scp"), "VAD (vad.scp)")  # lazy {utt: [frames]}
 
 Features are raw log mel energies (Kaldi scale, no CMN): `select_and_normalize` prepares them
@@ -89,8 +89,16 @@ def sorted_cuts(fbank_dir: str | os.PathLike) -> list:
 
 
 def load_feats(fbank_dir: str | os.PathLike) -> Mapping[str, np.ndarray]:
-    """feats.scp as a lazy {utt: float32 [frames, bins]} mapping (kaldiio)."""
-    return kaldiio.load_scp(str(_need(Path(fbank_dir) / "feats.scp")))
+    """The Kaldi copy, feats.scp, as a lazy {utt: float32 [frames, bins]} mapping (kaldiio).
+    Stage 2 writes it only with --kaldi-copy true; our own readers use the cuts' store."""
+    scp = Path(fbank_dir) / "feats.scp"
+    if not scp.is_file() and (Path(fbank_dir) / CUTS).is_file():
+        raise ApmError(
+            f"{scp}: not found: stage 2 wrote the features only to the lilcom store "
+            f"({Path(fbank_dir) / CUTS}, read with load_cuts and cut.load_features()); for a "
+            "Kaldi copy rerun stage 2 with --kaldi-copy true (no fbank is recomputed)"
+        )
+    return kaldiio.load_scp(str(_need(scp)))
 
 
 def load_vad(fbank_dir: str | os.PathLike) -> dict[str, np.ndarray]:

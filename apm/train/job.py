@@ -61,7 +61,11 @@ def input_signature(fbank_dir: Path, ali_dir: Path | None) -> str:
     A rerun of stage 4 after stage 2 or 3 produced other data must retrain, not resume.
     """
     h = hashlib.sha256()
-    files = [fbank_dir / "cuts.jsonl.gz", fbank_dir / "feats.scp", fbank_dir / "vad.scp"]
+    files = [
+        fbank_dir / "cuts.jsonl.gz",
+        *sorted((fbank_dir / "storage").rglob("*")),  # the feature store the cuts name
+        fbank_dir / "vad.scp",
+    ]
     if ali_dir is not None:
         files += [ali_dir / "ali.scp", ali_dir / "phones.txt"]
     for path in files:

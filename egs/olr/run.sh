@@ -20,7 +20,7 @@ help_message="Usage: ./run.sh [options]
 Stages (default: all, 0..7):
   0  corpus: synthesize mini-OLR (default) or import a real OLR release (--olr-root DIR)
   1  lhotse manifests: import + validate the Kaldi data dirs, optional speed perturbation
-  2  features: fbank + energy VAD (lhotse storage, Kaldi feats.scp/vad.scp via kaldiio)
+  2  features: fbank + energy VAD (lilcom lhotse store, Kaldi vad.scp; feats.scp with --kaldi-copy)
   3  virtual phoneme alignment of the training set (PocketSphinx all-phone by default)
   4  multi-task x-vector training, one run per system (conf/<system>.yaml)
   5  embedding extraction for the training and test sets
@@ -47,6 +47,7 @@ dev_sets=auto               # dev sets (with trials) for choices such as margins
                             # dev_full dev_short, none with --olr-root
 speed_perturb=false         # add 0.9/1.1 speed-perturbed copies of the training set
 fbank_conf=conf/fbank.yaml  # feature configuration
+kaldi_copy=false            # stage 2: also write a Kaldi feats.scp/ark copy of the features (float32)
 ali_from=pocketsphinx       # virtual phone labels: pocketsphinx, oracle or kaldi:DIR
 ali_dir=                    # stage 3 output and stage 4 input (default: <data>/ali/<train-set>)
 align_conf=conf/align.yaml  # aligner configuration
@@ -122,7 +123,7 @@ for set in $sets; do watch_sets+=(--watch "$data/$set"); done
 run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
   --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
 
-run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --conf "$fbank_conf" --skip-bad "$skip_bad" \
+run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --config "$fbank_conf" --skip-bad "$skip_bad" --kaldi-copy "$kaldi_copy" \
   "$data/manifests" "$data/fbank" $sets
 
 watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3

@@ -1,0 +1,89 @@
+"""Stage 2's lilcom feature store: decoded features within lilcom's rounding of the float32
+fbank, random access to frame ranges, and read by training and extraction as they are."""
+
+import numpy as np
+import pytest
+
+from apm.data.manifests import make_manifests
+from apm.data.olr import import_olr
+from apm.data.toy import make_toy_corpus
+from apm.features.fbank import FeatureConfig, fbank_and_vad, make_extractor
+from apm.features.pipeline import TICK_POWER, make_fbank
+from apm.features.readers import (
+    load_cut_features,
+    load_cuts,
+    prepare_frames,
+    read_scp,
+    select_and_normalize,
+)
+from apm.train.data import load_corpus
+from apm.train.job import input_signature
+
+# lilcom stores multiples of 2^TICK_POWER: a decoded value is at most half a tick away.
+HALF_TICK = 2.0 ** (TICK_POWER - 1)
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("store")
+    make_toy_corpus(root / "olr", {"train": 1}, seconds=(4.0, 6.0))
+    import_olr(root / "olr", root / "data", ["train"])
+    make_manifests(root / "data", root / "manifests", ["train"])
+    make_fbank(root / "manifests", root / "fbank", ["train"], FeatureConfig())
+    return root / "fbank/train"
+
+
+def test_decoded_features_are_within_half_a_tick_of_the_float32_fbank(store):
+    cfg = FeatureConfig()
+    extractor = make_extractor(cfg)
+    errors = []
+    for cut in load_cuts(store):
+        exact, _ = fbank_and_vad(cut.load_audio()[0], cut.sampling_rate, extractor, cfg.vad, cut.id)
+        stored = cut.load_features()
+        assert stored.dtype == np.float32 and stored.shape == exact.shape
+        errors.append(np.abs(stored - exact).ravel())
+    errors = np.concatenate(errors)
+    # float32 rounding of the tick multiples adds a few ulps of values up to ~30
+    assert errors.max() <= HALF_TICK + 1e-5, errors.max()
+    assert errors.max() > 0, "lilcom is lossy: an exact copy means the store is not lilcom"
+    # rounding error spreads evenly over (-half tick, half tick): mean |error| ~ half of it
+    assert 0.3 * HALF_TICK < errors.mean() < 0.7 * HALF_TICK, errors.mean()
+
+
+def test_random_access_reads_a_frame_range_as_the_whole_matrix_has_it(store):
+    cut = max(load_cuts(store), key=lambda c: c.duration)
+    whole = cut.load_features()
+    assert len(whole) > 500, "longer than lhotse's lilcom chunk, so the range spans chunks"
+    part = cut.truncate(offset=2.5, duration=1.5).load_features()
+    np.testing.assert_array_equal(part, whole[250:400])
+
+
+def test_training_and_extraction_read_the_store(store):
+    cuts = load_cuts(store)
+    vad = read_scp(store / "vad.scp", "vad")
+    corpus = load_corpus(store, None, cmn="utterance", min_utt_frames=1)
+    assert sorted(corpus.ids) == sorted(cuts.ids)
+    for i, utt in enumerate(corpus.ids):
+        feats = load_cut_features(cuts[utt])
+        keep = np.asarray(vad[utt]) > 0.5
+        expected = select_and_normalize(feats, keep, "utterance")
+        np.testing.assert_array_equal(
+            corpus.feats[corpus.offsets[i] : corpus.offsets[i + 1]], expected
+        )
+        frames, fell_back = prepare_frames(cuts[utt], vad, "utterance", 1)
+        assert not fell_back
+        np.testing.assert_array_equal(frames, expected)
+
+
+def test_training_inputs_include_the_store(store):
+    before = input_signature(store, None)
+    archive = store / "storage/feats.1.lca"
+    original = archive.read_bytes()
+    try:
+        data = bytearray(original)
+        data[-1] ^= 1  # other feature values of the same size: the cuts file does not change
+        archive.write_bytes(bytes(data))
+        assert input_signature(store, None) != before
+    finally:
+        archive.write_bytes(original)
+    assert input_signature(store, None) == before
