@@ -264,7 +264,7 @@ def test_recipe_conf_is_valid(repo_root):
 def test_score_step_script(tmp_path, repo_root, shell_env):
     make_system(tmp_path)
     r = subprocess.run(
-        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+        [str(repo_root / "steps/score.sh"), "--config", str(repo_root / "egs/olr/conf/backend.yaml"),
          "--data", "data", "--train-set", "train", "exp/sys", "task_full", "task_open"],
         cwd=tmp_path, env=shell_env, capture_output=True, text=True,
     )  # fmt: skip
@@ -272,7 +272,7 @@ def test_score_step_script(tmp_path, repo_root, shell_env):
     assert (tmp_path / "exp/sys/scores/task_open.classifier.score").is_file()
     assert (tmp_path / "exp/sys/log/score.log").is_file()
     r = subprocess.run(
-        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+        [str(repo_root / "steps/score.sh"), "--config", str(repo_root / "egs/olr/conf/backend.yaml"),
          "exp/sys", "task_nope"],
         cwd=tmp_path, env=shell_env, capture_output=True, text=True,
     )  # fmt: skip
@@ -284,7 +284,7 @@ def test_backend_train_set_option(tmp_path, repo_root, shell_env):
     the scores equal score_system's with that set as the training set."""
     system = make_system(tmp_path)
     r = subprocess.run(
-        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+        [str(repo_root / "steps/score.sh"), "--config", str(repo_root / "egs/olr/conf/backend.yaml"),
          "--train-set", "train", "--backend-train-set", "task_full", "exp/sys", "task_open"],
         cwd=tmp_path, env=shell_env, capture_output=True, text=True,
     )  # fmt: skip
