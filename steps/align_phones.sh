@@ -6,10 +6,10 @@ help_message="Usage: steps/align_phones.sh [options] <fbank-dir> <ali-dir>
 Writes <ali-dir>/ali.{ark,scp} (int32 phone id per 10 ms feature frame, keyed by cut id),
 phones.txt (SIL = 0) and report.{json,md} (per-language phone statistics; agreement with
 the oracle alignment when --oracle-dir exists). Decoding jobs resume after a kill.
-e.g.: steps/align_phones.sh --nj 2 --conf conf/align.yaml data/fbank/train data/ali/train"
+e.g.: steps/align_phones.sh --nj 2 --config conf/align.yaml data/fbank/train data/ali/train"
 
 nj=2                   # parallel decoding jobs
-conf=                  # align YAML (PocketSphinx settings, silence rules); empty: defaults
+config=                # align YAML (PocketSphinx settings, silence rules); empty: defaults
 ali_from=pocketsphinx  # pocketsphinx, oracle (the --oracle-dir labels) or kaldi:DIR
 oracle_dir=            # oracle ali.scp + phones.txt; compared against in the report if present
 skip_bad=false         # leave out (and count) utterances that cannot be aligned
@@ -23,5 +23,5 @@ if [ $# -ne 2 ]; then
   exit 1
 fi
 
-python -m apm.bin.align_phones --nj "$nj" ${conf:+--conf "$conf"} --ali-from "$ali_from" \
+python -m apm.bin.align_phones --nj "$nj" ${config:+--config "$config"} --ali-from "$ali_from" \
   ${oracle_dir:+--oracle-dir "$oracle_dir"} --skip-bad "$skip_bad" "$1" "$2"

@@ -3,13 +3,13 @@
 set -euo pipefail
 
 help_message="Usage: $0 [options] <exp/system> <task> [<task> ...]
-Trains the back-ends of --conf on the x-vectors of --backend-train-set (default: --train-set;
+Trains the back-ends of --config on the x-vectors of --backend-train-set (default: --train-set;
 the AP20 baseline trains LDA/LR on the enrollment set) and writes, per task,
 <exp/system>/scores/<task>.score (primary back-end, OLR matrix format) and
 <task>.<backend>.score for the other back-ends listed in the configuration.
-Example: $0 --conf conf/backend.yaml --data data --train-set train exp/apm_am task_full task_short"
+Example: $0 --config conf/backend.yaml --data data --train-set train exp/apm_am task_full task_short"
 
-conf=conf/backend.yaml  # back-end configuration (YAML)
+config=conf/backend.yaml  # back-end configuration (YAML)
 data=data               # directory holding the Kaldi data dirs
 train_set=train         # the system's training set
 backend_train_set=      # set whose x-vectors train the back-end (empty: --train-set; AP20: enroll)
@@ -25,6 +25,6 @@ fi
 system_dir=$1
 shift
 
-python -m apm.bin.score --conf "$conf" --data "$data" --train-set "$train_set" \
+python -m apm.bin.score --config "$config" --data "$data" --train-set "$train_set" \
   --backend-train-set "$backend_train_set" --skip-bad "$skip_bad" \
   --log-file "$system_dir/log/score.log" "$system_dir" "$@"

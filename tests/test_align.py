@@ -12,7 +12,7 @@ import pytest
 import soundfile as sf
 from scipy.signal import lfilter
 
-from apm.align.arkio import read_labels, write_ark_scp
+from apm.align.arkio import read_labels, write_labels
 from apm.align.config import AlignConfig, load_align_config
 from apm.align.decode import JobSummary, align_cut, split
 from apm.align.labels import segments_to_frames, warp_labels
@@ -147,27 +147,13 @@ def test_segments_warp_and_perturbed_ids():
         warp_labels(orig, 1.1, 100, "x_sp1.1")
 
 
-def test_ark_round_trip(tmp_path):
-    items = {"b": np.array([0, 1, 2], np.int32), "a": np.arange(500, dtype=np.int32) % 40}
-    assert write_ark_scp(sorted(items.items()), tmp_path / "x.ark", tmp_path / "x.scp") == 2
+def test_labels_are_written_as_int32(tmp_path):
+    items = {"b": np.array([0, 1, 2], np.int64), "a": np.arange(500) % 40}
+    assert write_labels(sorted(items.items()), tmp_path / "x.ark", tmp_path / "x.scp") == 2
     back = read_labels(tmp_path / "x.scp")
     assert sorted(back) == ["a", "b"]
     for k, v in items.items():
         assert back[k].dtype == np.int32 and np.array_equal(back[k], v)
-    assert not list(tmp_path.glob(".*.tmp"))
-
-
-def test_ark_scp_names_the_ark_portably(tmp_path, monkeypatch):
-    """Relative to the current (recipe) directory when under it, else absolute."""
-    items = [("a", np.arange(3, dtype=np.int32))]
-    root = tmp_path.resolve()
-    (root / "recipe/ali").mkdir(parents=True)
-    monkeypatch.chdir(root / "recipe")
-    write_ark_scp(items, root / "recipe/ali/x.ark", "ali/x.scp")
-    assert (root / "recipe/ali/x.scp").read_text() == "a ali/x.ark:2\n"
-    assert np.array_equal(read_labels("ali/x.scp")["a"], [0, 1, 2])
-    write_ark_scp(items, root / "y.ark", root / "y.scp")
-    assert (root / "y.scp").read_text() == f"a {root / 'y.ark'}:2\n"
 
 
 def test_split_is_contiguous_and_complete():
@@ -271,7 +257,7 @@ def oracle_dir(tmp_path, cuts, name="oracle"):
         if perturbed_source(cut_id) is None:
             n = num_frames(cut.num_samples, SR)
             items.append((cut_id, (np.arange(n) // 7 % 4).astype(np.int32)))
-    write_ark_scp(items, d / "ali.ark", d / "ali.scp")
+    write_labels(items, d / "ali.ark", d / "ali.scp")
     (d / "phones.txt").write_text("SIL 0\na 1\ni 2\nu 3\n")
     return d
 
@@ -335,7 +321,7 @@ def kaldi_dir(tmp_path, cuts, shorten: int = 0, drop: str | None = None):
         for cid, c in sorted(cuts.items())
         if cid != drop
     ]
-    write_ark_scp(items, d / "ali.ark", d / "ali.scp")
+    write_labels(items, d / "ali.ark", d / "ali.scp")
     return d
 
 
@@ -374,7 +360,7 @@ def test_step_script_runs_oracle_and_reports_errors(speech_dir, tmp_path, repo_r
     odir = oracle_dir(tmp_path, cuts)
     step = str(repo_root / "steps/align_phones.sh")
     ok = subprocess.run(
-        [step, "--nj", "2", "--conf", str(repo_root / "egs/olr/conf/align.yaml"),
+        [step, "--nj", "2", "--config", str(repo_root / "egs/olr/conf/align.yaml"),
          "--ali-from", "oracle", "--oracle-dir", str(odir), str(src), str(tmp_path / "ali")],
         env=shell_env, capture_output=True, text=True,
     )  # fmt: skip

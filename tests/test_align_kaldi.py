@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from test_align import make_cuts, speech_like
 
-from apm.align.arkio import read_labels, write_ark_scp
+from apm.align.arkio import read_labels, write_labels
 from apm.align.config import AlignConfig, load_align_config
 from apm.align.kaldi import snipped_num_frames, unsnip_labels
 from apm.align.pipeline import align_phones
@@ -48,7 +48,7 @@ def kaldi_snipped_dir(tmp_path, cuts):
     for cid, cut in sorted(cuts.items()):
         m = snipped_num_frames(round(cut.duration * 16000))
         items.append((cid, (1 + np.arange(m) // 5 % 4).astype(np.int32)))
-    write_ark_scp(items, d / "ali.ark", d / "ali.scp")
+    write_labels(items, d / "ali.ark", d / "ali.scp")
     return d
 
 

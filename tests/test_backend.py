@@ -83,6 +83,36 @@ def test_all_backends_write_olr_matrices(tmp_path):
     assert load_backend_config(system / "scores" / "backend.yaml") == conf
 
 
+def test_backend_registry_adds_a_backend_with_one_class_and_one_line(tmp_path, monkeypatch):
+    """A registered back-end is accepted by the config and scored by stage 6 like the
+    shipped ones, on the input it names."""
+    from apm.backend.models import BACKENDS
+
+    class Nearest:
+        """Minus the Euclidean distance to each language's mean processed x-vector."""
+
+        name, input = "nearest", "xvector"
+
+        @classmethod
+        def from_config(cls, conf):
+            return cls()
+
+        def fit(self, z, labels):
+            self.means = np.stack([z[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
+            return self
+
+        def __call__(self, z):
+            return -np.linalg.norm(z[:, None, :] - self.means[None], axis=2)
+
+    monkeypatch.setitem(BACKENDS, "nearest", Nearest)
+    (tmp_path / "b.yaml").write_text("primary: nearest\nbackends: [nearest, classifier]\n")
+    conf = load_backend_config(tmp_path / "b.yaml")
+    system = make_system(tmp_path)
+    written = score_system(system, tmp_path / "data", "train", ["task_full"], conf)
+    assert sorted(p.name for p in written) == ["task_full.classifier.score", "task_full.score"]
+    assert _cavg(tmp_path, "task_full", "task_full.score") < 0.2
+
+
 def test_lda_dimension_capped_by_languages():
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(60, 20)), np.repeat([0, 1, 2], 20)
@@ -214,7 +244,7 @@ def test_logits_size_mismatch(tmp_path):
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("backends: [lr, plda]\n", "unknown back-end"),
+        ("backends: [lr, plda]\n", "unknown back-end.*choose from lr, cosine, classifier"),
         ("primary: cosine\nbackends: [lr]\n", "primary 'cosine' must be one of"),
         ("lda_dim: many\n", "'lda_dim' is 'many'; it must be an integer"),
         ("lr_cc: 1\n", r"unknown keys \[.lr_cc.\]"),
@@ -234,7 +264,7 @@ def test_recipe_conf_is_valid(repo_root):
 def test_score_step_script(tmp_path, repo_root, shell_env):
     make_system(tmp_path)
     r = subprocess.run(
-        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+        [str(repo_root / "steps/score.sh"), "--config", str(repo_root / "egs/olr/conf/backend.yaml"),
          "--data", "data", "--train-set", "train", "exp/sys", "task_full", "task_open"],
         cwd=tmp_path, env=shell_env, capture_output=True, text=True,
     )  # fmt: skip
@@ -242,7 +272,7 @@ def test_score_step_script(tmp_path, repo_root, shell_env):
     assert (tmp_path / "exp/sys/scores/task_open.classifier.score").is_file()
     assert (tmp_path / "exp/sys/log/score.log").is_file()
     r = subprocess.run(
-        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+        [str(repo_root / "steps/score.sh"), "--config", str(repo_root / "egs/olr/conf/backend.yaml"),
          "exp/sys", "task_nope"],
         cwd=tmp_path, env=shell_env, capture_output=True, text=True,
     )  # fmt: skip
@@ -254,7 +284,7 @@ def test_backend_train_set_option(tmp_path, repo_root, shell_env):
     the scores equal score_system's with that set as the training set."""
     system = make_system(tmp_path)
     r = subprocess.run(
-        [str(repo_root / "steps/score.sh"), "--conf", str(repo_root / "egs/olr/conf/backend.yaml"),
+        [str(repo_root / "steps/score.sh"), "--config", str(repo_root / "egs/olr/conf/backend.yaml"),
          "--train-set", "train", "--backend-train-set", "task_full", "exp/sys", "task_open"],
         cwd=tmp_path, env=shell_env, capture_output=True, text=True,
     )  # fmt: skip

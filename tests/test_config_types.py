@@ -7,8 +7,8 @@ import pytest
 
 from apm.align.config import load_align_config
 from apm.backend import load_backend_config
-from apm.features.fbank import load_config as load_fbank_config
-from apm.train.config import load_config, resolve_config
+from apm.features.fbank import load_feature_config
+from apm.train.config import load_system_config, resolve_config
 from apm.train.toy import toy_config
 from apm.utils import ApmError
 from apm.utils.config import check_int, check_number
@@ -50,11 +50,11 @@ def test_train_integers(key):
 def test_train_lr_in_yaml_1_1_exponent_form(tmp_path):
     # PyYAML reads 2e-3 (no dot) as a string
     path = write(tmp_path, "model: {}\nloss: {}\ntrain:\n  lr: 2e-3\n  weight_decay: 1e-5\n")
-    cfg = load_config(path)
+    cfg = load_system_config(path)
     assert cfg["train"]["lr"] == 0.002 and cfg["train"]["weight_decay"] == 1e-5
     path = write(tmp_path, "model: {}\nloss: {}\ntrain:\n  lr: fast\n")
     with pytest.raises(ApmError, match="'train.lr' is 'fast'; it must be a number > 0"):
-        load_config(path)
+        load_system_config(path)
 
 
 def test_train_seed_and_extract_integers():
@@ -68,14 +68,14 @@ def test_train_seed_and_extract_integers():
 
 def test_fbank_frame_length_unit_and_integer_bins(tmp_path):
     with pytest.raises(ApmError, match=r"frame_length is in seconds \(0.025\), got 25.*25 ms"):
-        load_fbank_config(write(tmp_path, "fbank:\n  frame_length: 25\n"))
+        load_feature_config(write(tmp_path, "fbank:\n  frame_length: 25\n"))
     with pytest.raises(ApmError, match="'fbank.num_mel_bins' is 40.5; it must be an integer"):
-        load_fbank_config(write(tmp_path, "fbank:\n  num_mel_bins: 40.5\n"))
+        load_feature_config(write(tmp_path, "fbank:\n  num_mel_bins: 40.5\n"))
     with pytest.raises(ApmError, match="'fbank.window_type' is 'hann'; choose one of povey"):
-        load_fbank_config(write(tmp_path, "fbank:\n  window_type: hann\n"))
+        load_feature_config(write(tmp_path, "fbank:\n  window_type: hann\n"))
     with pytest.raises(ApmError, match="'cuts_per_job' is 2.5"):
-        load_fbank_config(write(tmp_path, "cuts_per_job: 2.5\n"))
-    cfg = load_fbank_config(write(tmp_path, "fbank:\n  frame_length: 0.025\n  low_freq: 2e1\n"))
+        load_feature_config(write(tmp_path, "cuts_per_job: 2.5\n"))
+    cfg = load_feature_config(write(tmp_path, "fbank:\n  frame_length: 0.025\n  low_freq: 2e1\n"))
     assert cfg.fbank == {"num_mel_bins": 40, "frame_length": 0.025, "low_freq": 20.0}
 
 

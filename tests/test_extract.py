@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 
@@ -25,6 +26,7 @@ from apm.nnet import ModelOutput, checkpoint
 from apm.train.config import resolve_config
 from apm.train.job import TrainJob, run_training
 from apm.train.toy import make_toy_corpus, toy_config
+from apm.utils.arkio import write_ark_scp
 from apm.utils.errors import ApmError
 
 
@@ -173,3 +175,23 @@ def test_one_process_embeds_several_sets_and_keeps_finished_ones(tmp_path, syste
     assert run_extraction(job)["embedded"] == 2 * len(ids)
     assert _read(tmp_path / "a/xvector.scp").keys() == _read(tmp_path / "b/xvector.scp").keys()
     assert run_extraction(job)["embedded"] == 0  # both newer than the model: kept
+
+
+def test_rerun_follows_the_model_and_features_content_not_times(tmp_path, system):
+    exp, fbank, ids = system
+    job = ExtractJob(exp, fbank, tmp_path / "a", device="cpu")
+    assert run_extraction(job)["embedded"] == len(ids)
+    model = exp / job.model_file
+    os.utime(model)  # touched (e.g. copied) but the same model: kept
+    assert run_extraction(job)["embedded"] == 0
+    moved = tmp_path / "fbank"
+    shutil.copytree(fbank, moved)
+    vad = read_scp(moved / "vad.scp", "vad")
+    first = sorted(vad)[0]
+    changed = {k: np.asarray(v) for k, v in vad.items()}
+    changed[first] = changed[first].copy()
+    changed[first][: len(changed[first]) // 2] = 0  # other VAD: the set is redone
+    write_ark_scp(changed, moved / "vad.ark")
+    other = ExtractJob(exp, moved, tmp_path / "a", device="cpu")
+    assert run_extraction(other)["embedded"] == len(ids)
+    assert run_extraction(other)["embedded"] == 0

@@ -11,7 +11,7 @@ from apm.data.manifests import make_manifests
 from apm.data.olr import import_olr
 from apm.data.toy import RATE, make_toy_corpus, toy_utterance
 from apm.features import VadConfig, compute_vad, load_cuts, load_feats, load_vad, sliding_cmn
-from apm.features.fbank import FeatureConfig, fbank_and_vad, load_config, make_extractor
+from apm.features.fbank import FeatureConfig, fbank_and_vad, load_feature_config, make_extractor
 from apm.features.pipeline import make_fbank
 from apm.utils import ApmError, num_frames, read_kv
 
@@ -93,12 +93,12 @@ def test_vad_finds_the_bursts_and_features_are_deterministic():
 def test_config_rejects_unknown_and_fixed_keys(tmp_path):
     conf = tmp_path / "fbank.yaml"
     conf.write_text("fbank:\n  num_mel_bins: 23\nvad:\n  frames_context: 0\ncuts_per_job: 3\n")
-    cfg = load_config(conf)
+    cfg = load_feature_config(conf)
     assert cfg.fbank["num_mel_bins"] == 23 and cfg.vad.frames_context == 0
     assert cfg.cuts_per_job == 3 and cfg.vad.energy_threshold == VadConfig().energy_threshold
     conf.write_text("fbank:\n  frame_shift: 0.02\n")
     with pytest.raises(ApmError, match="unknown key.*fbank.frame_shift"):
-        load_config(conf)
+        load_feature_config(conf)
 
 
 @pytest.fixture

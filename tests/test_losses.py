@@ -8,7 +8,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from apm.losses import MarginScheduler, MarginSoftmax, build_loss, phone_confidence
+from apm.losses import (
+    MarginScheduler,
+    MarginSoftmax,
+    build_classifier,
+    build_loss,
+    phone_confidence,
+)
 from apm.nnet import build_model
 from apm.utils import ApmError
 
@@ -17,7 +23,7 @@ S, M = 30.0, 0.2
 
 def classifier(kind: str, flavour: str = "am", margin: float = M, seed: int = 0) -> MarginSoftmax:
     torch.manual_seed(seed)
-    return MarginSoftmax(8, 5, kind, margin=margin, scale=S, flavour=flavour)
+    return build_classifier(kind, 8, 5, margin=margin, scale=S, flavour=flavour)
 
 
 def random_batch(seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -54,7 +60,7 @@ def test_am_with_zero_margin_is_cosine_softmax():
 
 def two_d(kind: str, flavour: str = "am", margin: float = M) -> MarginSoftmax:
     """Classes at angles 0 and 90 degrees in the plane, scale 2 (small, so values are O(1))."""
-    module = MarginSoftmax(2, 2, kind, margin=margin, scale=2.0, flavour=flavour)
+    module = build_classifier(kind, 2, 2, margin=margin, scale=2.0, flavour=flavour)
     if kind == "softmax":
         module.linear.weight.data = torch.tensor([[1.0, 0.0], [0.0, 2.0]])
         module.linear.bias.data = torch.tensor([0.5, -0.5])
@@ -276,7 +282,7 @@ def test_each_kind_learns_separable_classes(kind, flavour):
     centres = torch.randn(3, 8) * 3
     y = torch.arange(3).repeat(20)
     x = centres[y] + torch.randn(60, 8) * 0.3
-    module = MarginSoftmax(8, 3, kind, margin=0.3, scale=10.0, flavour=flavour)
+    module = build_classifier(kind, 8, 3, margin=0.3, scale=10.0, flavour=flavour)
     opt = torch.optim.Adam(module.parameters(), lr=0.05)
     conf = torch.full((60,), 0.7)
     first = module(x, y, conf)[0].item()
@@ -287,3 +293,25 @@ def test_each_kind_learns_separable_classes(kind, flavour):
         opt.step()
     assert loss.item() < 0.5 * first
     assert (module.scores(x).argmax(1) == y).all()
+
+
+def test_margin_registry_adds_a_kind_with_one_class_and_one_line(monkeypatch):
+    """A new margin registered by name is built from the config like the shipped ones."""
+    from apm.losses import MARGINS, margin
+
+    class DoubleMargin(margin.MarginSoftmax):
+        kind = "double_am"
+
+        def _target_logit(self, cos_y, m):
+            return cos_y - 2 * m
+
+    monkeypatch.setitem(MARGINS, "double_am", DoubleMargin)
+    crit = build_loss({"kind": "double_am", "margin": 0.1}, 8, 5)
+    assert isinstance(crit.classifier, DoubleMargin)
+    torch.manual_seed(0)
+    ref = build_classifier("am", 8, 5, margin=0.2, scale=30.0)
+    crit.classifier.load_state_dict(ref.state_dict())
+    x, y = random_batch()
+    assert torch.allclose(crit.classifier(x, y)[1], ref(x, y)[1], atol=1e-6)  # 2 * 0.1 == 0.2
+    with pytest.raises(ApmError, match="softmax, am, aam, apm, double_am"):
+        build_loss({"kind": "cosface"}, 8, 5)

@@ -195,17 +195,17 @@ def test_margin_distribution_of_a_trained_system(tmp_path):
 
 
 def test_paper_network_configs(tmp_path):
-    from apm.train.config import load_config
+    from apm.train.config import load_system_config
 
     paper_conf = CONF / "paper"
     assert sorted(p.stem for p in paper_conf.glob("*.yaml")) == sorted(
         p.stem for p in CONF.glob("*.yaml") if p.stem not in ("align", "backend", "fbank")
     )
     for path in paper_conf.glob("*.yaml"):
-        cfg = load_config(path)
+        cfg = load_system_config(path)
         assert (cfg["model"]["channels"], cfg["model"]["stats_channels"]) == (512, 1500)
         assert cfg["model"]["embed_dim"] == 512 and cfg["train"]["epochs"] == 40
-        assert cfg["loss"] == load_config(CONF / path.name)["loss"]
+        assert cfg["loss"] == load_system_config(CONF / path.name)["loss"]
         if cfg["model"]["phone_branch"]:
             assert cfg["model"]["phone_hidden_layers"] == 3
     assert len(paper.write_grid_configs(paper_conf, tmp_path, [0.1])) == 6

@@ -13,7 +13,7 @@ import yaml
 from apm.losses import build_loss
 from apm.nnet import build_model, checkpoint
 from apm.train.batches import ChunkBatches, gather, plan_epoch
-from apm.train.config import load_config, resolve_config
+from apm.train.config import load_system_config, resolve_config
 from apm.train.data import load_corpus, split_validation
 from apm.train.job import TrainJob, run_training
 from apm.train.toy import make_toy_corpus, toy_config
@@ -241,7 +241,7 @@ def test_resume_refuses_another_config(tmp_path, toy):
     "system", ["apm_am", "apm_aam", "am", "aam", "softmax", "single_task_softmax"]
 )
 def test_recipe_systems_resolve_and_build(system, repo_root):
-    cfg = load_config(repo_root / "egs/olr/conf" / f"{system}.yaml", seed=1)
+    cfg = load_system_config(repo_root / "egs/olr/conf" / f"{system}.yaml", seed=1)
     model = build_model(cfg["model"], 40, 30)
     crit = build_loss(cfg["loss"], model.embed_dim, 10)
     feats, mask = torch.randn(2, 50, 40), torch.ones(2, 50, dtype=torch.bool)

@@ -19,6 +19,12 @@
 # warned about and left out). Watch inputs that are not outputs of earlier stages
 # (those already invalidate later records), e.g. a corpus given by the user.
 #
+# This is the shell front of the project's one "already done" mechanism (apm/utils/done.py):
+# a record file holds the signature of a step's inputs, written atomically after success and
+# compared on the next run. Stages inside (features, extraction, training) keep their own
+# records with the same Python utility, so a stage rerun by this runner still skips the sets
+# that are up to date.
+#
 # The previous attempts' logs are kept: stage2.fbank.log.1 (the last) ... .log.3.
 
 run_stage() {

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, fields
 
+from apm.backend.models import BACKENDS
 from apm.utils import ApmError
 from apm.utils.config import (
     check_bool,
@@ -15,7 +16,6 @@ from apm.utils.config import (
     reject_unknown,
 )
 
-BACKENDS = ("lr", "cosine", "classifier")
 LDA_IMPLS = ("sklearn", "kaldi")
 
 
@@ -24,8 +24,8 @@ class BackendConfig:
     """What stage 6 scores with.
 
     primary: back-end written as `scores/<task>.score` (the one the report tables use).
-    backends: all back-ends to run; each one other than `primary` is written as
-        `scores/<task>.<name>.score`. `lr`: LDA -> mean subtraction -> length normalisation
+    backends: all back-ends to run, by their names in `apm.backend.models.BACKENDS`; each
+        one other than `primary` is written as `scores/<task>.<name>.score`. `lr`: LDA -> mean subtraction -> length normalisation
         -> multinomial logistic regression on the training x-vectors (OLR baseline), scores are
         log-posteriors; `cosine`: cosine between the processed test x-vector and each
         language's mean processed training x-vector; `classifier`: the network's own language
@@ -54,7 +54,9 @@ class BackendConfig:
     def validate(self, where: str) -> BackendConfig:
         unknown = [b for b in self.backends if b not in BACKENDS]
         if unknown:
-            raise ApmError(f"{where}: unknown back-end(s) {unknown}; choose from {list(BACKENDS)}")
+            raise ApmError(
+                f"{where}: unknown back-end(s) {unknown}; choose from {', '.join(BACKENDS)}"
+            )
         if self.primary not in self.backends:
             raise ApmError(
                 f"{where}: primary '{self.primary}' must be one of backends {self.backends}"

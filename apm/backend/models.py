@@ -1,12 +1,20 @@
-"""The back-end models: embedding processing, logistic regression, cosine, classifier outputs.
+"""The back-end models: embedding processing, logistic regression, cosine, classifier outputs,
+and their registry by name (`BACKENDS`).
 
 All scorers return a (utterances x languages) float64 matrix with columns in the order of the
 training languages (`languages.txt`), the class order used for the labels 0..K-1.
+
+A back-end is a class with `name`, `input` (`xvector`: it is fitted on and scores the
+processed x-vectors of `EmbeddingProcessor`; `logits`: it scores the network's language
+outputs and needs no training), `from_config(BackendConfig)`, `fit(z, labels)` and
+`__call__(matrix) -> scores`. A new back-end is one such class and one line in `BACKENDS`;
+`backends:` in conf/backend.yaml names it, and its errors list the registered names.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
 from scipy.special import log_softmax
@@ -15,7 +23,24 @@ from sklearn.linear_model import LogisticRegression
 
 from apm.utils import ApmError
 
+if TYPE_CHECKING:
+    from apm.backend.config import BackendConfig
+
 log = logging.getLogger(__name__)
+
+
+class BackendModel(Protocol):
+    """What the registry holds (see the module docstring)."""
+
+    name: ClassVar[str]
+    input: ClassVar[str]
+
+    @classmethod
+    def from_config(cls, conf: BackendConfig) -> BackendModel: ...
+
+    def fit(self, x: np.ndarray, labels: np.ndarray) -> BackendModel: ...
+
+    def __call__(self, matrix: np.ndarray) -> np.ndarray: ...
 
 
 class KaldiLda:
@@ -129,6 +154,13 @@ class EmbeddingProcessor:
 class LogisticBackend:
     """Multinomial logistic regression on processed x-vectors; scores are log-posteriors."""
 
+    name: ClassVar[str] = "lr"
+    input: ClassVar[str] = "xvector"
+
+    @classmethod
+    def from_config(cls, conf: BackendConfig) -> LogisticBackend:
+        return cls(conf.lr_c, conf.lr_max_iter, conf.lr_class_weight)
+
     def __init__(self, c: float, max_iter: int, class_weight: str) -> None:
         self.model = LogisticRegression(
             C=c, max_iter=max_iter, class_weight=None if class_weight == "none" else class_weight
@@ -147,6 +179,13 @@ class LogisticBackend:
 class CosineBackend:
     """Cosine similarity to each language's mean processed training x-vector."""
 
+    name: ClassVar[str] = "cosine"
+    input: ClassVar[str] = "xvector"
+
+    @classmethod
+    def from_config(cls, conf: BackendConfig) -> CosineBackend:
+        return cls()
+
     def fit(self, x: np.ndarray, labels: np.ndarray) -> CosineBackend:
         means = np.stack([x[labels == k].mean(axis=0) for k in range(labels.max() + 1)])
         self.means = _unit(means)
@@ -156,10 +195,32 @@ class CosineBackend:
         return _unit(x) @ self.means.T
 
 
-def classifier_scores(logits: np.ndarray, use_log_softmax: bool) -> np.ndarray:
-    """The network's language outputs as scores (log-posteriors by default)."""
-    logits = logits.astype(np.float64)
-    return log_softmax(logits, axis=1) if use_log_softmax else logits
+class ClassifierBackend:
+    """The network's language outputs as scores (log-posteriors by default, else raw logits)."""
+
+    name: ClassVar[str] = "classifier"
+    input: ClassVar[str] = "logits"
+
+    @classmethod
+    def from_config(cls, conf: BackendConfig) -> ClassifierBackend:
+        return cls(conf.classifier_log_softmax)
+
+    def __init__(self, use_log_softmax: bool = True) -> None:
+        self.use_log_softmax = use_log_softmax
+
+    def fit(self, x: np.ndarray, labels: np.ndarray) -> ClassifierBackend:
+        return self  # the network was trained in stage 4
+
+    def __call__(self, logits: np.ndarray) -> np.ndarray:
+        logits = logits.astype(np.float64)
+        return log_softmax(logits, axis=1) if self.use_log_softmax else logits
+
+
+# The registry: a name in `backends:` -> class. A new back-end is one class and one line here.
+BACKENDS: dict[str, type[BackendModel]] = {
+    cls.name: cls for cls in (LogisticBackend, CosineBackend, ClassifierBackend)
+}
+INPUTS = ("xvector", "logits")  # what a back-end scores: x-vector.scp or logits.scp
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -20,7 +20,7 @@ import numpy as np
 import yaml
 
 from apm.backend.config import BackendConfig
-from apm.backend.models import CosineBackend, EmbeddingProcessor, LogisticBackend, classifier_scores
+from apm.backend.models import BACKENDS, INPUTS, EmbeddingProcessor
 from apm.data.trials import read_trials
 from apm.metrics.languages import read_languages
 from apm.metrics.scorefile import write_matrix
@@ -128,28 +128,24 @@ def score_system(
     """Train the configured back-ends and write the score files of `tasks`; returns them."""
     system_dir, data_dir = Path(system_dir), Path(data_dir)
     languages = read_languages(system_dir)
-    embedding_backends = [b for b in conf.backends if b in ("lr", "cosine")]
-    models = {}
-    if embedding_backends:
+    models = {b: BACKENDS[b].from_config(conf) for b in conf.backends}
+    by_input = {i: [b for b, m in models.items() if m.input == i] for i in INPUTS}
+    if by_input["xvector"]:
         x, labels = _training_data(system_dir, data_dir, train_set, languages)
         process = EmbeddingProcessor(conf.lda_dim, conf.lda_impl).fit(x, labels)
         z = process(x)
-        if "lr" in conf.backends:
-            models["lr"] = LogisticBackend(conf.lr_c, conf.lr_max_iter, conf.lr_class_weight).fit(
-                z, labels
-            )
-        if "cosine" in conf.backends:
-            models["cosine"] = CosineBackend().fit(z, labels)
+        for b in by_input["xvector"]:
+            models[b].fit(z, labels)
     written = []
     for task in tasks:
         utts = _task_utts(data_dir, task, languages)
         xvec_dir = system_dir / "xvectors" / task
         scores = {}
-        if embedding_backends:
+        if by_input["xvector"]:
             found, x = load_vectors(xvec_dir / "xvector.scp", utts, skip_bad, "x-vector", False)
             z = process(x)
-            scores.update({b: (found, models[b](z)) for b in embedding_backends})
-        if "classifier" in conf.backends:
+            scores.update({b: (found, models[b](z)) for b in by_input["xvector"]})
+        if by_input["logits"]:
             found, logits = load_vectors(
                 xvec_dir / "logits.scp", utts, skip_bad, "logits vector", False
             )
@@ -158,9 +154,9 @@ def score_system(
                     f"{xvec_dir}/logits.scp: {logits.shape[1]} outputs per utterance but "
                     f"{len(languages)} languages in {system_dir}/languages.txt"
                 )
-            scores["classifier"] = (found, classifier_scores(logits, conf.classifier_log_softmax))
+            scores.update({b: (found, models[b](logits)) for b in by_input["logits"]})
         kinds = " or ".join(
-            k for k, used in (("x-vector", embedding_backends), ("logits", "classifier" in scores))
+            k for k, used in (("x-vector", by_input["xvector"]), ("logits", by_input["logits"]))
             if used
         )  # fmt: skip
         _warn_skipped(task, utts, {b: f for b, (f, _) in scores.items()}, f"{kinds} in {xvec_dir}")

@@ -1,6 +1,6 @@
 """Frame-level phone labels for a feature directory (stage 3).
 
-python -m apm.bin.align_phones [--nj N] [--conf align.yaml] [--ali-from SOURCE]
+python -m apm.bin.align_phones [--nj N] [--config align.yaml] [--ali-from SOURCE]
     [--oracle-dir DIR] [--skip-bad true|false] <fbank-dir> <ali-dir>
 """
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("fbank_dir", help="stage-2 directory with cuts.jsonl.gz")
     p.add_argument("ali_dir", help="output directory")
     p.add_argument("--nj", type=int, default=1, help="parallel decoding jobs")
-    p.add_argument("--conf", default=None, help="align YAML (default: built-in settings)")
+    p.add_argument("--config", default=None, help="align YAML (default: built-in settings)")
     p.add_argument(
         "--ali-from",
         default="pocketsphinx",
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> None:
         args.fbank_dir,
         args.ali_dir,
         args.ali_from,
-        load_align_config(args.conf),
+        load_align_config(args.config),
         nj=args.nj,
         oracle_dir=args.oracle_dir,
         skip_bad=args.skip_bad,

@@ -9,7 +9,7 @@ import shlex
 import sys
 
 from apm.bin.cli import main
-from apm.features.fbank import load_config
+from apm.features.fbank import load_feature_config
 from apm.infer.package import write_package
 from apm.utils import ApmError
 
@@ -23,7 +23,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fbank-conf", default=None, help="the stage 2 feature config (conf/fbank.yaml)"
     )
-    p.add_argument("--conf", default=None,
+    p.add_argument("--config", default=None,
                    help="back-end YAML, only when stage 6 left no scores/backend.yaml")  # fmt: skip
     p.add_argument("--unknown-threshold", type=float, default=None,
                    help="default posterior below which identify answers 'unknown' (0: never; "
@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> None:
     if args.unknown_threshold is not None and not 0.0 <= args.unknown_threshold <= 1.0:
         raise ApmError(f"--unknown-threshold must lie in [0, 1], got {args.unknown_threshold}")
     write_package(args.system_dir, args.data, args.train_set, args.output,
-                  load_config(args.fbank_conf), args.conf, args.unknown_threshold,
+                  load_feature_config(args.fbank_conf), args.config, args.unknown_threshold,
                   "python -m apm.bin.package_model " + shlex.join(sys.argv[1:]),
                   tuple(args.dev_sets.split()))  # fmt: skip
 

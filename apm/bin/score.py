@@ -10,7 +10,7 @@ from apm.bin.cli import main, str2bool
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="score", description=__doc__)
-    p.add_argument("--conf", default=None, help="back-end YAML (default: built-in defaults)")
+    p.add_argument("--config", default=None, help="back-end YAML (default: built-in defaults)")
     p.add_argument("--data", default="data", help="directory of the Kaldi data dirs")
     p.add_argument("--train-set", default="train", help="the system's training set")
     p.add_argument(
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> None:
-    conf = load_backend_config(args.conf)
+    conf = load_backend_config(args.config)
     train_set = args.backend_train_set or args.train_set
     score_system(args.system_dir, args.data, train_set, args.tasks, conf, args.skip_bad)
 

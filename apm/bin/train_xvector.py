@@ -8,7 +8,7 @@ import argparse
 from pathlib import Path
 
 from apm.bin.cli import main, str2bool
-from apm.train.config import load_config
+from apm.train.config import load_system_config
 from apm.train.job import TrainJob, run_training
 from apm.utils.dist import DEVICES
 
@@ -38,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     job = TrainJob(
-        config=load_config(args.config, args.seed),
+        config=load_system_config(args.config, args.seed),
         fbank_dir=args.fbank_dir,
         exp_dir=args.exp_dir,
         ali_dir=args.ali_dir,

@@ -16,6 +16,8 @@ Outputs in the set's directory under `exp/<system>/xvectors/<set>/`:
                     phonetic confidence c_i of the APM margin (mean max phone posterior over
                     the valid frames, as in training, averaged over the chunks); the report
                     draws the margin distribution m * c_i from it
+  .done             the signature of the inputs (model, cuts, VAD) they were made from
+                    (`apm.utils.done`): a rerun keeps a set whose inputs are unchanged
 Under torchrun, process r embeds every N-th cut; process 0 merges the parts.
 """
 
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,17 +33,19 @@ import kaldiio
 import numpy as np
 import torch
 
-from apm.data.kaldi_dir import portable_path
 from apm.features.readers import chunk_cmn, is_speed_perturbed, prepare_frames, read_cuts, read_scp
 from apm.losses import build_loss, phone_confidence
 from apm.nnet import ModelOutput, build_model, checkpoint
+from apm.utils.arkio import write_ark_scp
 from apm.utils.dist import DistEnv, all_reduce_sum, barrier, init_distributed, shutdown
+from apm.utils.done import is_done, mark_done, signature
 from apm.utils.errors import ApmError
 from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
 OUTPUTS = ("xvector", "logits", "confidence")
+DONE = ".done"  # record of the inputs the outputs were made from (apm.utils.done)
 
 
 # Padded frames per forward pass (chunks sorted by length), by device type. On CPU large
@@ -163,21 +166,9 @@ def embed(system: System, feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_vectors(out_dir: Path, name: str, vectors: dict[str, np.ndarray]) -> None:
-    """`<name>.ark` + `<name>.scp`, sorted by utterance, replacing any previous pair only once
-    both are complete. The scp names the ark relative to the current directory (the recipe
-    directory) when it lies under it, else absolutely (`apm.data.kaldi_dir.portable_path`)."""
-    ark, scp = out_dir / f"{name}.ark", out_dir / f"{name}.scp"
-    tmp_ark, tmp_scp = out_dir / f".{name}.ark.tmp", out_dir / f".{name}.scp.tmp"
-    ordered = {k: vectors[k].astype(np.float32) for k in sorted(vectors)}
-    ark_name = portable_path(ark)
-    kaldiio.save_ark(str(tmp_ark), ordered, scp=str(tmp_scp))
-    lines = tmp_scp.read_text(encoding="utf-8").splitlines()
-    with open(tmp_scp, "w", encoding="utf-8") as f:
-        for line in lines:
-            key, _, where = line.partition(" ")
-            f.write(f"{key} {ark_name}:{where.rsplit(':', 1)[1]}\n")
-    os.replace(tmp_ark, ark)
-    os.replace(tmp_scp, scp)
+    """`<name>.ark` + `<name>.scp` of float32 vectors with the shared writer
+    (`apm.utils.arkio.write_ark_scp`: sorted by utterance, atomic, portable ark paths)."""
+    write_ark_scp(vectors, out_dir / f"{name}.ark", out_dir / f"{name}.scp", dtype=np.float32)
 
 
 def _embed_cuts(
@@ -227,10 +218,12 @@ def output_names(system: System) -> tuple[str, ...]:
     return OUTPUTS if getattr(system.model, "phone_out", None) is not None else OUTPUTS[:2]
 
 
-def _done(out_dir: Path, model: Path, names: tuple[str, ...]) -> bool:
-    """Every output exists and is newer than the model (a retrained model redoes the set)."""
-    paths = [out_dir / f"{name}.scp" for name in names]
-    return all(p.is_file() and p.stat().st_mtime >= model.stat().st_mtime for p in paths)
+def set_signature(model: Path, fbank_dir: Path, names: tuple[str, ...]) -> str:
+    """What a set's outputs depend on (`apm.utils.done`): the model file, the set's cuts and
+    VAD (with its arks), and which outputs are written. A retrained model or recomputed
+    features redo the set; a copied or touched but equal model does not."""
+    files = [model, fbank_dir / "cuts.jsonl.gz", fbank_dir / "vad.scp"]
+    return signature(files, {"outputs": list(names)}, follow_scp=True)
 
 
 def _extract_set(
@@ -277,7 +270,7 @@ def _extract_set(
 
 def run_extraction(job: ExtractJob) -> dict:
     """Embed every set of `job` with one loaded model; returns the counts summed over the
-    sets. A set whose outputs are newer than the model is kept (a killed run resumes)."""
+    sets. A set whose record matches its inputs is kept (a killed run resumes)."""
     model = Path(job.exp_dir) / job.model_file
     state = checkpoint.load(model)
     env = init_distributed(job.device, state["config"]["extract"]["threads"])
@@ -285,11 +278,14 @@ def run_extraction(job: ExtractJob) -> dict:
         system = load_system(state, env.device)
         total = {"embedded": 0, "speed_perturbed_skipped": 0, "vad_ignored": 0, "seconds": 0.0}
         for fbank_dir, out_dir in job.sets():
-            if _done(out_dir, model, output_names(system)):
-                log.info("%s: already extracted with this model, kept", out_dir)
+            inputs = set_signature(model, fbank_dir, output_names(system))
+            if is_done(out_dir / DONE, inputs):
+                log.info("%s: already extracted with this model and features, kept", out_dir)
                 continue
             batch = job.batch_frames or BATCH_FRAMES.get(env.device.type, BATCH_FRAMES["cpu"])
             summary = _extract_set(system, fbank_dir, out_dir, env, batch)
+            if env.is_main:  # after the merge: the record stands for complete outputs
+                mark_done(out_dir / DONE, inputs)
             total = {k: round(total[k] + summary[k], 1) for k in total}
         return total
     finally:

@@ -48,7 +48,7 @@ class FeatureConfig:
         return {"fbank": self.fbank, "vad": vars(self.vad), "cuts_per_job": self.cuts_per_job}
 
 
-def load_config(path: str | os.PathLike | None) -> FeatureConfig:
+def load_feature_config(path: str | os.PathLike | None) -> FeatureConfig:
     """Read the stage-2 YAML (see egs/olr/conf/fbank.yaml); None gives the defaults."""
     if path is None:
         return FeatureConfig()
@@ -163,3 +163,8 @@ def features_manifest(
         recording_id=cut.recording_id,
         channels=cut.channel,
     )
+
+
+# The old name, for apm/bin/make_fbank.py and local/bench_features.py (owned by others in this
+# change); they switch to load_feature_config and this line goes.
+load_config = load_feature_config

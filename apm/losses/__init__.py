@@ -2,7 +2,7 @@
 c_i, the margin warm-up, and the multi-task loss L_lang + alpha L_phone."""
 
 from apm.losses.confidence import phone_confidence
-from apm.losses.margin import MarginScheduler, MarginSoftmax
+from apm.losses.margin import MARGINS, MarginScheduler, MarginSoftmax, build_classifier
 from apm.losses.multitask import (
     LOSS_DEFAULTS,
     LossOutput,
@@ -13,10 +13,12 @@ from apm.losses.multitask import (
 
 __all__ = [
     "LOSS_DEFAULTS",
+    "MARGINS",
     "LossOutput",
     "MarginScheduler",
     "MarginSoftmax",
     "MultiTaskLoss",
+    "build_classifier",
     "build_loss",
     "frame_cross_entropy",
     "phone_confidence",

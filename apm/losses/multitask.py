@@ -12,13 +12,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from apm.losses.confidence import SOURCES, normalize_confidence, phone_confidence
-from apm.losses.margin import FLAVOURS, KINDS, MarginScheduler, MarginSoftmax
+from apm.losses.margin import FLAVOURS, MARGINS, MarginScheduler, MarginSoftmax, build_classifier
 from apm.nnet.xvector import ModelOutput
 from apm.utils.config import check_choice, check_number, merge_section
 from apm.utils.errors import ApmError
 
 LOSS_DEFAULTS: dict[str, Any] = {
-    "kind": "apm",  # softmax | am | aam | apm
+    "kind": "apm",  # a name in apm.losses.margin.MARGINS: softmax | am | aam | apm
     "flavour": "am",  # form of the apm margin: am (s(cos - m_i)) | aam (s cos(theta + m_i))
     "margin": 0.2,  # base margin m (apm: m_i = m * c_i)
     "scale": 30.0,  # s
@@ -89,10 +89,10 @@ class MultiTaskLoss(nn.Module):
         used = confidence
         if confidence is not None and self.confidence_norm:
             used = normalize_confidence(confidence)
-        if self.classifier.kind == "apm" and used is None:
+        if self.classifier.needs_confidence and used is None:
             labels = self.confidence_source == "frame_accuracy"
             raise ApmError(
-                "loss kind apm needs the phone posteriors: set model.phone_branch true"
+                f"loss kind {self.classifier.kind} needs the phone posteriors: set model.phone_branch true"
                 + (" and give phone labels (confidence frame_accuracy)" if labels else "")
             )
         lang_loss, logits, margins = self.classifier.forward_with_margins(
@@ -149,12 +149,12 @@ def frame_cross_entropy(phone_logits: Tensor, labels: Tensor, mask: Tensor | Non
 def build_loss(cfg: Mapping[str, Any] | None, embed_dim: int, num_langs: int) -> MultiTaskLoss:
     """Build the multi-task loss from the `loss` config section; unknown keys are an ApmError.
 
-    Keys (default): kind (apm; softmax | am | aam | apm), flavour (am; or aam, the form of the
+    Keys (default): kind (apm; a registered margin, `apm.losses.margin.MARGINS`), flavour (am; or aam, the form of the
     apm margin), margin (0.2), scale (30.0), confidence (max_posterior; or frame_accuracy),
     confidence_norm (false), margin_warmup_epochs (0), phone_weight (0.3).
     """
     c = merge_section(cfg, LOSS_DEFAULTS, "loss")
-    check_choice(c["kind"], KINDS, "kind", "loss")
+    check_choice(c["kind"], tuple(MARGINS), "kind", "loss")
     check_choice(c["flavour"], FLAVOURS, "flavour", "loss")
     check_choice(c["confidence"], SOURCES, "confidence", "loss")
     check_choice(c["confidence_norm"], (True, False), "confidence_norm", "loss")
@@ -164,7 +164,7 @@ def build_loss(cfg: Mapping[str, Any] | None, embed_dim: int, num_langs: int) ->
     phone_weight = check_number(c["phone_weight"], "phone_weight", "loss")
     if num_langs < 2:
         raise ApmError(f"language recognition needs at least 2 training languages, got {num_langs}")
-    classifier = MarginSoftmax(embed_dim, num_langs, c["kind"], margin, scale, c["flavour"])
+    classifier = build_classifier(c["kind"], embed_dim, num_langs, margin, scale, c["flavour"])
     return MultiTaskLoss(
         classifier,
         confidence=c["confidence"],

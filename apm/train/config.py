@@ -165,10 +165,15 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
     return cfg
 
 
-def load_config(path: str | os.PathLike, seed: int | None = None) -> dict:
+def load_system_config(path: str | os.PathLike, seed: int | None = None) -> dict:
     """Read and resolve a system YAML; `seed` (from the command line) overrides the file's."""
     return resolve_config(load_yaml(path, "system config"), str(path), seed)
 
 
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
+
+
+# The old name, for local/bench_train.py (owned by others in this change); it switches to
+# load_system_config and this line goes.
+load_config = load_system_config

@@ -15,7 +15,6 @@ Layout of the experiment directory:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import shutil
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from apm.train.data import load_corpus, split_validation
 from apm.train.monitor import Monitor, plot_curves, write_history
 from apm.train.trainer import Trainer
 from apm.utils.dist import DistEnv, barrier, init_distributed, shutdown
+from apm.utils.done import mark_done, recorded, signature
 from apm.utils.errors import ApmError
 from apm.utils.io import atomic_write
 
@@ -41,7 +41,7 @@ OUTPUTS = ("checkpoints", "final.pt", "train_log.jsonl", "train_curves.png", "te
 
 @dataclass
 class TrainJob:
-    config: dict  # resolved (apm.train.config.load_config)
+    config: dict  # resolved (apm.train.config.load_system_config)
     fbank_dir: Path
     exp_dir: Path
     ali_dir: Path | None = None
@@ -56,32 +56,17 @@ def _comparable(cfg: dict) -> dict:
 
 
 def input_signature(fbank_dir: Path, ali_dir: Path | None) -> str:
-    """sha256 over the training cuts, the feature/VAD/label scp files and the arks they name.
-
-    A rerun of stage 4 after stage 2 or 3 produced other data must retrain, not resume.
-    """
-    h = hashlib.sha256()
+    """`apm.utils.done.signature` of the training cuts, the feature store they name, and the
+    VAD/label scp files and the arks they name. A rerun of stage 4 after stage 2 or 3 produced
+    other data must retrain, not resume."""
     files = [
         fbank_dir / "cuts.jsonl.gz",
-        *sorted((fbank_dir / "storage").rglob("*")),  # the feature store the cuts name
+        *sorted(p for p in (fbank_dir / "storage").rglob("*") if p.is_file()),
         fbank_dir / "vad.scp",
     ]
     if ali_dir is not None:
         files += [ali_dir / "ali.scp", ali_dir / "phones.txt"]
-    for path in files:
-        if not path.is_file():
-            continue
-        h.update(path.read_bytes())
-        if path.suffix == ".scp":
-            arks = {line.split(maxsplit=1)[1].rsplit(":", 1)[0] for line in _lines(path)}
-            for ark in sorted(arks):
-                if Path(ark).is_file():
-                    h.update(Path(ark).read_bytes())
-    return h.hexdigest()
-
-
-def _lines(path: Path) -> list[str]:
-    return [line for line in path.read_text(encoding="utf-8").splitlines() if " " in line]
+    return signature(files, follow_scp=True)
 
 
 def prepare_exp_dir(job: TrainJob) -> None:
@@ -89,13 +74,12 @@ def prepare_exp_dir(job: TrainJob) -> None:
     data changed, or without resume."""
     exp = job.exp_dir
     saved = exp / "config.yaml"
-    signature = input_signature(job.fbank_dir, _alignment_dir(job))
+    inputs = input_signature(job.fbank_dir, _alignment_dir(job))
     signature_file = exp / "inputs.sha256"
     if (
         job.resume
         and checkpoint.list_checkpoints(exp)
-        and signature_file.is_file()
-        and signature_file.read_text(encoding="utf-8").strip() != signature
+        and recorded(signature_file) not in (None, inputs)
     ):
         log.warning(
             "%s: the features or alignments changed since its checkpoints were written; "
@@ -120,8 +104,7 @@ def prepare_exp_dir(job: TrainJob) -> None:
     exp.mkdir(parents=True, exist_ok=True)
     with atomic_write(saved, encoding="utf-8") as f:
         f.write(dump_config(job.config))
-    with atomic_write(signature_file, encoding="utf-8") as f:
-        f.write(signature + "\n")
+    mark_done(signature_file, inputs)
 
 
 def _write_inventories(job: TrainJob, languages: list[str]) -> None:

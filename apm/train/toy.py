@@ -12,11 +12,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import kaldiio
 import numpy as np
 from lhotse import CutSet, Features, MonoCut, SupervisionSegment
 from lhotse.features.io import NumpyFilesWriter
 
+from apm.utils.arkio import write_ark_scp
 from apm.utils.frames import FRAME_SHIFT
 
 SILENCE_FRAMES = 10  # non-speech frames at each end of an utterance
@@ -74,8 +74,8 @@ def make_toy_corpus(
                 cuts.append(_cut(cut_id, lang, x, writer))
                 vads[cut_id], alis[cut_id] = vad, phones
     CutSet.from_cuts(cuts).to_file(fbank_dir / "cuts.jsonl.gz")
-    kaldiio.save_ark(str(fbank_dir / "vad.ark"), vads, scp=str(fbank_dir / "vad.scp"))
-    kaldiio.save_ark(str(ali_dir / "ali.ark"), alis, scp=str(ali_dir / "ali.scp"))
+    write_ark_scp(vads, fbank_dir / "vad.ark")
+    write_ark_scp(alis, ali_dir / "ali.ark", dtype=np.int32)
     (ali_dir / "phones.txt").write_text(
         "".join(f"p{i} {i}\n" for i in range(num_phones)), encoding="utf-8"
     )

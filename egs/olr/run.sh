@@ -128,7 +128,7 @@ run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --config "$fbank_conf" --skip-b
 
 watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3
 [[ $ali_from = kaldi:* ]] && watch_ali=(--watch "${ali_from#kaldi:}")
-run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --conf "$align_conf" --ali-from "$ali_from" --skip-bad "$skip_bad" \
+run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --config "$align_conf" --ali-from "$ali_from" --skip-bad "$skip_bad" \
   --oracle-dir "$data/oracle_ali/$train_set" "$data/fbank/$train_set" "$ali_dir"
 
 for system in $systems; do
@@ -143,7 +143,7 @@ for system in $systems; do
 done
 
 for system in $systems; do
-  run_stage 6 "score_$system" steps/score.sh --conf "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
+  run_stage 6 "score_$system" steps/score.sh --config "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
     --train-set "$train_set" ${backend_train_set:+--backend-train-set "$backend_train_set"} "$exp/$system" $scored_sets
 done
 
