@@ -111,6 +111,17 @@ def test_language_subset_writes_only_those_languages(fleurs, tmp_path):
         (fleurs / "metadata/id_id/.touched").unlink()
 
 
+def test_run_sh_help_and_option_checks(tmp_path):
+    run_sh = str(REPO / "egs/fleurs/run.sh")
+    r = _run([run_sh, "--help"], tmp_path)
+    assert r.returncode == 0 and "--open-langs" in r.stdout and "(default: gpu)" in r.stdout
+    r = _run([run_sh, "--exp", "exp"], tmp_path)
+    assert r.returncode != 0 and "stage 0 needs --fleurs-root" in r.stderr
+    r = _run([run_sh, "--fleurs-root", "x", "--confs", "tpu", "--exp", "exp"], tmp_path)
+    assert r.returncode != 0 and "--confs takes cpu or gpu, got 'tpu'" in r.stderr
+    assert not (tmp_path / "exp").exists(), "option errors stop before any stage"
+
+
 def _tiny_conf(dest: Path, system: str) -> None:
     cfg = yaml.safe_load((REPO / "egs/fleurs/conf/cpu" / f"{system}.yaml").read_text())
     cfg["model"].update(channels=32, stats_channels=64, embed_dim=32, phone_channels=32)
