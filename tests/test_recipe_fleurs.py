@@ -89,6 +89,14 @@ def test_prepare_names_bad_input(fleurs, tmp_path):
     assert f"({tsv}:2): 2 tab-separated fields, not 7" in str(e.value)
     assert f"({tsv}:1): audio" in str(e.value) and "not found" in str(e.value)
     assert not (tmp_path / "data/train").exists()
+    # --skip-bad: lhotse reads a copy of the metadata without the bad lines; they are counted
+    prepare_fleurs.prepare(corpus, tmp_path / "data", TRAINED, [], skip_bad=True)
+    dev = read_kaldi_dir(tmp_path / "data/dev")
+    assert len(dev.utterances) == len(TRAINED) * SPEAKERS["dev"] * UTTS - 1
+    assert not any(first_wav in path for path in dev.wav.values())
+    assert all(path.startswith(str(corpus)) for path in dev.wav.values())
+    assert len((tmp_path / "data/dev/skipped").read_text().splitlines()) == 2
+    assert not (tmp_path / "data/train/skipped").exists()
 
 
 def test_language_subset_writes_only_those_languages(fleurs, tmp_path):

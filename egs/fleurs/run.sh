@@ -83,7 +83,7 @@ scored_sets="$dev_sets $test_sets"
 sets="$train_set $scored_sets"
 mkdir -p "$exp"
 
-run_stage 0 prepare_fleurs --watch "$fleurs_root" local/prepare_fleurs.py --nj "$nj" \
+run_stage 0 prepare_fleurs --watch "$fleurs_root" local/prepare_fleurs.py --nj "$nj" --skip-bad "$skip_bad" \
   --langs "$langs" --open-langs "$open_langs" "$fleurs_root" "$data"
 
 recipe_stages_1_to_7
