@@ -73,6 +73,7 @@ def test_mini_fleurs_has_the_downloader_layout(fleurs):
 
 
 def test_prepare_names_bad_input(fleurs, tmp_path):
+    assert prepare_fleurs.choose_languages(fleurs, [], [HELD_OUT]) == TRAINED  # all but held out
     corpus = tmp_path / "fleurs"
     shutil.copytree(fleurs, corpus)
     with pytest.raises(ApmError, match="'xx_yy' not found.*lhotse download fleurs -l xx_yy"):
