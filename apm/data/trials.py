@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import NamedTuple
 
@@ -51,3 +52,18 @@ def write_trials(path: str | os.PathLike, trials: list[Trial]) -> None:
     with atomic_write(path, encoding="utf-8") as f:
         for t in trials:
             f.write(f"{t.lang} {t.utt} {'target' if t.is_target else 'nontarget'}\n")
+
+
+def all_vs_all_trials(utt2lang: Mapping[str, str], languages: Iterable[str]) -> list[Trial]:
+    """OLR trials for a corpus that has none: every utterance against every language of
+    `languages` (the training languages), target where it is the utterance's own language.
+
+    Utterances of other languages (open-set) get only non-target trials. Sorted by utterance,
+    then language, so the file is the same whatever order the input came in.
+    """
+    targets = sorted(set(languages))
+    if len(targets) < 2:
+        raise ApmError(f"trials need at least 2 target languages, got {targets}")
+    if not utt2lang:
+        raise ApmError("trials need at least one utterance, got none")
+    return [Trial(lang, utt, utt2lang[utt] == lang) for utt in sorted(utt2lang) for lang in targets]

@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Shared plumbing of a recipe's run.sh (egs/<corpus>/run.sh): sourced, defines functions only.
+#
+#   . "$(dirname "$0")/utils/recipe.sh"
+#   recipe_enter "$@"            # before the option lines: cd to the recipe directory
+#   stage=0 ...                  # the recipe's options
+#   . ./path.sh; . utils/parse_options.sh; . utils/stage.sh
+#   recipe_check_options         # --stage/--stop-stage/--nj sanity
+#   recipe_caller_paths data exp fbank_conf ...   # relative paths given: the caller's
+#   run_stage 0 ...              # the recipe's own corpus stage
+#   recipe_stages_1_to_7         # the shared stages 1-7 (variables listed at the function)
+#
+# Relative paths given on the command line are relative to the caller's directory; defaults
+# are relative to the recipe directory, where every stage runs (paths inside generated files
+# are relative to it, so a recipe directory can be moved).
+
+# Sets user_dir, recipe_dir, given_options (the options on the command line, as " a-b c-d ")
+# and command_line (recorded in RESULTS.md), then enters the recipe directory.
+recipe_enter() {
+  user_dir=$(pwd -P)
+  recipe_dir=$(cd "$(dirname "$0")" && pwd -P)
+  command_line="egs/${recipe_dir##*/}/run.sh $*"
+  given_options=" "
+  local arg
+  for arg in "$@"; do
+    case "$arg" in --*) arg=${arg%%=*}; arg=${arg//_/-}; given_options+="${arg#--} " ;; esac
+  done
+  cd "$recipe_dir"
+  _apm_opts_script=$recipe_dir/run.sh  # for --help, which reads the option lines of run.sh
+}
+
+recipe_check_options() {
+  if ! [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || [ "$stage" -gt 7 ] || [ "$stop_stage" -gt 7 ]; then
+    echo "$0: --stage and --stop-stage take stage numbers (0-7), got '$stage' and '$stop_stage'" >&2
+    exit 1
+  fi
+  if [ "$stage" -gt "$stop_stage" ]; then
+    echo "$0: --stage $stage is after --stop-stage $stop_stage: nothing would run; give --stop-stage >= --stage" >&2
+    exit 1
+  fi
+  if ! [[ $nj =~ ^[0-9]+$ ]] || [ "$nj" -lt 1 ]; then
+    echo "$0: --nj takes a number of parallel jobs >= 1, got '$nj'" >&2
+    exit 1
+  fi
+}
+
+# The path to use for a path given on the command line: under the recipe directory relative
+# to it (files written there stay valid when it moves), elsewhere absolute.
+recipe_caller_path() {
+  local p=$1
+  [[ $p = /* ]] || p=$user_dir/$p
+  realpath -m -s --relative-base="$recipe_dir" -- "$p"
+}
+
+# For each variable named: when its option was given (and is not empty), rewrite its value
+# with recipe_caller_path.
+recipe_caller_paths() {
+  local opt
+  for opt in "$@"; do
+    if [[ $given_options = *" ${opt//_/-} "* ]] && [ -n "${!opt}" ]; then
+      printf -v "$opt" '%s' "$(recipe_caller_path "${!opt}")"
+    fi
+  done
+}
+
+# Stages 1-7 on the Kaldi data dirs that stage 0 wrote to $data/<set>. Reads: data exp nj
+# seed skip_bad speed_perturb fbank_conf align_conf ali_from ali_dir systems system_conf_dir
+# resume ngpu backend_conf results command_line dev_sets train_set, sets (every set: imported,
+# given features, embedded), scored_sets (the sets with trials: scored and reported);
+# optional: backend_train_set (a set training the back-end, among $sets), oracle_dir.
+recipe_stages_1_to_7() {
+  local set system
+  local watch_sets=()  # stage 1 reads data/<set>: a hand-edited data dir reruns it
+  for set in $sets; do watch_sets+=(--watch "$data/$set"); done
+  run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
+    --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
+
+  run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --conf "$fbank_conf" --skip-bad "$skip_bad" \
+    "$data/manifests" "$data/fbank" $sets
+
+  local watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3
+  [[ $ali_from = kaldi:* ]] && watch_ali=(--watch "${ali_from#kaldi:}")
+  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --conf "$align_conf" \
+    --ali-from "$ali_from" --skip-bad "$skip_bad" ${oracle_dir:+--oracle-dir "$oracle_dir"} \
+    "$data/fbank/$train_set" "$ali_dir"
+
+  for system in $systems; do
+    run_stage 4 "train_$system" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
+      --ngpu "$ngpu" --resume "$resume" --skip-unaligned "$skip_bad" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
+  done
+
+  local pairs
+  for system in $systems; do
+    pairs=()  # one process per system embeds every set
+    for set in $sets; do pairs+=("$data/fbank/$set" "$exp/$system/xvectors/$set"); done
+    run_stage 5 "extract_$system" steps/extract_xvectors.sh --ngpu "$ngpu" "$exp/$system" "${pairs[@]}"
+  done
+
+  for system in $systems; do
+    run_stage 6 "score_$system" steps/score.sh --conf "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
+      --train-set "$train_set" ${backend_train_set:+--backend-train-set "$backend_train_set"} "$exp/$system" $scored_sets
+  done
+
+  run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --command-line "$command_line" \
+    --skip-bad "$skip_bad" --output "$results" "$exp" $systems
+
+  for system in $systems; do  # after the report: MODEL.md carries the stage 7 results
+    run_stage 7 "package_$system" steps/package_model.sh --fbank-conf "$fbank_conf" --data "$data" \
+      --train-set "${backend_train_set:-$train_set}" --dev-sets "$dev_sets" "$exp/$system"
+  done
+}
