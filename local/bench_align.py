@@ -152,7 +152,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--fbank-dir", default=str(DATA / "fbank/train"))
     p.add_argument("--oracle-dir", default=str(DATA / "oracle_ali/train"))
-    p.add_argument("--conf", default=str(REPO / "egs/olr/conf/align.yaml"))
+    p.add_argument("--config", default=str(REPO / "egs/olr/conf/align.yaml"))
     p.add_argument("--seconds", type=float, default=60.0, help="audio for the throughput part")
     p.add_argument("--nj", type=int, default=2)
     p.add_argument("--copies-of", type=int, default=8, help="utterances for the speed part")
@@ -161,7 +161,7 @@ def main() -> None:
     args = p.parse_args()
     if not (Path(args.fbank_dir) / "cuts.jsonl.gz").is_file():
         sys.exit(f"{args.fbank_dir}: no cuts.jsonl.gz; run egs/olr/run.sh --stop-stage 2 first")
-    cfg = load_align_config(args.conf)
+    cfg = load_align_config(args.config)
     cuts = sorted_cuts(args.fbank_dir)
     oracle = oracle_source(args.oracle_dir, cfg) if Path(args.oracle_dir).is_dir() else None
     print(

@@ -34,7 +34,7 @@ from apm.features.augment import (  # noqa: E402
     resolve_augment,
     write_toy_sets,
 )
-from apm.features.fbank import load_config  # noqa: E402
+from apm.features.fbank import load_feature_config  # noqa: E402
 from apm.features.pipeline import make_fbank  # noqa: E402
 from apm.features.readers import load_cut_features  # noqa: E402
 
@@ -57,7 +57,7 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=3.0, help="audio to process")
     args = p.parse_args()
     torch.set_num_threads(1)
-    features = load_config(CONF)
+    features = load_feature_config(CONF)
     per_pair = max(1, round(args.minutes * 60 / 2.25 / 6))  # 2 speakers x 3 languages
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

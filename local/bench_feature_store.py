@@ -36,7 +36,7 @@ from lhotse.utils import fastcopy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apm.extract.xvectors import embed, load_system  # noqa: E402
-from apm.features.fbank import fbank_and_vad, load_config, make_extractor  # noqa: E402
+from apm.features.fbank import fbank_and_vad, load_feature_config, make_extractor  # noqa: E402
 from apm.features.pipeline import TICK_POWER, make_fbank  # noqa: E402
 from apm.features.readers import (  # noqa: E402
     load_cut_features,
@@ -180,7 +180,7 @@ def main() -> None:
     args = p.parse_args()
     setup_logging()
     torch.set_num_threads(1)
-    cfg = load_config(REPO / "egs/olr/conf/fbank.yaml")
+    cfg = load_feature_config(REPO / "egs/olr/conf/fbank.yaml")
     manifests = args.manifests.resolve()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tmp = Path(tmp)

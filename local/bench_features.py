@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from apm.data.manifests import make_manifests  # noqa: E402
 from apm.data.olr import import_olr  # noqa: E402
 from apm.data.toy import make_toy_corpus  # noqa: E402
-from apm.features.fbank import FeatureConfig, fbank_and_vad, load_config, make_extractor  # noqa: E402
+from apm.features.fbank import FeatureConfig, fbank_and_vad, load_feature_config, make_extractor  # noqa: E402
 from apm.features.pipeline import make_fbank  # noqa: E402
 from apm.utils.log import setup_logging  # noqa: E402
 
@@ -66,7 +66,7 @@ def main() -> None:
     p.add_argument("--nj", type=int, nargs="+", default=[1, 2], help="job counts to time")
     args = p.parse_args()
     setup_logging()
-    cfg = load_config(CONF)
+    cfg = load_feature_config(CONF)
     per_pair = max(1, round(args.minutes * 60 / 2.25 / 6))  # 2 speakers x 3 languages, ~2.25 s each
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

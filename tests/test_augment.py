@@ -23,7 +23,7 @@ from apm.features.augment import (
     resolve_augment,
     write_toy_sets,
 )
-from apm.features.fbank import load_config
+from apm.features.fbank import load_feature_config
 from apm.features.pipeline import make_fbank
 from apm.features.readers import load_cut_features
 from apm.utils import ApmError
@@ -39,7 +39,7 @@ def work(tmp_path_factory) -> dict:
     make_toy_corpus(tmp / "olr", {"train": 1}, seconds=(1.5, 2.5), seed=3)
     import_olr(tmp / "olr", tmp / "data", ["train"])
     make_manifests(tmp / "data", tmp / "manifests", ["train"], nj=1, perturb_sets=["train"])
-    features = load_config(FBANK_CONF)
+    features = load_feature_config(FBANK_CONF)
     make_fbank(tmp / "manifests", tmp / "fbank", ["train"], features, nj=1)
     musan, rirs = write_toy_sets(tmp / "corpora", seed=5)
     sets = tmp / "augment"

@@ -65,7 +65,7 @@ recipe_caller_paths() {
 
 # Stages 1-7 on the Kaldi data dirs that stage 0 wrote to $data/<set>. Reads: data exp nj
 # seed skip_bad speed_perturb fbank_conf align_conf ali_from ali_dir systems system_conf_dir
-# resume ngpu backend_conf results command_line dev_sets train_set, sets (every set: imported,
+# resume ngpu backend_conf results command_line dev_sets train_set kaldi_copy, sets (every set: imported,
 # given features, embedded), scored_sets (the sets with trials: scored and reported);
 # optional: backend_train_set (a set training the back-end, among $sets), oracle_dir.
 recipe_stages_1_to_7() {
@@ -75,12 +75,12 @@ recipe_stages_1_to_7() {
   run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
     --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
 
-  run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --conf "$fbank_conf" --skip-bad "$skip_bad" \
-    "$data/manifests" "$data/fbank" $sets
+  run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --config "$fbank_conf" --skip-bad "$skip_bad" \
+    --kaldi-copy "${kaldi_copy:-false}" "$data/manifests" "$data/fbank" $sets
 
   local watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3
   [[ $ali_from = kaldi:* ]] && watch_ali=(--watch "${ali_from#kaldi:}")
-  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --conf "$align_conf" \
+  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --config "$align_conf" \
     --ali-from "$ali_from" --skip-bad "$skip_bad" ${oracle_dir:+--oracle-dir "$oracle_dir"} \
     "$data/fbank/$train_set" "$ali_dir"
 
@@ -97,7 +97,7 @@ recipe_stages_1_to_7() {
   done
 
   for system in $systems; do
-    run_stage 6 "score_$system" steps/score.sh --conf "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
+    run_stage 6 "score_$system" steps/score.sh --config "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
       --train-set "$train_set" ${backend_train_set:+--backend-train-set "$backend_train_set"} "$exp/$system" $scored_sets
   done
 

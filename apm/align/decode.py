@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apm.align.arkio import read_labels, write_ark_scp
+from apm.align.arkio import read_labels, write_labels
 from apm.align.config import AlignConfig
 from apm.align.phones import SILENCE_ID
 from apm.align.sphinx import SAMPLING_RATE, SphinxAligner
@@ -142,7 +142,7 @@ def run_job(job: Job) -> JobSummary:
             if labels is not None:
                 yield cut.id, labels
 
-    write_ark_scp(labelled(), ark, scp)
+    write_labels(labelled(), ark, scp)
     summary.cpu_seconds = time.process_time() - start
     with atomic_write(summary_path, encoding="utf-8") as f:
         json.dump(asdict(summary), f, indent=1)

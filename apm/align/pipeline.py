@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from apm.align.arkio import read_labels, write_ark_scp
+from apm.align.arkio import read_labels, write_labels
 from apm.align.config import AlignConfig
 from apm.align.decode import cut_frames, decode_cuts
 from apm.align.inventory import language_information, shared_lookup
@@ -192,7 +192,7 @@ def align_phones(
         )
 
     dst.mkdir(parents=True, exist_ok=True)
-    write_ark_scp(((k, labels[k]) for k in sorted(labels)), dst / "ali.ark", dst / "ali.scp")
+    write_labels(((k, labels[k]) for k in sorted(labels)), dst / "ali.ark", dst / "ali.scp")
     source.table.write(dst / "phones.txt")
     report = _report(ali_from, cuts, labels, source.table, cfg, stats, failed, oracle)
     write_report(dst, report)

@@ -4,7 +4,7 @@ vad.scp, and with --kaldi-copy true a Kaldi feats.scp copy of the features."""
 import argparse
 
 from apm.bin.cli import main, str2bool
-from apm.features.fbank import load_config
+from apm.features.fbank import load_feature_config
 from apm.features.pipeline import make_fbank
 
 
@@ -29,7 +29,7 @@ def run(args: argparse.Namespace) -> None:
         args.manifests,
         args.out,
         args.sets,
-        load_config(args.config),
+        load_feature_config(args.config),
         nj=args.nj,
         skip_bad=args.skip_bad,
         kaldi_copy=args.kaldi_copy,

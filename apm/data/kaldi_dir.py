@@ -20,7 +20,7 @@ import numpy as np
 from apm.data.problems import Problem, settle
 from apm.data.trials import Trial, read_trials, write_trials
 from apm.utils import ApmError, atomic_write, write_kv
-from apm.utils.io import atomic_dir
+from apm.utils.io import atomic_dir, portable_path
 
 REQUIRED = ("wav.scp", "utt2spk", "utt2lang")
 TEXT_FILES = ("wav.scp", "utt2spk", "spk2utt", "utt2lang", "segments", "trials")
@@ -141,20 +141,6 @@ def _read_segments(path: Path, problems: list[Problem]) -> tuple[dict[str, Segme
             continue
         segments[utt] = seg
     return segments, dups
-
-
-def portable_path(path: str | os.PathLike) -> str:
-    """How a generated file names `path`: relative to the current directory (the recipe
-    directory, where run.sh runs every stage) when it lies under it, else absolute. kaldiio
-    and lhotse open such paths as they are, so a recipe directory moved as a whole, with its
-    data/ and exp/, stays valid."""
-    absolute = os.path.abspath(path)
-    cwd = os.getcwd()
-    if absolute == cwd:
-        return "."
-    if absolute.startswith(cwd.rstrip(os.sep) + os.sep):
-        return os.path.relpath(absolute, cwd)
-    return absolute
 
 
 def _resolve_audio(entry: str, bases: list[Path]) -> str | None:

@@ -163,8 +163,3 @@ def features_manifest(
         recording_id=cut.recording_id,
         channels=cut.channel,
     )
-
-
-# The old name, for apm/bin/make_fbank.py and local/bench_features.py (owned by others in this
-# change); they switch to load_feature_config and this line goes.
-load_config = load_feature_config

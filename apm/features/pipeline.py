@@ -21,7 +21,7 @@ be added to a finished set later (rerun with --kaldi-copy true: no fbank is reco
 
 Paths inside feats.scp, vad.scp and the cuts' feature storage are relative to the current
 directory (the recipe directory: run.sh runs every stage there) when `<out>` lies under it,
-absolute otherwise (`apm.data.kaldi_dir.portable_path`); readers open them from there.
+absolute otherwise (`apm.utils.io.portable_path`); readers open them from there.
 """
 
 from __future__ import annotations
@@ -43,15 +43,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from kaldiio.matio import write_array
 from lhotse import CutSet
 from lhotse.features.io import LilcomChunkyWriter
 from lhotse.utils import fastcopy
 
-from apm.data.kaldi_dir import portable_path
 from apm.data.manifests import check_nj, write_manifest
 from apm.features.fbank import FeatureConfig, fbank_and_vad, features_manifest, make_extractor
 from apm.utils import ApmError, atomic_path, atomic_write
+from apm.utils.arkio import write_ark_scp
+from apm.utils.io import portable_path
 from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
@@ -98,17 +98,6 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
     except (OSError, AttributeError):
         log.debug("prctl unavailable: workers may outlive a killed parent")
-
-
-def _write_ark(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """ark + scp of `arrays`, atomically; the scp points at `path`'s final name."""
-    scp = path.with_suffix(".scp")
-    with atomic_path(path) as tmp_ark, atomic_write(scp, encoding="utf-8") as fscp:
-        with open(tmp_ark, "wb") as fark:
-            for key, arr in arrays.items():
-                fark.write(f"{key} ".encode())
-                fscp.write(f"{key} {path}:{fark.tell()}\n")
-                write_array(fark, arr)
 
 
 def _load_audio(cut, skip_bad: bool) -> tuple[np.ndarray | None, str]:
@@ -163,7 +152,7 @@ def run_job(job: Job) -> dict:
             manifest = features_manifest(cut, f, writer.name, str(archive), key)
             cuts.append(fastcopy(cut, features=manifest))
             vads[cut.id] = v
-    _write_ark(jobs / f"vad.{j}.ark", vads)
+    write_ark_scp(vads.items(), jobs / f"vad.{j}.ark")
     stats = {
         "cuts": len(cuts),
         "seconds": sum(c.duration for c in cuts),
@@ -270,7 +259,7 @@ def write_kaldi_copy(set_dir: Path, n_jobs: int) -> None:
         ark = jobs / f"feats.{j}.ark"
         if not ark.is_file():
             cuts = CutSet.from_file(jobs / f"cuts.{j}.jsonl.gz")
-            _write_ark(ark, {cut.id: cut.load_features() for cut in cuts})
+            write_ark_scp(((cut.id, cut.load_features()) for cut in cuts), ark)
     _concat_scp(set_dir, "feats", n_jobs)
 
 

@@ -18,9 +18,8 @@ import kaldiio
 import numpy as np
 from numpy.typing import DTypeLike
 
-from apm.data.kaldi_dir import portable_path
 from apm.utils.errors import ApmError
-from apm.utils.io import atomic_path
+from apm.utils.io import atomic_path, portable_path
 
 
 def write_ark_scp(

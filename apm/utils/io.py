@@ -93,3 +93,17 @@ def write_kv(path: str | os.PathLike, mapping: Mapping[str, object]) -> None:
     with atomic_write(path, encoding="utf-8") as f:
         for key in sorted(mapping):
             f.write(f"{key} {mapping[key]}\n")
+
+
+def portable_path(path: str | os.PathLike) -> str:
+    """How a generated file names `path`: relative to the current directory (the recipe
+    directory, where run.sh runs every stage) when it lies under it, else absolute. kaldiio
+    and lhotse open such paths as they are, so a recipe directory moved as a whole, with its
+    data/ and exp/, stays valid."""
+    absolute = os.path.abspath(path)
+    cwd = os.getcwd()
+    if absolute == cwd:
+        return "."
+    if absolute.startswith(cwd.rstrip(os.sep) + os.sep):
+        return os.path.relpath(absolute, cwd)
+    return absolute

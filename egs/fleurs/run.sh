@@ -39,6 +39,7 @@ langs=                      # training languages, FLEURS codes (e.g. "en_us fr_f
 open_langs=                 # held-out languages: not trained on, scored as non-target in test_open
 speed_perturb=false         # add 0.9/1.1 speed-perturbed copies of the training set
 fbank_conf=conf/fbank.yaml  # feature configuration
+kaldi_copy=false            # stage 2: also write a Kaldi feats.scp copy of the (lilcom) features
 ali_from=pocketsphinx       # virtual phone labels: pocketsphinx or kaldi:DIR
 ali_dir=                    # stage 3 output and stage 4 input (default: <data>/ali/train)
 align_conf=conf/align.yaml  # aligner configuration
