@@ -1,20 +1,28 @@
 #!/usr/bin/env python
-"""Training throughput through the real data pipeline against a bare training loop.
+"""Training throughput through the real data pipeline against the bare training step on the
+same batches, for either data path (`train.data` memory or stream), and the model FLOP
+utilisation (MFU).
 
-"pipeline": one epoch of `apm.train.trainer.Trainer.train_epoch` (chunk sampling from the
-in-memory corpus, CMN, optional SpecAugment, batch assembly, forward, multi-task loss, NaN
-check, backward, clipping, optimiser and LR steps, metrics).
-"bare": the same model, loss and optimiser stepped on pre-built random tensors of exactly the
-same batch shapes (the epoch plan's chunk lengths), nothing else.
+"pipeline": one epoch of `apm.train.trainer.Trainer.train_epoch` (batches from the in-memory
+corpus or streamed from disk, in --num-workers DataLoader workers, pinned on CUDA; CMN,
+optional SpecAugment, host-to-device copy, forward, multi-task loss, NaN check, backward,
+clipping, optimiser and LR steps, metrics).
+"bare": `Trainer.train_step` alone on the same epoch's batches, built beforehand and already
+on the device.
 After one warm-up epoch, pipeline epochs and bare loops alternate for --rounds rounds (so both
 see the same load on a shared machine) and the fastest of each is kept. frames/s count the
-frames of the chunks (padding excluded for the pipeline: conservative). Overhead = 1 -
-pipeline / bare.
+valid (unpadded) frames of the chunks. Overhead = 1 - pipeline / bare. MFU = frames/s x 6 x
+MACs per frame (forward 2, backward 4) / the device's dense bf16 peak (H100 and H200: 989
+TFLOP/s; n/a elsewhere).
 
     .venv/bin/python local/bench_train.py [--config egs/olr/conf/apm_am.yaml] [--threads 2]
+        [--data memory|stream] [--batch-size N] [--num-workers N]
         [--fbank-dir egs/olr/data/fbank/train --ali-dir egs/olr/data/ali/train]
+    GPU: --config egs/olr/conf/paper/apm_am.yaml --device cuda --amp bf16 --compile
+        --batch-size 1024 --num-workers 8 --toy-utts 400
 
-Without --fbank-dir it trains on a synthetic corpus (apm.train.toy) of 40-dim features.
+Without --fbank-dir it trains on a synthetic corpus (apm.train.toy) of 40-dim features, 500
+frames per utterance on average, 10 languages x --toy-utts utterances.
 """
 
 from __future__ import annotations
@@ -27,47 +35,53 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apm.train.batches import plan_epoch
 from apm.train.config import load_config
 from apm.train.data import load_corpus
+from apm.train.stream import load_stream_corpus
 from apm.train.toy import make_toy_corpus
 from apm.train.trainer import Trainer
 from apm.utils.dist import init_distributed
 
 REPO = Path(__file__).resolve().parents[1]
+# Dense bf16 tensor-core peaks (FLOP/s) by device name.
+BF16_PEAK = {"H100": 989e12, "H200": 989e12}
 
 
-def bare_loop(trainer: Trainer, lengths: np.ndarray, rows: int) -> tuple[float, int]:
-    """Seconds and frames of forward/backward/step on random batches of the given shapes."""
-    dim, langs, phones = (
-        trainer.corpus.feat_dim,
-        len(trainer.corpus.languages),
-        trainer.corpus.num_phones,
-    )
-    gen = torch.Generator().manual_seed(0)
-    batches = []
-    for length in lengths:
-        batch = {
-            "feats": torch.randn(rows, int(length), dim, generator=gen),
-            "mask": torch.ones(rows, int(length), dtype=torch.bool),
-            "langs": torch.randint(0, langs, (rows,), generator=gen),
-        }
-        if phones:
-            batch["phones"] = torch.randint(0, phones, (rows, int(length)), generator=gen)
-        batches.append({k: v.to(trainer.env.device) for k, v in batch.items()})
-    trainer.net.train()
-    start = time.perf_counter()
-    for batch in batches:
-        trainer.optimizer.zero_grad(set_to_none=True)
-        _, res = trainer._forward(batch, trainer.net)
-        res.loss.backward()
-        trainer.optimizer.step()
+def synchronize(trainer: Trainer) -> None:
     if trainer.env.device.type == "cuda":
         torch.cuda.synchronize()
-    return time.perf_counter() - start, int(sum(lengths) * rows)
 
 
-def main() -> None:
+def pipeline_epoch(trainer: Trainer) -> tuple[float, int]:
+    """Seconds and valid frames of one training epoch through the real pipeline."""
+    start = time.perf_counter()
+    summary = trainer.train_epoch()
+    synchronize(trainer)
+    return time.perf_counter() - start, int(summary["frames"])
+
+
+def bare_steps(trainer: Trainer, epoch: int) -> tuple[float, int]:
+    """Seconds and valid frames of `train_step` alone over epoch `epoch`'s batches, built and
+    moved to the device beforehand."""
+    batches = [trainer._to_device(b) for b in trainer._batches(epoch)]
+    frames = sum(int(b["mask"].sum()) for b in batches)
+    synchronize(trainer)
+    trainer.net.train()
+    start = time.perf_counter()
+    for i, batch in enumerate(batches):
+        trainer.train_step(batch, i)
+    synchronize(trainer)
+    return time.perf_counter() - start, frames
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in BF16_PEAK.items() if key in name), None)
+
+
+def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--config", default=str(REPO / "egs/olr/conf/apm_am.yaml"))
     p.add_argument("--fbank-dir", type=Path, default=None)
@@ -80,46 +94,86 @@ def main() -> None:
     )
     p.add_argument("--device", default="auto")
     p.add_argument("--rounds", type=int, default=3, help="timed epochs of each kind")
-    args = p.parse_args()
+    p.add_argument("--data", choices=("memory", "stream"), default=None, help="train.data")
+    p.add_argument("--batch-size", type=int, default=None, help="train.batch_size")
+    p.add_argument("--num-workers", type=int, default=None, help="train.num_workers")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="train.amp")
+    p.add_argument("--compile", action="store_true", help="train.compile true")
+    p.add_argument("--toy-utts", type=int, default=10, help="synthetic utterances per language")
+    return p.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
     cfg = load_config(args.config, seed=0)
-    cfg["train"]["valid_fraction"] = 0.0
-    threads = cfg["train"]["threads"] if args.threads is None else args.threads
-    env = init_distributed(args.device, threads)
     t = cfg["train"]
+    t["valid_fraction"] = 0.0
+    for key in ("data", "batch_size", "num_workers", "amp"):
+        if getattr(args, key) is not None:
+            t[key] = getattr(args, key)
+    t["compile"] = t["compile"] or args.compile
+    threads = t["threads"] if args.threads is None else args.threads
+    env = init_distributed(args.device, threads)
     with tempfile.TemporaryDirectory() as tmp:
         fbank, ali = args.fbank_dir, args.ali_dir
         if fbank is None:
             toy = make_toy_corpus(
-                tmp, num_langs=10, utts_per_lang=10, frames=(300, 700), feat_dim=40, num_phones=40
+                tmp,
+                num_langs=10,
+                utts_per_lang=args.toy_utts,
+                frames=(300, 700),
+                feat_dim=40,
+                num_phones=40,
             )
             fbank, ali = toy.fbank_dir, toy.ali_dir
-        corpus = load_corpus(fbank, ali, cmn=t["cmn"], min_utt_frames=t["min_utt_frames"])
+        if t["data"] == "stream":
+            corpus = load_stream_corpus(fbank, ali, min_utt_frames=t["min_utt_frames"])
+        else:
+            corpus = load_corpus(fbank, ali, cmn=t["cmn"], min_utt_frames=t["min_utt_frames"])
         pool = np.arange(len(corpus.ids))
         trainer = Trainer(cfg, corpus, pool, pool[:0], tmp, env)
-        trainer.train_epoch()  # warm-up
-        pipe_s, bare_s = [], []
+        trainer.train_epoch()  # warm-up (and compilation)
+        pipe, bare = [], []
         # Alternating rounds see the same machine load; the fastest round of each is kept.
         for _ in range(args.rounds):
-            start = time.perf_counter()
-            summary = trainer.train_epoch()
-            pipe_s.append(time.perf_counter() - start)
-            plan = plan_epoch(corpus, pool, t, cfg["seed"], trainer.epoch - 1)
-            seconds, bare_frames = bare_loop(trainer, plan.lengths, t["batch_size"])
-            bare_s.append(seconds)
-    pipe_fps, bare_fps = summary["frames"] / min(pipe_s), bare_frames / min(bare_s)
-    print(f"config {args.config}; device {env.device}, {torch.get_num_threads()} threads")
+            pipe.append(pipeline_epoch(trainer))
+            bare.append(bare_steps(trainer, trainer.epoch - 1))
+    report(args, trainer, pipe, bare)
+
+
+def report(args: argparse.Namespace, trainer: Trainer, pipe: list, bare: list) -> None:
+    t, env = trainer.tcfg, trainer.env
+    pipe_fps = max(frames / s for s, frames in pipe)
+    bare_fps = max(frames / s for s, frames in bare)
     print(
-        f"batches per epoch {len(plan)} x {t['batch_size']} chunks of {t['chunk_min_frames']}-{t['chunk_max_frames']} frames"
+        f"config {args.config}; device {env.device}"
+        f"{' (' + torch.cuda.get_device_name(env.device) + ')' if env.device.type == 'cuda' else ''}"
+        f", {torch.get_num_threads()} threads; data {t['data']}, {t['num_workers']} workers, "
+        f"amp {t['amp'] if env.device.type == 'cuda' else 'n/a (CPU)'}, compile {t['compile']}"
     )
     print(
-        f"pipeline: {pipe_fps:9.0f} frames/s  ({summary['frames']} frames, best of {', '.join(f'{x:.2f}' for x in pipe_s)} s)"
+        f"batches per epoch {trainer.steps_per_epoch} x {t['batch_size']} chunks of "
+        f"{t['chunk_min_frames']}-{t['chunk_max_frames']} frames"
     )
+    for name, runs, fps in (("pipeline", pipe, pipe_fps), ("bare    ", bare, bare_fps)):
+        times = ", ".join(f"{s:.2f}" for s, _ in runs)
+        print(f"{name}: {fps:11.0f} frames/s  ({runs[0][1]} frames, best of {times} s)")
     print(
-        f"bare    : {bare_fps:9.0f} frames/s  ({bare_frames} frames, best of {', '.join(f'{x:.2f}' for x in bare_s)} s)"
+        f"pipeline / bare = {pipe_fps / bare_fps:.3f}  "
+        f"(overhead {100 * (1 - pipe_fps / bare_fps):.1f}%)"
     )
-    print(
-        f"pipeline / bare = {pipe_fps / bare_fps:.3f}  (overhead {100 * (1 - pipe_fps / bare_fps):.1f}%)"
-    )
+    flops_per_frame = 6 * trainer.model.macs_per_frame()
+    peak = peak_flops(env.device)
+    if peak is None:
+        print(
+            f"MFU: n/a (no bf16 peak known for {env.device}); {flops_per_frame / 1e6:.1f} "
+            f"MFLOP per training frame"
+        )
+    else:
+        print(
+            f"MFU (bf16 peak {peak / 1e12:.0f} TFLOP/s): pipeline {pipe_fps * flops_per_frame / peak:.1%}, "
+            f"bare {bare_fps * flops_per_frame / peak:.1%}"
+        )
 
 
 if __name__ == "__main__":

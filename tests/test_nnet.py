@@ -154,6 +154,56 @@ def test_masked_batchnorm_matches_batchnorm_on_valid_frames():
     assert torch.allclose(masked.running_var, plain.running_var)
 
 
+def test_masked_batchnorm_gradients_and_cumulative_momentum_match_batchnorm():
+    torch.manual_seed(2)
+    masked, plain = MaskedBatchNorm1d(4, momentum=None), torch.nn.BatchNorm1d(4, momentum=None)
+    mask = torch.rand(3, 10) > 0.3
+    for _ in range(3):
+        x = (torch.randn(3, 10, 4) * 3 + 2).requires_grad_()
+        xp = x.detach().clone().requires_grad_()
+        (masked(x, mask) ** 2).sum().backward()
+        (plain(xp[mask]) ** 2).sum().backward()
+        assert torch.allclose(x.grad, xp.grad, atol=1e-5)
+    assert torch.allclose(masked.running_mean, plain.running_mean)
+    assert torch.allclose(masked.running_var, plain.running_var)
+    assert masked.num_batches_tracked == plain.num_batches_tracked == 3
+
+
+def test_all_valid_mask_equals_no_mask():
+    """The caller may pass the mask of an unpadded batch or None: same outputs either way."""
+    feats = torch.randn(3, 30, FEAT)
+    full = torch.ones(3, 30, dtype=torch.bool)
+    for train in (True, False):
+        a, b = small_model().train(train), small_model().train(train)
+        out_mask, out_none = a(feats, full), b(feats, None)
+        assert torch.allclose(out_mask.embedding, out_none.embedding, atol=1e-4)
+        assert torch.allclose(out_mask.phone_logits, out_none.phone_logits, atol=1e-4)
+
+
+@pytest.mark.parametrize("padded", [False, True])
+def test_forward_traces_without_graph_break(padded):
+    """torch.compile sees one graph for training forwards, padded or not (no data-dependent
+    branch, no data-dependent shape)."""
+    model = small_model().train()
+    feats = torch.randn(3, 30, FEAT)
+    mask = torch.ones(3, 30, dtype=torch.bool)
+    mask[1, 20:] = False
+    explained = torch._dynamo.explain(model)(feats, mask if padded else None)
+    assert explained.graph_break_count == 0 and explained.graph_count == 1, explained.break_reasons
+
+
+def test_fullgraph_compiled_forward_equals_eager():
+    model = small_model().eval()
+    train_a_little(model)
+    feats = torch.randn(2, 25, FEAT)
+    mask = torch.ones(2, 25, dtype=torch.bool)
+    mask[0, 18:] = False
+    compiled = torch.compile(model, fullgraph=True, backend="eager")
+    with torch.no_grad():
+        out, ref = compiled(feats, mask), model(feats, mask)
+    assert torch.allclose(out.embedding, ref.embedding, atol=1e-5)
+
+
 def test_bf16_and_fp16_autocast_forward_is_finite():
     model = small_model().train()
     feats = torch.randn(3, 40, FEAT) * 10

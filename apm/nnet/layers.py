@@ -28,20 +28,42 @@ from apm.utils.errors import ApmError
 class MaskedBatchNorm1d(nn.BatchNorm1d):
     """BatchNorm over frames [B, T, C] whose training statistics use only frames with mask True.
 
-    The valid frames are gathered into an [N, C] matrix and normalised by the native kernel,
-    so running statistics and momentum behave exactly as in `nn.BatchNorm1d`. Masked frames
-    of the output are zero. In eval mode (running statistics) every frame is normalised
-    and the caller zeroes the masked ones. Input is laid out [B, T, C] (channels last), so
+    Without a mask (or in eval mode, with running statistics) the native kernel normalises
+    every frame and the caller zeroes the masked ones. With a mask in training, the batch
+    statistics are masked sums over the valid frames, and running statistics and momentum
+    are updated as `nn.BatchNorm1d` updates them (unbiased variance, `momentum=None` =
+    cumulative average). Masked sums rather than gathering the valid frames (`x[mask]`) keep
+    the shapes static, so `torch.compile` traces the layer without a graph break. Masked
+    frames of the output are zero. Input is laid out [B, T, C] (channels last), so
     `nn.SyncBatchNorm.convert_sync_batchnorm` must not be applied to these layers.
     """
 
     def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
         if mask is None or not self.training:
             return super().forward(x.reshape(-1, x.shape[-1])).view(x.shape)
-        y = super().forward(x[mask])
-        out = x.new_zeros(x.shape, dtype=y.dtype)
-        out[mask] = y
-        return out
+        w = mask.unsqueeze(-1).float()
+        xf = x.float()
+        count = w.sum().clamp(min=1.0)
+        mean = (xf * w).sum(dim=(0, 1)) / count
+        var = (((xf - mean) * w) ** 2).sum(dim=(0, 1)) / count
+        if self.track_running_stats:
+            self._update_running_stats(mean.detach(), var.detach(), count.detach())
+        y = (xf - mean) * torch.rsqrt(var + self.eps)
+        if self.affine:
+            y = y * self.weight + self.bias
+        return (y * w).to(x.dtype)
+
+    def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
+        factor: Tensor | float
+        with torch.no_grad():
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm1d
+                factor = 1.0 / self.num_batches_tracked.float()
+            else:
+                factor = self.momentum
+            unbiased = var * count / (count - 1).clamp(min=1.0)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+            self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
 
 
 def context_to_conv(context: Sequence[int]) -> tuple[int, int]:

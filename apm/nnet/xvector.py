@@ -116,15 +116,17 @@ class XVector(nn.Module):
     ) -> ModelOutput:
         """feats [B, T, F] float, mask [B, T] bool (True = valid frame; None = all valid).
 
-        `phones=False` skips the phone branch (extraction does not need it).
+        `phones=False` skips the phone branch (extraction does not need it). Pass `mask=None`
+        for a batch without padding: the unmasked path uses the fused BatchNorm kernels. The
+        model does not test the mask itself (`mask.all()` would be a data-dependent branch,
+        a graph break under `torch.compile`); the data pipeline knows on the host
+        (`batch["padded"]`, apm.train.batches).
         """
         if feats.dim() != 3 or feats.shape[2] != self.feat_dim:
             raise ApmError(
                 f"x-vector input has shape {tuple(feats.shape)}; expected [batch, frames, "
                 f"{self.feat_dim}] (the model was built for {self.feat_dim}-dim features)"
             )
-        if mask is not None and bool(mask.all()):
-            mask = None  # the unmasked path uses the fused BatchNorm kernels
         x = feats
         if mask is not None:
             x = x * mask.unsqueeze(2).to(x.dtype)

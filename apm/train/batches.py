@@ -35,13 +35,21 @@ class EpochPlan:
         return len(self.lengths)
 
 
-def _utterance_probabilities(corpus: Corpus, pool: np.ndarray, balanced: bool) -> np.ndarray:
-    frames = corpus.lengths[pool].astype(np.float64)
+def utterance_probabilities(frames: np.ndarray, langs: np.ndarray, balanced: bool) -> np.ndarray:
+    """Probability of drawing each utterance: in proportion to its `frames`, or, `balanced`,
+    each language (`langs`) equally likely and, within it, in proportion to frames."""
+    frames = frames.astype(np.float64)
     if not balanced:
         return frames / frames.sum()
-    langs = corpus.langs[pool]
     per_lang = np.bincount(langs, weights=frames)
     return frames / per_lang[langs] / np.count_nonzero(per_lang)
+
+
+def chunk_starts(utt_frames: np.ndarray, length: np.ndarray | int, u: np.ndarray) -> np.ndarray:
+    """First frame of chunks of `length` frames, uniform within each utterance (`u` uniform
+    draws in [0, 1)); 0 for an utterance shorter than its chunk (taken whole, padded)."""
+    room = np.maximum(utt_frames - length + 1, 1)
+    return np.floor(u * room).astype(np.int64)
 
 
 def batches_per_epoch(corpus: Corpus, pool: np.ndarray, train_cfg: dict) -> int:
@@ -61,10 +69,12 @@ def plan_epoch(
     lengths = rng.integers(
         train_cfg["chunk_min_frames"], train_cfg["chunk_max_frames"] + 1, size=num_batches
     )
-    probs = _utterance_probabilities(corpus, pool, train_cfg["language_balanced"])
+    probs = utterance_probabilities(
+        corpus.lengths[pool], corpus.langs[pool], train_cfg["language_balanced"]
+    )
     utts = pool[rng.choice(len(pool), size=(num_batches, batch), p=probs)]
-    room = np.maximum(corpus.lengths[utts] - lengths[:, None] + 1, 1)
-    starts = np.floor(rng.random((num_batches, batch)) * room).astype(np.int64)
+    u = rng.random((num_batches, batch))
+    starts = chunk_starts(corpus.lengths[utts], lengths[:, None], u)
     return EpochPlan(lengths=lengths, utts=utts, starts=starts)
 
 
@@ -76,16 +86,26 @@ def gather(
     frame = np.arange(length)
     mask = frame[None, :] < valid[:, None]
     rows = np.where(mask, corpus.offsets[utts][:, None] + starts[:, None] + frame[None, :], 0)
-    feats = corpus.feats[rows]
+    phones = corpus.phones[rows] if corpus.phones is not None else None
+    return finish_batch(corpus.feats[rows], mask, corpus.langs[utts], phones, cmn)
+
+
+def finish_batch(
+    feats: np.ndarray, mask: np.ndarray, langs: np.ndarray, phones: np.ndarray | None, cmn: str
+) -> dict:
+    """A training batch from chunks [B, T, F] cut from prepared frames and their mask [B, T]:
+    padding zeroed, chunk CMN, phone label -1 on padding; `padded` (a host-side bool) tells
+    the model whether it needs the mask at all."""
     feats[~mask] = 0.0
     feats = chunk_cmn(feats, cmn, mask)
     batch = {
         "feats": torch.from_numpy(feats),
         "mask": torch.from_numpy(mask),
-        "langs": torch.from_numpy(corpus.langs[utts]),
+        "langs": torch.from_numpy(langs),
+        "padded": not bool(mask.all()),
     }
-    if corpus.phones is not None:
-        batch["phones"] = torch.from_numpy(np.where(mask, corpus.phones[rows], -1))
+    if phones is not None:
+        batch["phones"] = torch.from_numpy(np.where(mask, phones, -1))
     return batch
 
 

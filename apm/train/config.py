@@ -52,8 +52,16 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "valid_fraction": 0.05,  # utterances per language held out for validation
     "average_last": 3,  # final.pt averages the last N epoch checkpoints
     "bn_recalibration_batches": 50,  # then re-estimates BatchNorm statistics on N batches
-    "amp": True,  # mixed precision on CUDA (ignored on CPU)
+    # memory: every VAD-kept frame in one array (fastest for small corpora); stream: features
+    # read from disk while training, memory bounded by stream_buffer/stream_pool
+    # (apm.train.stream; its batches depend on the process count and num_workers).
+    "data": "memory",
+    "stream_buffer": 2000,  # stream: cuts (metadata) each reader shuffles within
+    "stream_pool": 256,  # stream: prepared utterances each reader draws chunks from
+    "amp": "bf16",  # none | bf16 | fp16: autocast dtype on CUDA (ignored on CPU)
+    "compile": False,  # torch.compile the model (CUDA; dynamic chunk lengths)
     "num_workers": 0,  # DataLoader workers building batches (0: in the training process)
+    "pin_memory": True,  # pinned host batches for asynchronous copies (CUDA only)
     "threads": 0,  # torch CPU threads per process; 0: the cores divided by the processes
     "log_interval": 20,  # steps between TensorBoard step scalars
 }
@@ -76,7 +84,11 @@ CHOICES = {
     "cmn": ("utterance", "sliding", "chunk", "none"),
     "optimizer": ("adam", "sgd"),
     "lr_decay": ("cosine", "exponential", "none"),
+    "data": ("memory", "stream"),
+    "amp": ("none", "bf16", "fp16"),
 }
+# Older configs wrote `amp` as a boolean: true meant bf16 (fp16 where bf16 is unsupported).
+AMP_ALIASES = {True: "bf16", False: "none"}
 
 
 # Typed keys of `train` (every other key is a choice, a boolean or `specaugment`): integers
@@ -92,6 +104,8 @@ TRAIN_INTS = {
     "num_workers": 0,
     "threads": 0,
     "log_interval": 1,
+    "stream_buffer": 1,
+    "stream_pool": 1,
 }
 TRAIN_FLOATS = {  # key: (minimum, maximum, strict)
     "lr": (0.0, None, True),
@@ -106,6 +120,8 @@ EXTRACT_INTS = {"max_chunk_frames": 1, "min_voiced_frames": 1, "threads": 0}
 
 
 def _check_train(train: dict, where: str) -> None:
+    if isinstance(train["amp"], bool):
+        train["amp"] = AMP_ALIASES[train["amp"]]
     for key, choices in CHOICES.items():
         if train[key] not in choices:
             raise ApmError(f"{where}: train.{key} is '{train[key]}'; choose one of {choices}")
@@ -115,7 +131,7 @@ def _check_train(train: dict, where: str) -> None:
         train[key] = check_number(
             train[key], key, "train", minimum=minimum, maximum=maximum, strict=strict, path=where
         )
-    for key in ("language_balanced", "amp"):
+    for key in ("language_balanced", "compile", "pin_memory"):
         check_bool(train[key], key, "train", path=where)
     if train["chunk_max_frames"] < train["chunk_min_frames"]:
         raise ApmError(f"{where}: train.chunk_max_frames is below train.chunk_min_frames")

@@ -1,4 +1,5 @@
-"""A training set (lhotse cuts + `vad.scp`) and its alignments, held in memory.
+"""A training set (lhotse cuts + `vad.scp`) and its alignments, held in memory
+(`train.data: memory`; `apm.train.stream` streams it instead).
 
 Training sets of an LID recipe are small enough (hours of speech, 40-dim frames) to keep every
 VAD-kept frame in one array: chunk sampling is then index arithmetic, with no per-step I/O.
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +31,9 @@ from apm.features.readers import (
 )
 from apm.utils.errors import ApmError
 from apm.utils.log import progress
+
+if TYPE_CHECKING:
+    from apm.train.stream import StreamCorpus
 
 log = logging.getLogger(__name__)
 
@@ -96,19 +102,13 @@ def load_corpus(
         if keep.sum() < min_utt_frames:
             skipped["short"].append(cut.id)
             continue
-        if ali_table is not None:
-            phones.append(load_alignment(cut.id, ali_table, len(x), num_phones)[keep])
+        frames, labels = prepare_utterance(cut.id, x, keep, ali_table, num_phones, cmn)
+        if labels is not None:
+            phones.append(labels)
         ids.append(cut.id)
         langs.append(lang)
-        feats.append(select_and_normalize(x, keep, cmn))
-    if not ids:
-        raise ApmError(
-            f"{fbank_dir}: no usable training cut ({len(skipped['short'])} shorter than "
-            f"{min_utt_frames} voiced frames, {len(skipped['unaligned'])} unaligned)"
-        )
-    for reason, which in skipped.items():
-        if which:
-            log.warning("skipped %d %s cuts, e.g. %s", len(which), reason, which[:3])
+        feats.append(frames)
+    report_skipped(fbank_dir, len(ids), skipped, min_utt_frames)
     languages = sorted(set(langs))
     lang_index = {lang: i for i, lang in enumerate(languages)}
     return Corpus(
@@ -123,8 +123,40 @@ def load_corpus(
     )
 
 
-def split_validation(corpus: Corpus, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of training and validation utterances.
+def report_skipped(
+    fbank_dir: Path, usable: int, skipped: dict[str, list[str]], min_utt_frames: int
+) -> None:
+    """Log the skipped cuts by reason; no usable cut at all is an error."""
+    if not usable:
+        raise ApmError(
+            f"{fbank_dir}: no usable training cut ({len(skipped['short'])} shorter than "
+            f"{min_utt_frames} voiced frames, {len(skipped['unaligned'])} unaligned)"
+        )
+    for reason, which in skipped.items():
+        if which:
+            log.warning("skipped %d %s cuts, e.g. %s", len(which), reason, which[:3])
+
+
+def prepare_utterance(
+    cut_id: str,
+    feats: np.ndarray,
+    keep: np.ndarray,
+    ali_table: Mapping | None,
+    num_phones: int,
+    cmn: str,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The VAD-kept (`keep`), mean-normalised frames of one utterance's raw `feats` and, with
+    an alignment table, their phone ids: what both training data paths train on."""
+    phones = None
+    if ali_table is not None:
+        phones = load_alignment(cut_id, ali_table, len(feats), num_phones)[keep]
+    return select_and_normalize(feats, keep, cmn), phones
+
+
+def split_validation(
+    corpus: Corpus | StreamCorpus, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of training and validation utterances (the same for both data paths).
 
     Per language, `fraction` of the original utterances (at least one where the language has
     two or more) go to validation; speed-perturbed copies of a held-out utterance are dropped

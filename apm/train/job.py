@@ -23,9 +23,10 @@ from pathlib import Path
 import yaml
 
 from apm.nnet import checkpoint
-from apm.train.config import dump_config
-from apm.train.data import load_corpus, split_validation
+from apm.train.config import AMP_ALIASES, dump_config
+from apm.train.data import Corpus, load_corpus, split_validation
 from apm.train.monitor import Monitor, plot_curves, write_history
+from apm.train.stream import StreamCorpus, load_stream_corpus
 from apm.train.trainer import Trainer
 from apm.utils.dist import DistEnv, barrier, init_distributed, shutdown
 from apm.utils.done import mark_done, recorded, signature
@@ -34,8 +35,9 @@ from apm.utils.io import atomic_write
 
 log = logging.getLogger(__name__)
 
-# Keys that change how fast a run goes, not what it computes: a resumed run may change them.
-RUNTIME_KEYS = ("num_workers", "threads", "log_interval")
+# Keys that change how fast a run goes, not what it computes: a resumed run may change them
+# (streamed batches depend on num_workers: not a runtime key with `data: stream`).
+RUNTIME_KEYS = ("num_workers", "threads", "log_interval", "compile", "pin_memory")
 OUTPUTS = ("checkpoints", "final.pt", "train_log.jsonl", "train_curves.png", "tensorboard")
 
 
@@ -51,7 +53,11 @@ class TrainJob:
 
 
 def _comparable(cfg: dict) -> dict:
-    train = {k: v for k, v in cfg["train"].items() if k not in RUNTIME_KEYS}
+    runtime = set(RUNTIME_KEYS) - (
+        {"num_workers"} if cfg["train"].get("data") == "stream" else set()
+    )
+    train = {k: v for k, v in cfg["train"].items() if k not in runtime}
+    train["amp"] = AMP_ALIASES.get(train.get("amp"), train.get("amp"))  # older boolean configs
     return {"model": cfg["model"], "loss": cfg["loss"], "train": train, "seed": cfg["seed"]}
 
 
@@ -186,6 +192,25 @@ def _write_final(trainer: Trainer, job: TrainJob) -> None:
     )
 
 
+def _load_data(job: TrainJob) -> Corpus | StreamCorpus:
+    """The training set in memory, or indexed for streaming (`train.data`)."""
+    tcfg = job.config["train"]
+    if tcfg["data"] == "stream":
+        return load_stream_corpus(
+            job.fbank_dir,
+            _alignment_dir(job),
+            min_utt_frames=tcfg["min_utt_frames"],
+            skip_unaligned=job.skip_unaligned,
+        )
+    return load_corpus(
+        job.fbank_dir,
+        _alignment_dir(job),
+        cmn=tcfg["cmn"],
+        min_utt_frames=tcfg["min_utt_frames"],
+        skip_unaligned=job.skip_unaligned,
+    )
+
+
 def run_training(job: TrainJob) -> Path:
     """Train (or resume) the system of `job`; returns the path of `final.pt`."""
     env = init_distributed(job.device, job.config["train"]["threads"])
@@ -193,18 +218,11 @@ def run_training(job: TrainJob) -> Path:
         if env.is_main:
             prepare_exp_dir(job)
         barrier(env)
-        tcfg = job.config["train"]
-        corpus = load_corpus(
-            job.fbank_dir,
-            _alignment_dir(job),
-            cmn=tcfg["cmn"],
-            min_utt_frames=tcfg["min_utt_frames"],
-            skip_unaligned=job.skip_unaligned,
-        )
+        corpus = _load_data(job)
         if env.is_main:
             _write_inventories(job, corpus.languages)
         train_pool, valid_pool = split_validation(
-            corpus, tcfg["valid_fraction"], job.config["seed"]
+            corpus, job.config["train"]["valid_fraction"], job.config["seed"]
         )
         log.info(
             "%d training and %d validation utterances, %d languages, %d phones, %d frames",

@@ -25,6 +25,7 @@ from apm.nnet import ModelOutput, build_model
 from apm.train.batches import ChunkBatches, batches_per_epoch, plan_epoch, validation_batches
 from apm.train.data import Corpus
 from apm.train.monitor import EpochMetrics, Monitor
+from apm.train.stream import StreamBatches, StreamCorpus, stream_validation_batches
 from apm.utils.dist import DistEnv, all_reduce_sum
 from apm.utils.errors import ApmError
 from apm.utils.io import atomic_write
@@ -46,8 +47,10 @@ class MultiTaskNet(nn.Module):
         mask: torch.Tensor,
         langs: torch.Tensor,
         phones: torch.Tensor | None,
+        padded: bool = True,
     ) -> tuple[ModelOutput, LossOutput]:
-        out = self.model(feats, mask)
+        # An unpadded batch skips the model's masked path (`padded` is known on the host).
+        out = self.model(feats, mask if padded else None)
         return out, self.crit(out, langs, phones, mask)
 
 
@@ -98,12 +101,13 @@ def set_rng_state(state: dict) -> None:
 
 
 class Trainer:
-    """Model + loss + optimiser over a loaded corpus, for one process of `env`."""
+    """Model + loss + optimiser over a training set, for one process of `env`: a `Corpus`
+    held in memory or a `StreamCorpus` read while training."""
 
     def __init__(
         self,
         cfg: dict,
-        corpus: Corpus,
+        corpus: Corpus | StreamCorpus,
         train_pool: np.ndarray,
         valid_pool: np.ndarray,
         exp_dir: str | os.PathLike,
@@ -116,6 +120,10 @@ class Trainer:
         self.model = build_model(cfg["model"], corpus.feat_dim, corpus.num_phones)
         self.crit = build_loss(cfg["loss"], self.model.embed_dim, len(corpus.languages))
         self.net = MultiTaskNet(self.model, self.crit).to(env.device)
+        if self.tcfg["compile"]:
+            # The model only: the loss's margin schedule changes every step (Python floats).
+            # Chunk lengths vary per batch, hence dynamic shapes.
+            self.net.model = torch.compile(self.model, dynamic=True)
         self.ddp: nn.Module = self.net
         if self.tcfg["batch_size"] % env.world:
             raise ApmError(
@@ -132,8 +140,9 @@ class Trainer:
         )
         cuda = env.device.type == "cuda"
         self.amp_dtype = None
-        if self.tcfg["amp"] and cuda:
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        if self.tcfg["amp"] != "none" and cuda:
+            bf16 = self.tcfg["amp"] == "bf16" and torch.cuda.is_bf16_supported()
+            self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.epoch = 0  # epochs completed
         self.history: list[dict] = []
@@ -187,18 +196,31 @@ class Trainer:
         set_rng_state(state["rng"])
         self.epoch, self.history = state["epoch"], state["history"]
 
-    def _batches(self, epoch: int):
-        plan = plan_epoch(self.corpus, self.train_pool, self.tcfg, self.seed, epoch)
-        data = ChunkBatches(
-            self.corpus, plan, self.tcfg, self.seed, epoch, self.env.rank, self.env.world
-        )
+    @property
+    def streamed(self) -> bool:
+        return isinstance(self.corpus, StreamCorpus)
+
+    def _dataset(self, epoch: int, cfg: dict, rank: int, world: int, num_batches: int | None):
+        if self.streamed:
+            return StreamBatches(
+                self.corpus, self.train_pool, cfg, self.seed, epoch, rank, world, num_batches
+            )
+        plan = plan_epoch(self.corpus, self.train_pool, cfg, self.seed, epoch)
+        return ChunkBatches(self.corpus, plan, cfg, self.seed, epoch, rank, world)
+
+    def _batches(self, epoch: int, cfg: dict | None = None, num_batches: int | None = None):
+        """The batches of `epoch` for this process, built in DataLoader workers or here."""
+        cfg = self.tcfg if cfg is None else cfg
+        data = self._dataset(epoch, cfg, self.env.rank, self.env.world, num_batches)
         if self.tcfg["num_workers"] == 0:
+            if self.streamed:
+                return iter(data)
             return (data[i] for i in range(len(data)))
         return torch.utils.data.DataLoader(
             data,
             batch_size=None,
             num_workers=self.tcfg["num_workers"],
-            pin_memory=self.env.device.type == "cuda",
+            pin_memory=self.tcfg["pin_memory"] and self.env.device.type == "cuda",
         )
 
     def _to_device(self, batch: dict) -> dict:
@@ -211,7 +233,13 @@ class Trainer:
         with torch.autocast(
             self.env.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None
         ):
-            return net(batch["feats"], batch["mask"], batch["langs"], batch.get("phones"))
+            return net(
+                batch["feats"],
+                batch["mask"],
+                batch["langs"],
+                batch.get("phones"),
+                batch.get("padded", True),
+            )
 
     def _check_finite(self, loss: torch.Tensor, batch: dict, step: int) -> None:
         """Stop every process when any of them got a non-finite loss, saving the utterance ids
@@ -286,7 +314,8 @@ class Trainer:
         metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
         self.net.eval()
         mine = self.valid_pool[self.env.rank :: self.env.world]
-        for batch in validation_batches(self.corpus, mine, self.tcfg):
+        batches = stream_validation_batches if self.streamed else validation_batches
+        for batch in batches(self.corpus, mine, self.tcfg):
             batch = self._to_device(batch)
             out, res = self._forward(batch, self.net)
             metrics.add(res, self.crit.scores(out), out.phone_logits, batch)
@@ -310,12 +339,12 @@ class Trainer:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average
         cfg = {**self.tcfg, "specaugment": None}
-        plan = plan_epoch(self.corpus, self.train_pool, cfg, self.seed, self.tcfg["epochs"])
-        data = ChunkBatches(self.corpus, plan, cfg, self.seed, self.tcfg["epochs"])
+        data = self._dataset(self.tcfg["epochs"], cfg, 0, 1, max_batches)
         self.net.train()
         used = min(max_batches, len(data))
-        for i in range(used):
-            self._forward(self._to_device(data[i]), self.net)
+        batches = iter(data) if self.streamed else (data[i] for i in range(used))
+        for _, batch in zip(range(used), batches, strict=False):
+            self._forward(self._to_device(batch), self.net)
         for bn, momentum in zip(norms, momenta, strict=True):
             bn.momentum = momentum
         return used
