@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from apm.train.config import load_config
+from apm.train.config import load_system_config
 from apm.train.data import load_corpus
 from apm.train.stream import load_stream_corpus
 from apm.train.toy import make_toy_corpus
@@ -105,7 +105,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
-    cfg = load_config(args.config, seed=0)
+    cfg = load_system_config(args.config, seed=0)
     t = cfg["train"]
     t["valid_fraction"] = 0.0
     for key in ("data", "batch_size", "num_workers", "amp"):

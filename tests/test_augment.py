@@ -264,3 +264,46 @@ def test_prepare_cli_help():
         capture_output=True, text=True, check=True, cwd=ROOT,
     )  # fmt: skip
     assert "--musan" in out.stdout and "--rirs-noises" in out.stdout
+
+
+def _augmented_system(work: dict, data: str) -> dict:
+    from apm.train.config import resolve_config
+    from apm.train.toy import toy_config
+
+    raw = toy_config(epochs=1, data=data)
+    raw["model"]["phone_branch"] = False
+    raw["loss"] = {"kind": "am", "margin": 0.2, "scale": 30.0}
+    raw["augment"] = section(work["sets"], prob=0.5, reverb_prob=0.5)
+    return resolve_config(raw, "toy", seed=1)
+
+
+def test_streamed_training_trains_on_augmented_features(work, tmp_path, monkeypatch):
+    """train.data: stream with an augment section: the readers take their features from the
+    Augmenter (with the set's recorded stage-2 feature config), and training completes."""
+    from apm.train.job import TrainJob, run_training
+
+    calls = []
+    original = Augmenter.__call__
+
+    def counting(self, cut, epoch=0):
+        calls.append(cut.id)
+        return original(self, cut, epoch)
+
+    monkeypatch.setattr(Augmenter, "__call__", counting)
+    cfg = _augmented_system(work, "stream")
+    final = run_training(TrainJob(cfg, work["tmp"] / "fbank/train", tmp_path / "exp", None))
+    assert final.is_file() and calls
+    assert cfg["augment"]["prob"] == 0.5
+
+
+def test_augmentation_needs_the_streamed_path(work):
+    with pytest.raises(ApmError, match="needs train.data: stream"):
+        _augmented_system(work, "memory")
+
+
+def test_stage_2_records_its_feature_config(work, tmp_path):
+    from apm.features.fbank import stored_feature_config
+
+    assert stored_feature_config(work["tmp"] / "fbank/train") == work["features"]
+    with pytest.raises(ApmError, match="rerun stage 2"):
+        stored_feature_config(tmp_path)

@@ -62,7 +62,9 @@ def test_train_seed_and_extract_integers():
         resolve_config({**toy_config(), "seed": 1.5}, "x.yaml")
     with pytest.raises(ApmError, match="'extract.max_chunk_frames' is 500.5"):
         resolve_config({**toy_config(), "extract": {"max_chunk_frames": 500.5}}, "x.yaml")
-    with pytest.raises(ApmError, match="'train.amp' is 'yes'; it must be true or false"):
+    with pytest.raises(
+        ApmError, match=r"train.amp is 'yes'; choose one of \('none', 'bf16', 'fp16'\)"
+    ):
         resolve_config(toy_config(amp="yes"), "x.yaml")
 
 

@@ -256,6 +256,12 @@ class Augmenter:
             return load_cut_features(cut)
         return self.fbank(cut, self.audio(cut, plan))
 
+    def draw(self, cut: Cut, rng: np.random.Generator) -> np.ndarray:
+        """The features of `cut` for a streamed training reader (`apm.train.stream.FeatureFn`):
+        the draw is keyed by `rng`, the reader's generator, so it is as reproducible as the
+        rest of the reader's epoch."""
+        return self(cut, int(rng.integers(2**31)))
+
     def for_epoch(self, epoch: int) -> Callable[[Cut], np.ndarray]:
         """The `(cut) -> features` callable of one epoch (picklable for DataLoader workers)."""
         return functools.partial(self, epoch=epoch)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 from lhotse import Features
@@ -46,6 +47,20 @@ class FeatureConfig:
 
     def to_dict(self) -> dict:
         return {"fbank": self.fbank, "vad": vars(self.vad), "cuts_per_job": self.cuts_per_job}
+
+
+# Stage 2 records the feature config of a set next to its features (data/fbank/<set>/), so a
+# later stage that recomputes fbank (on-the-fly augmentation) uses exactly the same one.
+STORED_CONFIG = "feature_config.yaml"
+
+
+def stored_feature_config(fbank_dir: str | os.PathLike) -> FeatureConfig:
+    """The feature config stage 2 used for `fbank_dir`."""
+    path = Path(fbank_dir) / STORED_CONFIG
+    if not path.is_file():
+        raise ApmError(f"{path}: not found; rerun stage 2 for this set (--force true) so that it "
+                       "records its feature config")  # fmt: skip
+    return load_feature_config(path)
 
 
 def load_feature_config(path: str | os.PathLike | None) -> FeatureConfig:

@@ -5,6 +5,7 @@ Layout of `<out>/<set>/`:
   storage/feats.j.lca  per job j: lhotse `LilcomChunkyWriter` archive (lilcom-compressed
                        fbank, random access per cut and frame range), the one feature copy
   vad.scp              Kaldi table (float32 0/1 per frame)
+  feature_config.yaml  the feature config used (on-the-fly augmentation recomputes fbank with it)
   feats.scp            only with `kaldi_copy`: Kaldi table of the store's decoded fbank
   jobs/                per job j: vad.j.ark/scp, cuts.j.jsonl.gz, stats.j.json (+ feats.j.ark/scp)
   skipped              `<utt> <reason>` of bad utterances left out (--skip-bad true)
@@ -43,12 +44,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 from lhotse import CutSet
 from lhotse.features.io import LilcomChunkyWriter
 from lhotse.utils import fastcopy
 
 from apm.data.manifests import check_nj, write_manifest
-from apm.features.fbank import FeatureConfig, fbank_and_vad, features_manifest, make_extractor
+from apm.features.fbank import (
+    STORED_CONFIG,
+    FeatureConfig,
+    fbank_and_vad,
+    features_manifest,
+    make_extractor,
+)
 from apm.utils import ApmError, atomic_path, atomic_write
 from apm.utils.arkio import write_ark_scp
 from apm.utils.io import portable_path
@@ -301,6 +309,8 @@ def make_set_fbank(
         )
     if kaldi_copy:
         write_kaldi_copy(where, len(jobs))
+    with atomic_write(set_dir / STORED_CONFIG, encoding="utf-8") as f:
+        yaml.safe_dump(cfg.to_dict(), f, sort_keys=True)
     with atomic_write(set_dir / DONE) as f:
         f.write("\n")
     return FbankSummary(

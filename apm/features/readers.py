@@ -30,7 +30,7 @@ import numpy as np
 from lhotse import CutSet
 
 from apm.features.cmn import sliding_cmn
-from apm.utils import ApmError
+from apm.utils import ApmError, read_kv
 from apm.utils.frames import fit_frame_count
 
 CUTS = "cuts.jsonl.gz"
@@ -116,21 +116,20 @@ def read_scp(path: str | os.PathLike, what: str) -> Mapping[str, np.ndarray]:
 
 
 def read_phones(path: str | os.PathLike) -> dict[str, int]:
-    """Any `symbol id` phone table (ours, Kaldi's, the oracle's) as {symbol: id}."""
+    """Any `symbol id` phone table (ours, Kaldi's, the oracle's) as {symbol: id}; symbols and
+    ids unique."""
     path = Path(path)
     if not path.is_file():
         raise ApmError(f"{path}: phone table not found")
     table: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
-                raise ApmError(f"{path}:{lineno}: expected 'symbol id', got '{line.strip()}'")
-            if fields[0] in table or int(fields[1]) in table.values():
-                raise ApmError(f"{path}:{lineno}: duplicate symbol or id '{line.strip()}'")
-            table[fields[0]] = int(fields[1])
+    ids: set[int] = set()
+    for symbol, value in read_kv(path).items():  # duplicate symbols are read_kv's errors
+        if not value.lstrip("-").isdigit():
+            raise ApmError(f"{path}: expected 'symbol id', got '{symbol} {value}'")
+        if int(value) in ids:
+            raise ApmError(f"{path}: id {value} of '{symbol}' is used twice")
+        table[symbol] = int(value)
+        ids.add(int(value))
     if not table:
         raise ApmError(f"{path}: empty phone table")
     return table

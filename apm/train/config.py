@@ -14,12 +14,13 @@ from typing import Any
 
 import yaml
 
+from apm.features.augment import resolve_augment
 from apm.losses import LOSS_DEFAULTS
 from apm.nnet import MODEL_DEFAULTS
 from apm.utils.config import check_bool, check_int, check_number, load_yaml, merge_section
 from apm.utils.errors import ApmError
 
-SECTIONS = ("model", "loss", "train", "extract")
+SECTIONS = ("model", "loss", "train", "extract", "augment")
 
 SPECAUGMENT_DEFAULTS: dict[str, Any] = {
     "freq_masks": 1,  # number of frequency bands zeroed per chunk
@@ -165,8 +166,14 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
         "loss": merge_section(raw["loss"], LOSS_DEFAULTS, f"{where}: loss"),
         "train": merge_section(raw.get("train") or {}, TRAIN_DEFAULTS, f"{where}: train"),
         "extract": merge_section(raw.get("extract") or {}, EXTRACT_DEFAULTS, f"{where}: extract"),
+        "augment": resolve_augment(raw.get("augment"), where).to_dict(),
     }
     _check_train(cfg["train"], where)
+    if cfg["augment"]["prob"] > 0 and cfg["train"]["data"] != "stream":
+        raise ApmError(
+            f"{where}: augment.prob > 0 needs train.data: stream (augmented features are "
+            "computed from the audio while training; the memory path holds stored features)"
+        )
     for key, minimum in EXTRACT_INTS.items():
         cfg["extract"][key] = check_int(
             cfg["extract"][key], key, "extract", minimum=minimum, path=where
@@ -188,8 +195,3 @@ def load_system_config(path: str | os.PathLike, seed: int | None = None) -> dict
 
 def dump_config(cfg: dict) -> str:
     return yaml.safe_dump(cfg, sort_keys=False, default_flow_style=False)
-
-
-# The old name, for local/bench_train.py (owned by others in this change); it switches to
-# load_system_config and this line goes.
-load_config = load_system_config

@@ -22,11 +22,13 @@ from pathlib import Path
 
 import yaml
 
+from apm.features.augment import AugmentConfig, Augmenter, resolve_augment
+from apm.features.fbank import stored_feature_config
 from apm.nnet import checkpoint
 from apm.train.config import AMP_ALIASES, dump_config
 from apm.train.data import Corpus, load_corpus, split_validation
 from apm.train.monitor import Monitor, plot_curves, write_history
-from apm.train.stream import StreamCorpus, load_stream_corpus
+from apm.train.stream import StreamCorpus, load_stream_corpus, stored_features
 from apm.train.trainer import Trainer
 from apm.utils.dist import DistEnv, barrier, init_distributed, shutdown
 from apm.utils.done import mark_done, recorded, signature
@@ -58,7 +60,8 @@ def _comparable(cfg: dict) -> dict:
     )
     train = {k: v for k, v in cfg["train"].items() if k not in runtime}
     train["amp"] = AMP_ALIASES.get(train.get("amp"), train.get("amp"))  # older boolean configs
-    return {"model": cfg["model"], "loss": cfg["loss"], "train": train, "seed": cfg["seed"]}
+    return {"model": cfg["model"], "loss": cfg["loss"], "train": train, "seed": cfg["seed"],
+            "augment": cfg.get("augment", AugmentConfig().to_dict())}  # fmt: skip
 
 
 def input_signature(fbank_dir: Path, ali_dir: Path | None) -> str:
@@ -196,11 +199,17 @@ def _load_data(job: TrainJob) -> Corpus | StreamCorpus:
     """The training set in memory, or indexed for streaming (`train.data`)."""
     tcfg = job.config["train"]
     if tcfg["data"] == "stream":
+        augment = resolve_augment(job.config.get("augment"), str(job.exp_dir / "config.yaml"))
+        features = stored_features
+        if augment.enabled:  # the stage-2 feature config of the set recomputes fbank
+            features = Augmenter(augment, stored_feature_config(job.fbank_dir),
+                                 job.config["seed"]).draw  # fmt: skip
         return load_stream_corpus(
             job.fbank_dir,
             _alignment_dir(job),
             min_utt_frames=tcfg["min_utt_frames"],
             skip_unaligned=job.skip_unaligned,
+            features=features,
         )
     return load_corpus(
         job.fbank_dir,

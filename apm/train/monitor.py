@@ -167,7 +167,8 @@ def plot_curves(history: list[dict], path: str | os.PathLike) -> None:
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a curve absent for this system draws nothing
+            ax.legend()
     axes[-1].plot(epochs, [r["lr"] for r in history], "-o", markersize=3)
     axes[-1].set_title("learning rate (end of epoch)")
     axes[-1].set_xlabel("epoch")
