@@ -36,8 +36,9 @@ from lhotse.utils import fastcopy
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from apm.extract.xvectors import embed, load_system  # noqa: E402
+from apm.features.fbank import STORE_TICK_POWER as TICK_POWER  # noqa: E402
 from apm.features.fbank import fbank_and_vad, load_feature_config, make_extractor  # noqa: E402
-from apm.features.pipeline import TICK_POWER, make_fbank  # noqa: E402
+from apm.features.pipeline import make_fbank  # noqa: E402
 from apm.features.readers import (  # noqa: E402
     load_cut_features,
     load_cuts,

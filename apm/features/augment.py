@@ -44,7 +44,7 @@ from lhotse import Recording, RecordingSet
 from lhotse.augmentation import ReverbWithImpulseResponse
 from lhotse.cut import Cut
 
-from apm.features.fbank import FeatureConfig, fbank_and_vad, make_extractor
+from apm.features.fbank import FeatureConfig, as_stored, fbank_and_vad, make_extractor
 from apm.features.readers import load_cut_features
 from apm.utils import ApmError
 from apm.utils.config import check_int, check_number, load_yaml, reject_unknown
@@ -332,7 +332,7 @@ class Augmenter:
                 f"stored features {cut.features.num_frames} x {cut.num_features}; give the "
                 "feature config (conf/fbank.yaml) that stage 2 used"
             )
-        return feats
+        return as_stored(feats)  # the precision of the clean cuts' stored features
 
 
 # ---------------------------------------------------------------- importing real noise sets

@@ -145,6 +145,24 @@ def make_extractor(cfg: FeatureConfig) -> Fbank:
     )
 
 
+# The feature store (stage 2, lhotse's LilcomChunkyWriter) keeps fbank values rounded to
+# multiples of 2^STORE_TICK_POWER, exactly (lilcom's precision setting; lhotse's default).
+STORE_TICK_POWER = -5
+
+
+def as_stored(feats: np.ndarray) -> np.ndarray:
+    """fbank as the store gives it back: what training saw, so features computed later from
+    audio (inference, augmentation) equal stored ones. The store's own codec, chunk by chunk:
+    lilcom's quantisation is not plain rounding (ties, short chunks)."""
+    import lilcom
+    from lhotse.features.compression import lilcom_compress_chunked
+    from lhotse.features.io import LilcomChunkyWriter
+
+    chunks = lilcom_compress_chunked(np.array(feats, dtype=np.float32), STORE_TICK_POWER,
+                                     chunk_size=LilcomChunkyWriter.CHUNK_SIZE)  # fmt: skip
+    return np.concatenate([lilcom.decompress(c) for c in chunks]).astype(np.float32)
+
+
 def fbank_and_vad(
     samples: np.ndarray, sampling_rate: int, extractor: Fbank, vad: VadConfig, utt: str
 ) -> tuple[np.ndarray, np.ndarray]:

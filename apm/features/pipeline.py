@@ -15,7 +15,7 @@ splits alike). A job's files are written under temporary names and renamed, its 
 last: a job whose cuts file exists is finished and is not redone. A killed run, rerun,
 therefore gives the same bytes as an uninterrupted one.
 
-lilcom is lossy: values are rounded to multiples of 2^-5 (`TICK_POWER`), so a decoded log mel
+lilcom is lossy: values are rounded to multiples of 2^-5 (`fbank.STORE_TICK_POWER`), so a decoded log mel
 energy is within 2^-6 of the float32 fbank (measured: local/bench_feature_store.py). The
 Kaldi copy is written from the store, so it equals what `cut.load_features()` gives; it can
 be added to a finished set later (rerun with --kaldi-copy true: no fbank is recomputed).
@@ -51,6 +51,7 @@ from lhotse.utils import fastcopy
 
 from apm.data.manifests import check_nj, write_manifest
 from apm.features.fbank import (
+    STORE_TICK_POWER,
     STORED_CONFIG,
     FeatureConfig,
     fbank_and_vad,
@@ -68,7 +69,6 @@ CRASH_ENV = "APM_FBANK_CRASH_AFTER_JOBS"  # test hook: SIGKILL stage 2 after N f
 DONE = ".done"
 CONFIG = ".config"
 STORAGE = "storage"
-TICK_POWER = -5  # lilcom rounds to multiples of 2^TICK_POWER (lhotse's default precision)
 
 
 @dataclass(frozen=True)
@@ -132,7 +132,7 @@ def _lilcom_archive(path: Path) -> Iterator[LilcomChunkyWriter]:
     `.<stem>.tmp.lca` (the writer insists on the suffix), renamed onto `path` on success."""
     tmp = path.with_name(f".{path.stem}.tmp.lca")
     try:
-        with LilcomChunkyWriter(tmp, tick_power=TICK_POWER) as writer:
+        with LilcomChunkyWriter(tmp, tick_power=STORE_TICK_POWER) as writer:
             yield writer
         os.replace(tmp, path)
     finally:
@@ -178,7 +178,7 @@ def _signature(cuts_path: Path, cfg: FeatureConfig) -> str:
     h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     # The storage format too: a set written in another layout (before the lilcom store:
     # numpy files + a Kaldi copy) is recomputed, not taken as finished.
-    h.update(f"{LilcomChunkyWriter.name} {TICK_POWER}".encode())
+    h.update(f"{LilcomChunkyWriter.name} {STORE_TICK_POWER}".encode())
     h.update(cuts_path.read_bytes())
     return h.hexdigest()
 

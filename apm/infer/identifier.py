@@ -28,7 +28,7 @@ from scipy.signal import resample_poly
 from apm.data.audio import AudioProblem, run_pipe
 from apm.data.kaldi_dir import is_pipe
 from apm.extract.xvectors import BATCH_FRAMES, embed_batch, load_system
-from apm.features.fbank import FeatureConfig, fbank_and_vad, make_extractor
+from apm.features.fbank import FeatureConfig, as_stored, fbank_and_vad, make_extractor
 from apm.features.readers import normalize_voiced
 from apm.features.vad import VadConfig
 from apm.infer.package import SAMPLE_RATE, load_package
@@ -150,6 +150,7 @@ class LanguageIdentifier:
         feats, vad = fbank_and_vad(
             samples, SAMPLE_RATE, self.extractor, self.feature_config.vad, name
         )
+        feats = as_stored(feats)  # as the recipe's stored features: the same scores as stage 6
         min_voiced = self.settings["extract"]["min_voiced_frames"]
         return normalize_voiced(feats, vad > 0.5, self.settings["cmn"], min_voiced)[0]
 
