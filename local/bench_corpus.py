@@ -9,11 +9,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 import tempfile
 import time
+from pathlib import Path
 
-from apm.corpus import make_mini_olr
-from apm.utils.log import setup_logging
+# The repository, and the OLR recipe's local/ where mini-OLR lives (as egs/olr/path.sh does).
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "egs" / "olr" / "local")]
+
+from mini_olr.build import make_mini_olr  # noqa: E402
+
+from apm.utils.log import setup_logging  # noqa: E402
 
 
 def main() -> None:

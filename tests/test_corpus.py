@@ -1,4 +1,4 @@
-"""mini-OLR synthesis (apm.corpus): layout, determinism, splits, trials, durations, errors."""
+"""mini-OLR synthesis (egs/olr/local/mini_olr): layout, determinism, splits, trials, durations, errors."""
 
 from __future__ import annotations
 
@@ -12,19 +12,20 @@ import kaldiio
 import numpy as np
 import pytest
 import soundfile as sf
-
-from apm.corpus import DEV_SETS, SCORED_SETS, SETS, TEST_SETS, make_mini_olr
-from apm.corpus.build import _pool, frame_labels, phone_symbol
-from apm.corpus.languages import TARGETS, UNKNOWNS, Language, resolve
-from apm.corpus.spec import (
+from mini_olr.build import _pool, frame_labels, make_mini_olr, phone_symbol
+from mini_olr.languages import TARGETS, UNKNOWNS, Language, resolve
+from mini_olr.spec import (
     DEV_VARIANTS,
+    SET_SPECS,
     TEST_VARIANTS,
     TRAIN_VARIANTS,
     VARIANTS,
     get_size,
     make_speakers,
 )
-from apm.corpus.text import Vocabulary, is_speakable
+from mini_olr.tasks import CONDITIONS, DEV_SETS, SCORED_SETS, SETS, TEST_SETS
+from mini_olr.text import Vocabulary, is_speakable
+
 from apm.data.trials import read_trials
 from apm.utils import ApmError, num_frames, read_kv
 
@@ -67,6 +68,23 @@ def test_layout_and_formats(tiny: Path) -> None:
     stats = json.loads((tiny / "mini_olr" / "stats.json").read_text())
     assert set(stats["sets"]) == set(SETS)
     assert (tiny / "mini_olr" / "README-stats.md").read_text().startswith("| set |")
+
+
+def test_the_recipe_sets_are_defined_once(shell_env) -> None:
+    """mini_olr.tasks names the sets; synthesis specs, conditions and the shell agree with it."""
+    assert set(SET_SPECS) == set(SETS) and set(SCORED_SETS) == set(DEV_SETS) | set(TEST_SETS)
+    assert set(CONDITIONS.values()) == set(TEST_SETS)
+    cmd = [sys.executable, "-m", "mini_olr.tasks"]
+    for what, expected in (("test", " ".join(TEST_SETS)), ("dev", " ".join(DEV_SETS)),
+                           ("conditions", "full=task_full short=task_short cross=task_cross "
+                            "noisy=task_noisy open=task_open")):  # fmt: skip
+        done = subprocess.run([*cmd, what], env=shell_env, capture_output=True, text=True)
+        assert done.returncode == 0 and done.stdout == expected + "\n", done.stderr
+    done = subprocess.run([*cmd, "tests"], env=shell_env, capture_output=True, text=True)
+    assert (
+        done.returncode == 1
+        and "usage: python -m mini_olr.tasks test|dev|conditions" in done.stderr
+    )
 
 
 def test_same_seed_gives_identical_corpus_for_any_nj(tiny: Path, tmp_path: Path) -> None:
@@ -162,15 +180,15 @@ def test_unspeakable_text_is_skipped_and_counted(tiny: Path) -> None:
 
 
 def _vocabulary_in_child(lang: Language, max_words: int) -> Vocabulary:
-    from apm.corpus.espeak import Espeak
-    from apm.corpus.text import build_vocabulary
+    from mini_olr.espeak import Espeak
+    from mini_olr.text import build_vocabulary
 
     return build_vocabulary(Espeak(), lang, max_words)
 
 
 def _render_unspeakable_in_child(tmp: str) -> None:
-    from apm.corpus import synth
-    from apm.corpus.spec import plan_corpus
+    from mini_olr import synth
+    from mini_olr.spec import plan_corpus
 
     ja = TARGETS["ja-jp"]
     vocab = Vocabulary("ja-jp", ["東京", "日本"], np.array([0.5, 0.5]), 0, "")
@@ -189,12 +207,12 @@ def test_unknown_language_is_an_error_listing_the_available_ones() -> None:
         get_size("huge")
 
 
-def test_unknown_voice_is_an_error_listing_voices(tmp_path: Path) -> None:
+def test_unknown_voice_is_an_error_listing_voices(tmp_path: Path, shell_env) -> None:
     # A CODE=VOICE pair whose voice eSpeak lacks (CLDR has Yoruba, eSpeak does not).
     proc = subprocess.run(
-        [sys.executable, "-m", "apm.bin.make_mini_olr", "--size", "tiny", "--nj", "1",
+        [sys.executable, "-m", "mini_olr", "--size", "tiny", "--nj", "1",
          "--languages", "id-id ms-my yo-ng=yo", str(tmp_path / "data")],
-        capture_output=True, text=True, timeout=120,
+        capture_output=True, text=True, timeout=120, env=shell_env,
     )  # fmt: skip
     assert proc.returncode == 1
     assert "ERROR" in proc.stderr and "has no voice 'yo'" in proc.stderr
@@ -206,7 +224,7 @@ def test_unknown_voice_is_an_error_listing_voices(tmp_path: Path) -> None:
 
 
 def _set_voice_in_child(voice: str, variant: str) -> None:
-    from apm.corpus.espeak import Espeak
+    from mini_olr.espeak import Espeak
 
     Espeak().set_voice(voice, variant)
 

@@ -1,9 +1,11 @@
-"""Stage 0 (--olr-root): Kaldi data dir validation and import."""
+"""Stage 0 (egs/olr --olr-root): Kaldi data dir validation and import (apm.data.import_dirs)."""
+
+import subprocess
 
 import pytest
 
+from apm.data.import_dirs import import_data_dirs
 from apm.data.kaldi_dir import read_kaldi_dir
-from apm.data.olr import import_olr
 from apm.data.toy import make_toy_corpus
 from apm.utils import ApmError, read_kv
 
@@ -19,7 +21,7 @@ def _edit(path, drop=None, add=""):
 
 
 def test_import_writes_sorted_dirs_with_absolute_paths(corpus, tmp_path):
-    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"])
+    dirs = import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     assert [len(d.utt2lang) for d in dirs] == [6, 6]
     wav = read_kv(tmp_path / "data/test/wav.scp")
     assert all(v.startswith(str(corpus)) and v.endswith(".wav") for v in wav.values())
@@ -32,7 +34,7 @@ def test_missing_language_names_utterance_and_file(corpus, tmp_path):
     utt = "train-spk0-ru-ru-000"
     _edit(corpus / "train/utt2lang", drop=utt)
     with pytest.raises(ApmError) as e:
-        import_olr(corpus, tmp_path / "data", ["train", "test"])
+        import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     msg = str(e.value)
     assert utt in msg and "utt2lang" in msg and "has no language" in msg and "--skip-bad" in msg
     assert not (tmp_path / "data").exists(), "nothing is written when a set fails"
@@ -42,8 +44,8 @@ def test_duplicate_ids_are_errors_or_skipped(corpus, tmp_path):
     utt = "train-spk1-zh-cn-000"
     _edit(corpus / "train/utt2spk", add=f"{utt} train-spk0\n")
     with pytest.raises(ApmError, match=f"{utt}.*utt2spk.*more than once"):
-        import_olr(corpus, tmp_path / "data", ["train", "test"])
-    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"], skip_bad=True)
+        import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
+    dirs = import_data_dirs(corpus, tmp_path / "data", ["train", "test"], skip_bad=True)
     assert utt not in dirs[0].utt2lang and len(dirs[0].skipped) == 1
     assert utt not in read_kv(tmp_path / "data/train/utt2spk")
     assert utt in (tmp_path / "data/train/skipped").read_text()
@@ -71,17 +73,17 @@ def test_spk2utt_must_agree_with_utt2spk(corpus):
 def test_trials_checked_against_utterances_and_training_languages(corpus, tmp_path):
     _edit(corpus / "test/trials", add="zh-cn nosuchutt nontarget\n")
     with pytest.raises(ApmError, match="nosuchutt.*not in"):
-        import_olr(corpus, tmp_path / "data", ["train", "test"])
+        import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     _edit(corpus / "test/trials", drop="nosuchutt", add="ko-kr test-spk0-ja-jp-000 nontarget\n")
     with pytest.raises(ApmError, match="language ko-kr.*training set does not have"):
-        import_olr(corpus, tmp_path / "data", ["train", "test"])
+        import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     _edit(corpus / "test/trials", drop="ko-kr")
     text = (corpus / "test/trials").read_text()
     (corpus / "test/trials").write_text(
         text.replace("ja-jp test-spk0-ja-jp-000 target", "ja-jp test-spk0-ja-jp-000 nontarget")
     )
     with pytest.raises(ApmError, match="labelled nontarget but utt2lang says ja-jp"):
-        import_olr(corpus, tmp_path / "data", ["train", "test"])
+        import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
 
 
 def test_open_set_utterances_of_unknown_languages_are_nontarget_only(corpus, tmp_path):
@@ -92,7 +94,7 @@ def test_open_set_utterances_of_unknown_languages_are_nontarget_only(corpus, tmp
     (corpus / "test/trials").write_text(
         text.replace(f"ja-jp {utt} target", f"ja-jp {utt} nontarget")
     )
-    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"])
+    dirs = import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     assert dirs[1].utt2lang[utt] == "uz-uz"
     assert not any(t.is_target for t in dirs[1].trials if t.utt == utt)
 
@@ -126,7 +128,7 @@ def test_segment_times_of_long_recordings_are_written_exactly(corpus, tmp_path):
             "".join(f"{rec}-{i} {values[i]}\n" for i in range(len(times)))
         )
     (corpus / "train/spk2utt").unlink()
-    import_olr(corpus, tmp_path / "data", ["train"])
+    import_data_dirs(corpus, tmp_path / "data", ["train"])
     written = (tmp_path / "data/train/segments").read_text()
     assert "10003.406 10012.125" in written and "7200.1234567 -1" in written, written
     kd = read_kaldi_dir(tmp_path / "data/train")
@@ -139,7 +141,7 @@ def test_tab_separated_files_are_read_and_extra_fields_refused(corpus, tmp_path)
                     ("test", "trials"), ("test", "utt2lang")]:  # fmt: skip
         path = corpus / s / name
         path.write_text(path.read_text().replace(" ", "\t"))
-    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"])
+    dirs = import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     assert dirs[0].languages == ["ja-jp", "ru-ru", "zh-cn"]
     assert len(dirs[1].trials) == 18
     assert read_kv(tmp_path / "data/train/utt2lang") == dirs[0].utt2lang
@@ -148,7 +150,7 @@ def test_tab_separated_files_are_read_and_extra_fields_refused(corpus, tmp_path)
     text[2] = text[2].rstrip("\n") + " extra\n"
     (corpus / "train/utt2lang").write_text("".join(text))
     with pytest.raises(ApmError) as e:
-        import_olr(corpus, tmp_path / "data", ["train", "test"])
+        import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     msg = str(e.value)
     assert "train/utt2lang:3" in msg and "expected 2" in msg and "fix or remove" in msg, msg
 
@@ -163,11 +165,11 @@ def test_test_sets_need_trials_with_a_target_per_known_utterance(corpus, tmp_pat
     trials = (corpus / "test/trials").read_text()
     (corpus / "test/trials").unlink()
     with pytest.raises(ApmError, match="test set.*test have no trials file.*--test-sets"):
-        import_olr(corpus, tmp_path / "data", ["train", "test"])
+        import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     utt = "test-spk1-ru-ru-000"
     (corpus / "test/trials").write_text(trials.replace(f"ru-ru {utt} target\n", ""))
     with pytest.raises(ApmError, match=f"{utt} \\(language ru-ru\\).*no target trial"):
-        import_olr(corpus, tmp_path / "data", ["train", "test"])
+        import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     assert not (tmp_path / "data").exists()
 
 
@@ -188,19 +190,40 @@ def test_nothing_usable_stops_stage_0_even_when_skipping(corpus, tmp_path):
         "".join(f"{u} zh-cn\n" for u in read_kv(corpus / "train/utt2lang"))
     )
     with pytest.raises(ApmError, match="training set has 1 language"):
-        import_olr(corpus, tmp_path / "data", ["train"], skip_bad=True)
+        import_data_dirs(corpus, tmp_path / "data", ["train"], skip_bad=True)
     (corpus / "train/utt2spk").write_text("")
     with pytest.raises(ApmError, match="no usable utterance .*even with --skip-bad true"):
-        import_olr(corpus, tmp_path / "data", ["train"], skip_bad=True)
+        import_data_dirs(corpus, tmp_path / "data", ["train"], skip_bad=True)
 
 
 def test_only_the_scored_sets_need_trials(corpus, tmp_path):
     """A set outside `scored_sets` (an enrollment set training the back-end) needs none."""
     (corpus / "test/trials").unlink()
-    dirs = import_olr(corpus, tmp_path / "data", ["train", "test"], scored_sets=[])
+    dirs = import_data_dirs(corpus, tmp_path / "data", ["train", "test"], scored_sets=[])
     assert dirs[1].trials is None and (tmp_path / "data/test/utt2lang").is_file()
     assert not (tmp_path / "data/test/trials").exists()
     with pytest.raises(ApmError, match="test set.*test have no trials file"):
-        import_olr(corpus, tmp_path / "data2", ["train", "test"], scored_sets=["test"])
+        import_data_dirs(corpus, tmp_path / "data2", ["train", "test"], scored_sets=["test"])
     with pytest.raises(ApmError, match="scored set.*dev are not among the sets"):
-        import_olr(corpus, tmp_path / "data2", ["train", "test"], scored_sets=["dev"])
+        import_data_dirs(corpus, tmp_path / "data2", ["train", "test"], scored_sets=["dev"])
+
+
+def test_step_script_imports_and_names_a_missing_root_or_set(
+    corpus, tmp_path, repo_root, shell_env
+):
+    """steps/import_data_dirs.sh: the generic stage-0 step (egs/olr --olr-root runs it)."""
+    step = str(repo_root / "steps/import_data_dirs.sh")
+    data = tmp_path / "data"
+    done = subprocess.run([step, "--scored-sets", "test", str(corpus), str(data), "train", "test"],
+                          env=shell_env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert read_kv(data / "test/utt2lang") == read_kv(corpus / "test/utt2lang")
+    bad = subprocess.run([step, str(tmp_path / "nowhere"), str(data), "train", "test"],
+                         env=shell_env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (
+        bad.returncode == 1 and f"data root {tmp_path / 'nowhere'}: no such directory" in bad.stderr
+    )
+    bad = subprocess.run([step, str(corpus), str(data), "train", "task9"],
+                         env=shell_env, capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert bad.returncode == 1
+    assert "no data dir for set(s) task9; it has: test train" in bad.stderr, bad.stderr

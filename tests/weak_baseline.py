@@ -22,7 +22,10 @@ from lhotse import Fbank, FbankConfig
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import StandardScaler
 
-TASKS = ("task_full", "task_short", "task_cross", "task_noisy", "task_open")
+# The OLR recipe's test tasks, from its one definition (egs/olr/local/mini_olr/tasks.py).
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "egs" / "olr" / "local"))
+from mini_olr.tasks import TEST_SETS as TASKS  # noqa: E402
+
 _FBANK = Fbank(FbankConfig(num_filters=40))
 
 

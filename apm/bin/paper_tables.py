@@ -1,4 +1,6 @@
-"""The paper's comparison (local/reproduce_tables.sh): configs, job lists, dev choice, report.
+"""The paper's comparison (a recipe's driver, e.g. egs/olr/local/reproduce_tables.sh): configs,
+job lists, dev choice, report. The recipe names its sets: --dev-tasks (select), --test-sets and
+--conditions (report).
 
 configs <out>   write <out>/conf/ (softmax systems, K and APM-K at every grid margin); print
                 the selection jobs, one "<source> <seed> <system>" per line
@@ -62,6 +64,17 @@ def _kinds(text: str) -> list[str]:
     return values
 
 
+def _conditions(text: str) -> dict[str, str]:
+    pairs = [item.partition("=") for item in text.split()]
+    bad = [c + s + t for c, s, t in pairs if not s or not t or c not in paper.CONDITIONS]
+    if bad:
+        raise argparse.ArgumentTypeError(
+            f"expected CONDITION=TASK pairs with CONDITION one of {' '.join(paper.CONDITIONS)}, "
+            f"got '{' '.join(bad)}'"
+        )
+    return {c: t for c, _, t in pairs}
+
+
 def _read_choices(out: Path) -> dict:
     path = out / "choices.yaml"
     if not path.is_file():
@@ -80,6 +93,8 @@ def run(args: argparse.Namespace) -> None:
         paper.write_grid_configs(args.conf_dir, out / "conf", args.margins, args.kinds)
         _print_jobs(paper.selection_jobs(args.sources, args.select_seeds, args.margins, args.kinds))
     elif args.command == "select":
+        if not args.dev_tasks:
+            raise ApmError("select needs --dev-tasks (the recipe's dev sets, which have trials)")
         choices = paper.choose_margins(out, args.sources, args.select_seeds, args.margins,
                                        args.dev_tasks, args.kinds)  # fmt: skip
         paper.write_control_configs(args.conf_dir, out / "conf", choices)
@@ -90,10 +105,16 @@ def run(args: argparse.Namespace) -> None:
                                         for s, v in choices["sources"].items()})  # fmt: skip
         _print_jobs(paper.evaluation_jobs(args.seeds, choices, args.margins, args.full_grid))
     else:
-        if not args.data:
-            raise ApmError("report needs --data (the data dir with the test sets' trials)")
+        if not args.data or not args.test_sets:
+            raise ApmError("report needs --data (the data dir with the test sets' trials) and "
+                           "--test-sets (the recipe's test tasks)")  # fmt: skip
+        stray = {c: t for c, t in args.conditions.items() if t not in args.test_sets}
+        if stray:
+            raise ApmError(f"--conditions {' '.join(f'{c}={t}' for c, t in stray.items())}: "
+                           f"not among --test-sets ({' '.join(args.test_sets)})")  # fmt: skip
         report = paper.PaperReport(out, Path(args.data), args.seeds, _read_choices(out),
-                                   args.test_sets, args.full_grid, args.n_boot)  # fmt: skip
+                                   args.test_sets, args.full_grid, args.n_boot,
+                                   conditions=args.conditions)  # fmt: skip
         if args.margin_plot:
             src = next(iter(report.choices["sources"]))
             name = paper.system_name("apm_am", report.choices["sources"][src]["am"]["apm"])
@@ -124,10 +145,16 @@ def build_parser() -> argparse.ArgumentParser:
                         help="evaluation seeds, space separated")  # fmt: skip
     parser.add_argument("--select-seeds", type=_words, default=["1"],
                         help="seeds of the dev selection runs")  # fmt: skip
-    parser.add_argument("--dev-tasks", type=_words, default=list(paper.DEV_TASKS),
-                        help="dev sets the margin choice averages")  # fmt: skip
-    parser.add_argument("--test-sets", type=_words, default=list(paper.TASKS),
-                        help="test tasks reported")  # fmt: skip
+    parser.add_argument("--dev-tasks", type=_words, default=[],
+                        help="the recipe's dev sets, space separated; the margin choice "
+                             "averages them (select)")  # fmt: skip
+    parser.add_argument("--test-sets", type=_words, default=[],
+                        help="the recipe's test tasks reported, space separated (report)")  # fmt: skip
+    parser.add_argument("--conditions", type=_conditions, default={},
+                        help="which test task holds each condition, as space-separated "
+                             "CONDITION=TASK pairs; the claims name short, cross and open "
+                             "(report; conditions: " + "; ".join(f"{k}: {v}" for k, v in
+                                                       paper.CONDITIONS.items()) + ")")  # fmt: skip
     parser.add_argument("--full-grid", action="store_true",
                         help="evaluate every grid system on every seed too")  # fmt: skip
     parser.add_argument("--n-boot", type=int, default=1000, help="bootstrap replicates")

@@ -1,5 +1,7 @@
-"""The paper's comparison (local/reproduce_tables.sh): the experiment plan, the choices made on
-dev data, and <out>/RESULTS.md with per-claim paired bootstrap intervals and verdicts.
+"""The paper's comparison (a recipe's driver, e.g. egs/olr/local/reproduce_tables.sh): the
+experiment plan, the choices made on dev data, and <out>/RESULTS.md with per-claim paired
+bootstrap intervals and verdicts. The recipe names its dev sets, its test tasks and which task
+holds each test condition the claims name (CONDITIONS); nothing here knows a corpus's set names.
 
 The comparison separates "a smaller average margin" from "a phoneme-aware per-segment
 margin". For each margin form K (am, aam) and each label source, within that source only:
@@ -23,6 +25,7 @@ Layout under <out>:
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,8 +42,17 @@ from apm.metrics.trialscores import TrialScores, align_trials
 from apm.report.table import render_results_table
 from apm.utils import ApmError, atomic_write, read_kv
 
-DEV_TASKS = ("dev_full", "dev_short")
-TASKS = ("task_full", "task_short", "task_cross", "task_noisy", "task_open")
+log = logging.getLogger(__name__)
+
+# Test conditions a recipe may map to its test tasks (PaperReport.conditions); the claims name
+# short, cross and open.
+CONDITIONS = {
+    "full": "full-length utterances",
+    "short": "short segments (e.g. 1 s)",
+    "cross": "cross-channel (channels unseen in training)",
+    "noisy": "noisy (noise unseen in training)",
+    "open": "open-set (utterances of unknown languages)",
+}
 SOFTMAX = ("single_task_softmax", "softmax")
 KINDS = ("am", "aam")  # constant-margin forms; each has the APM counterpart apm_<kind>
 LABEL_SOURCES = {"pocketsphinx": "PocketSphinx", "oracle": "eSpeak oracle, shared inventory"}
@@ -171,16 +183,18 @@ def choose_margins(
     sources: Sequence[str],
     seeds: Sequence[str],
     margins: Sequence[float],
-    dev_tasks: Sequence[str] = DEV_TASKS,
+    dev_tasks: Sequence[str],
     kinds: Sequence[str] = KINDS,
 ) -> dict:
     """{seeds, margins, dev_tasks, sources: {source: {kind: {constant, apm, apm_mean_margin,
-    dev_cavg: {system: mean dev Cavg}}}}}.
+    dev_cavg: {system: mean dev Cavg}}}}}; `dev_tasks` are the recipe's dev sets.
 
     Each family (K, APM-K) gets the grid margin with its lowest dev Cavg (mean over the dev
     tasks and the selection seeds; ties: the smaller margin); apm_mean_margin is the chosen
     APM system's measured mean margin (mean over the selection seeds, 3 decimals).
     """
+    if not dev_tasks:
+        raise ApmError("no dev tasks given: the margins are chosen on the recipe's dev sets")
     chosen: dict = {}
     for src in sources:
         chosen[src] = {}
@@ -275,18 +289,18 @@ class Claim:
     text: str
     a: str  # role in kind_rows
     b: str
-    tasks: tuple[str, ...]
+    conditions: tuple[str, ...]  # keys of CONDITIONS; () for every reported test task
     expected: int  # -1: A has the lower Cavg/EER if the claim holds
 
 
 def claims(choice: Mapping) -> list[Claim]:
     large = "best_constant" if choice["constant"] >= choice["apm"] else "constant_at_apm"
-    every = TASKS
+    every = ()
     return [
         Claim("a larger constant margin helps short and cross-channel", large,
-              "constant_at_mean", ("task_short", "task_cross"), -1),
+              "constant_at_mean", ("short", "cross"), -1),
         Claim("a larger constant margin hurts open-set", large, "constant_at_mean",
-              ("task_open",), +1),
+              ("open",), +1),
         Claim("APM beats the best (dev-chosen) constant margin", "apm", "best_constant",
               every, -1),
         Claim("APM beats a constant margin equal to its own mean margin (so the gain is not a "
@@ -294,7 +308,7 @@ def claims(choice: Mapping) -> list[Claim]:
         Claim("at the same mean margin, the phoneme-aware spread helps (normalised APM vs "
               "constant)", "apm_norm", "constant_at_apm", every, -1),
         Claim("APM reduces the open-set loss of a large margin (APM vs constant at the same "
-              "nominal margin)", "apm", "constant_at_apm", ("task_open",), -1),
+              "nominal margin)", "apm", "constant_at_apm", ("open",), -1),
     ]  # fmt: skip
 
 
@@ -304,11 +318,21 @@ class PaperReport:
     data: Path
     seeds: list[str]
     choices: dict  # choose_margins' result (choices.yaml)
-    tasks: list[str] = field(default_factory=lambda: list(TASKS))
+    tasks: list[str]  # the recipe's test tasks reported
     full_grid: bool = False
     n_boot: int = 1000
     margin_plot: str | None = None  # file name under out, if drawn
     margin_plot_system: str | None = None
+    # condition (a key of CONDITIONS) -> the test task holding it; a claim on a condition
+    # with no task here is listed as not tested
+    conditions: dict[str, str] = field(default_factory=dict)
+
+    def claim_tasks(self, claim: Claim) -> list[str]:
+        """The reported tasks a claim is tested on."""
+        if not claim.conditions:
+            return list(self.tasks)
+        named = [self.conditions[c] for c in claim.conditions if c in self.conditions]
+        return [t for t in named if t in self.tasks]
 
 
 def gather(
@@ -376,16 +400,18 @@ def claim_table(report: PaperReport, cache: ScoreCache, source: str) -> tuple[st
     """Markdown table of every claim x task of one label source, and the verdict records."""
     lines = ["| claim | A - B | task | ΔCavg [95% CI] ±half-width | ΔEER% [95% CI] | verdict |",
              "|---|---|---|---|---|---|"]  # fmt: skip
-    records = []
+    records, untested = [], []
     for kind, choice in report.choices["sources"][source].items():
         roles = kind_rows(kind, choice)
         for claim in claims(choice):
             a, b = roles[claim.a], roles[claim.b]
             if a.system == b.system:
                 continue
-            for task in claim.tasks:
-                if task not in report.tasks:
-                    continue
+            tasks = report.claim_tasks(claim)
+            if not tasks:
+                untested.append(f"- {kind.upper()}: {claim.text} (no reported test task holds "
+                                f"the {' / '.join(claim.conditions)} condition)")  # fmt: skip
+            for task in tasks:
                 ivs = {m: PairedBootstrap.interval(cache.metric(source, a.system, task, m),
                                                    cache.metric(source, b.system, task, m))
                        for m in ("cavg", "eer")}  # fmt: skip
@@ -398,6 +424,9 @@ def claim_table(report: PaperReport, cache: ScoreCache, source: str) -> tuple[st
                     f"{task.removeprefix('task_')} | {_fmt_interval(ivs['cavg'], 4)} | "
                     f"{_fmt_interval(ivs['eer'], 2)} | **{verdict}** |"
                 )
+    if untested:
+        log.warning("%s: %d claim(s) not tested: %s", source, len(untested), "; ".join(untested))
+        lines += ["", "Not tested here:", *untested]
     return "\n".join(lines) + "\n", records
 
 

@@ -42,9 +42,9 @@ skip_bad=false              # skip (and count) bad utterances instead of stoppin
 olr_root=                   # real OLR release as Kaldi data dirs; empty: synthesize mini-OLR
 corpus_size=mini            # mini-OLR size: tiny, mini or full
 train_set=train             # training set name under data/
-test_sets="task_full task_short task_cross task_noisy task_open"  # test sets (each has trials)
+test_sets=auto              # test sets (each has trials); auto: the OLR test tasks (local/mini_olr/tasks.py)
 dev_sets=auto               # dev sets (with trials) for choices such as margins; auto: mini-OLR's
-                            # dev_full dev_short, none with --olr-root
+                            # (local/mini_olr/tasks.py), none with --olr-root
 speed_perturb=false         # add 0.9/1.1 speed-perturbed copies of the training set
 fbank_conf=conf/fbank.yaml  # feature configuration
 kaldi_copy=false            # stage 2: also write a Kaldi feats.scp/ark copy of the features (float32)
@@ -98,8 +98,10 @@ if [ $# -ne 0 ]; then
   echo "$0: unexpected arguments: $*  (see --help)" >&2
   exit 1
 fi
+# The recipe's sets are defined once, in local/mini_olr/tasks.py.
+[ "$test_sets" = auto ] && test_sets=$(python -m mini_olr.tasks test)
 if [ "$dev_sets" = auto ]; then
-  if [ -n "$olr_root" ]; then dev_sets=""; else dev_sets="dev_full dev_short"; fi
+  if [ -n "$olr_root" ]; then dev_sets=""; else dev_sets=$(python -m mini_olr.tasks dev); fi
 fi
 scored_sets=$(echo $dev_sets $test_sets)  # scored and reported in stages 6-7
 sets="$train_set $scored_sets"  # imported, given features and embedded (stages 0-2, 5)
@@ -112,7 +114,7 @@ ali_dir=${ali_dir:-$data/ali/$train_set}
 mkdir -p "$exp"
 
 if [ -n "$olr_root" ]; then
-  run_stage 0 import_olr --watch "$olr_root" steps/import_olr.sh --skip-bad "$skip_bad" \
+  run_stage 0 import_olr --watch "$olr_root" steps/import_data_dirs.sh --skip-bad "$skip_bad" \
     ${import_opts[@]+"${import_opts[@]}"} "$olr_root" "$data" $sets
 else
   run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" --nj "$nj" --seed "$seed" "$data"

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Stage 0 (no --olr-root): synthesize the mini-OLR corpus with eSpeak NG into <data>.
-# Writes <data>/<set>/ (train dev_full dev_short task_full task_short task_cross task_noisy
-# task_open), <data>/oracle_ali/<set>/ and <data>/mini_olr/ (wavs, stats). Reruns with the same size,
+# Writes <data>/<set>/ for every set of the recipe (local/mini_olr/tasks.py: train, the dev
+# sets, the test tasks), <data>/oracle_ali/<set>/ and <data>/mini_olr/ (wavs, stats). Reruns with the same size,
 # seed and languages skip; anything else regenerates the corpus.
 set -euo pipefail
 . "$(dirname "$0")/../path.sh"
@@ -23,5 +23,5 @@ fi
 
 unknown_opt=()
 [ "$unknown_languages" != "-" ] && unknown_opt=(--unknown-languages "$unknown_languages")
-python -m apm.bin.make_mini_olr --size "$size" --nj "$nj" --seed "$seed" \
+python -m mini_olr --size "$size" --nj "$nj" --seed "$seed" \
   --languages "$languages" "${unknown_opt[@]}" "$1"

@@ -5,11 +5,12 @@ from __future__ import annotations
 import argparse
 
 from apm.bin.cli import main
-from apm.corpus import SIZES, make_mini_olr
+from mini_olr.build import make_mini_olr
+from mini_olr.spec import SIZES
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="make_mini_olr", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m mini_olr", description=__doc__)
     p.add_argument("data", help="output data directory (Kaldi dirs data/<set>/ are written there)")
     p.add_argument("--size", default="mini", choices=sorted(SIZES), help="corpus size")
     p.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from apm.corpus.languages import Language
 from apm.utils.errors import ApmError
+from mini_olr.languages import Language
+from mini_olr.tasks import DEV_SETS, SETS
 
 # eSpeak NG voice variants (espeak-ng-data/voices/!v) that sound like speech; robots,
 # whisper, croak and novelty voices are left out. Split rule: in this sorted list, every third
@@ -34,12 +35,6 @@ TEST_VARIANTS = HELD_OUT_VARIANTS[0::2]
 DEV_VARIANTS = HELD_OUT_VARIANTS[1::2]
 TRAIN_VARIANTS = tuple(v for v in VARIANTS if v not in HELD_OUT_VARIANTS)
 
-# Dev sets: the full and short conditions on speakers of their own, for every choice that is
-# tuned (margins); the test tasks only report.
-DEV_SETS = ("dev_full", "dev_short")
-TEST_SETS = ("task_full", "task_short", "task_cross", "task_noisy", "task_open")
-SCORED_SETS = (*DEV_SETS, *TEST_SETS)  # sets with trials
-SETS = ("train", *SCORED_SETS)
 SHORT_SETS = ("dev_short", "task_short")
 SHORT_SAMPLES = 16000  # task_short: exactly 1.00 s at 16 kHz
 

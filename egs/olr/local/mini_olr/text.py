@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from apm.corpus.espeak import Espeak
-from apm.corpus.languages import Language
 from apm.utils.errors import ApmError
+from mini_olr.espeak import Espeak
+from mini_olr.languages import Language
 
 log = logging.getLogger(__name__)
 

@@ -24,14 +24,15 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 
-from apm.corpus import synth
-from apm.corpus.espeak import Espeak
-from apm.corpus.languages import BABBLE, TARGETS, UNKNOWNS, Language, resolve
-from apm.corpus.spec import SCORED_SETS, SETS, Size, Utterance, get_size, plan_corpus
 from apm.data.trials import Trial, write_trials
 from apm.utils import atomic_write, num_frames, write_kv
 from apm.utils.errors import ApmError
 from apm.utils.log import progress
+from mini_olr import synth
+from mini_olr.espeak import Espeak
+from mini_olr.languages import BABBLE, TARGETS, UNKNOWNS, Language, resolve
+from mini_olr.spec import Size, Utterance, get_size, plan_corpus
+from mini_olr.tasks import SCORED_SETS, SETS
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def _stamp(size_name: str, seed: int, languages: list[Language], unknowns: list[
 
 def _pool(nj: int, **kwargs) -> multiprocessing.pool.Pool:
     # One fresh process per task (maxtasksperchild=1) so every task starts from an untouched
-    # eSpeak (see apm.corpus.synth). Forking is fast; if this process has used eSpeak itself
+    # eSpeak (see mini_olr.synth). Forking is fast; if this process has used eSpeak itself
     # (a library caller, a test), children come from a clean forkserver instead.
     method = "forkserver" if Espeak.used_in_this_process() else "fork"
     return multiprocessing.get_context(method).Pool(nj, maxtasksperchild=1, **kwargs)

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The paper's comparison in one command: margins chosen on dev, matched controls, several
-# seeds, paired bootstrap intervals and per-claim verdicts (apm/report/paper.py).
+# seeds, paired bootstrap intervals and per-claim verdicts (apm/report/paper.py), on the OLR
+# recipe's sets and test conditions (local/mini_olr/tasks.py).
 set -euo pipefail
 
-help_message="Usage: local/reproduce_tables.sh [options]
+help_message="Usage: egs/olr/local/reproduce_tables.sh [options]
 Writes <out>/RESULTS.md: per label source, Cavg / EER% (mean ± std over seeds) of the
 softmax systems and, for AM and AAM, the dev-chosen constant margin, APM at its dev-chosen
 margin, the constant margin at APM's nominal margin, normalised APM (batch-mean margin = m)
@@ -19,7 +20,7 @@ seeds resampled), its half-width and a verdict (supported / contradicted / not r
 Reruns skip finished trainings. Measured cost: see the README (Reproducing the paper's
 comparison). --quick: tiny corpus, margins 0.1 0.2, seeds 1 2, 200 bootstrap replicates
 (the end-to-end test).
-e.g.: local/reproduce_tables.sh --jobs 2 --seeds \"1 2 3 4 5\""
+e.g.: egs/olr/local/reproduce_tables.sh --jobs 2 --seeds \"1 2 3 4 5\""
 
 corpus_size=mini          # mini-OLR size: tiny, mini or full
 seeds="1 2 3 4 5"         # evaluation seeds
@@ -37,9 +38,10 @@ ngpu=0                    # GPUs per training (run.sh --ngpu)
 quick=false               # small end-to-end setting (see above)
 conf_dir=                 # base system configs (default: egs/olr/conf; the paper's network: egs/olr/conf/paper)
 
-. "$(cd "$(dirname "$0")/.." && pwd -P)/path.sh"  # sets $APM_ROOT, the repository root
-command_line="local/reproduce_tables.sh $*"
+. "$(cd "$(dirname "$0")/.." && pwd -P)/path.sh"  # sets $APM_ROOT; the recipe's local/ on PYTHONPATH
+command_line="egs/olr/local/reproduce_tables.sh $*"
 . "$APM_ROOT/utils/parse_options.sh"
+recipe=$(cd "$(dirname "$0")/.." && pwd -P)  # egs/olr
 
 if [ $# -ne 0 ]; then
   echo "$0: unexpected arguments: $*  (see --help)" >&2
@@ -52,7 +54,6 @@ fi
 if [ "$quick" = true ]; then
   corpus_size=tiny margins="0.1 0.2" seeds="1 2" select_seeds="1" n_boot=200
 fi
-recipe=$APM_ROOT/egs/olr
 conf_dir=$(realpath -m "${conf_dir:-$recipe/conf}")
 # Paths given are the caller's; then everything runs from the recipe directory, where the
 # default data dir keeps the recipe's own relative name (so the stage records of an earlier
@@ -74,9 +75,11 @@ times=()
 lap() { times+=("$1: $(( (SECONDS - lap_start) / 60 )) min $(( (SECONDS - lap_start) % 60 )) s"); lap_start=$SECONDS; }
 lap_start=$SECONDS
 
-tables() {
+tables() {  # the recipe's sets and conditions: one definition, local/mini_olr/tasks.py
   python -m apm.bin.paper_tables --conf-dir "$conf_dir" --margins "$margins" --sources "$sources" --kinds "$kinds" \
     --seeds "$seeds" --select-seeds "$select_seeds" --n-boot "$n_boot" \
+    --dev-tasks "$(python -m mini_olr.tasks dev)" --test-sets "$(python -m mini_olr.tasks test)" \
+    --conditions "$(python -m mini_olr.tasks conditions)" \
     $([ "$full_grid" = true ] && echo --full-grid) "$@"
 }
 

@@ -63,8 +63,8 @@ def resolve(codes: list[str], table: dict[str, Language], role: str) -> list[Lan
 
     An unknown code or eSpeak voice raises an ApmError listing the available ones.
     """
-    from apm.corpus.espeak import available_voices
-    from apm.corpus.text import text_source_for_voice
+    from mini_olr.espeak import available_voices
+    from mini_olr.text import text_source_for_voice
 
     out = []
     for code in codes:

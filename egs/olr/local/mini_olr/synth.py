@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import numpy as np
 import soundfile as sf
 
-from apm.corpus import channel
-from apm.corpus.espeak import Espeak, Synthesis
-from apm.corpus.languages import BABBLE, Language
-from apm.corpus.spec import VARIANTS, Utterance, stable_seed
-from apm.corpus.text import Vocabulary, build_vocabulary, sample_sentence
 from apm.utils.errors import ApmError
+from mini_olr import channel
+from mini_olr.espeak import Espeak, Synthesis
+from mini_olr.languages import BABBLE, Language
+from mini_olr.spec import VARIANTS, Utterance, stable_seed
+from mini_olr.text import Vocabulary, build_vocabulary, sample_sentence
 
 MIN_WORDS, MAX_WORDS, MAX_WORDS_SHORT_LANG = 5, 25, 40
 ATTEMPTS = 10
