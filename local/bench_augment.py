@@ -24,8 +24,8 @@ from lhotse import CutSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from apm.data.import_dirs import import_data_dirs  # noqa: E402
 from apm.data.manifests import make_manifests  # noqa: E402
-from apm.data.olr import import_olr  # noqa: E402
 from apm.data.toy import make_toy_corpus  # noqa: E402
 from apm.features.augment import (  # noqa: E402
     KINDS,
@@ -62,7 +62,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_toy_corpus(tmp / "olr", {"bench": per_pair}, seconds=(1.5, 3.0), seed=1)
-        import_olr(tmp / "olr", tmp / "data", ["bench"])
+        import_data_dirs(tmp / "olr", tmp / "data", ["bench"])
         make_manifests(tmp / "data", tmp / "manifests", ["bench"], nj=1)
         make_fbank(tmp / "manifests", tmp / "fbank", ["bench"], features, nj=1)
         sets = prepare_augment_sets(tmp / "augment", *write_toy_sets(tmp / "corpora"))

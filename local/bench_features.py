@@ -25,8 +25,8 @@ from lhotse import CutSet
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from apm.data.import_dirs import import_data_dirs  # noqa: E402
 from apm.data.manifests import make_manifests  # noqa: E402
-from apm.data.olr import import_olr  # noqa: E402
 from apm.data.toy import make_toy_corpus  # noqa: E402
 from apm.features.fbank import FeatureConfig, fbank_and_vad, load_feature_config, make_extractor  # noqa: E402
 from apm.features.pipeline import make_fbank  # noqa: E402
@@ -71,7 +71,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         make_toy_corpus(tmp / "olr", {"bench": per_pair}, seconds=(1.5, 3.0), seed=1)
-        import_olr(tmp / "olr", tmp / "data", ["bench"])
+        import_data_dirs(tmp / "olr", tmp / "data", ["bench"])
         make_manifests(tmp / "data", tmp / "manifests", ["bench"], nj=max(args.nj))
         cuts = CutSet.from_file(tmp / "manifests/bench/cuts.jsonl.gz").to_eager()
         audio = sum(c.duration for c in cuts)

@@ -11,8 +11,8 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet, Recording, RecordingSet
 
+from apm.data.import_dirs import import_data_dirs
 from apm.data.manifests import make_manifests
-from apm.data.olr import import_olr
 from apm.data.toy import make_toy_corpus
 from apm.features.augment import (
     KINDS,
@@ -37,7 +37,7 @@ def work(tmp_path_factory) -> dict:
     """Stage 0-2 on a toy training set (with speed-perturbed copies) + prepared noise sets."""
     tmp = tmp_path_factory.mktemp("augment")
     make_toy_corpus(tmp / "olr", {"train": 1}, seconds=(1.5, 2.5), seed=3)
-    import_olr(tmp / "olr", tmp / "data", ["train"])
+    import_data_dirs(tmp / "olr", tmp / "data", ["train"])
     make_manifests(tmp / "data", tmp / "manifests", ["train"], nj=1, perturb_sets=["train"])
     features = load_feature_config(FBANK_CONF)
     make_fbank(tmp / "manifests", tmp / "fbank", ["train"], features, nj=1)

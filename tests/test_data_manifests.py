@@ -5,8 +5,8 @@ import pytest
 import soundfile as sf
 from lhotse import CutSet, RecordingSet, SupervisionSet
 
+from apm.data.import_dirs import import_data_dirs
 from apm.data.manifests import make_manifests
-from apm.data.olr import import_olr
 from apm.data.toy import make_toy_corpus
 from apm.utils import ApmError, read_kv, write_kv
 
@@ -16,7 +16,7 @@ BAD_UTT = "train-spk0-zh-cn-000"
 @pytest.fixture
 def data(tmp_path):
     corpus = make_toy_corpus(tmp_path / "olr", {"train": 1, "test": 1}, seconds=(0.8, 1.0))
-    import_olr(corpus, tmp_path / "data", ["train", "test"])
+    import_data_dirs(corpus, tmp_path / "data", ["train", "test"])
     return tmp_path / "data"
 
 

@@ -4,8 +4,8 @@ fbank, random access to frame ranges, and read by training and extraction as the
 import numpy as np
 import pytest
 
+from apm.data.import_dirs import import_data_dirs
 from apm.data.manifests import make_manifests
-from apm.data.olr import import_olr
 from apm.data.toy import make_toy_corpus
 from apm.features.fbank import STORE_TICK_POWER as TICK_POWER
 from apm.features.fbank import FeatureConfig, fbank_and_vad, make_extractor
@@ -28,7 +28,7 @@ HALF_TICK = 2.0 ** (TICK_POWER - 1)
 def store(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     make_toy_corpus(root / "olr", {"train": 1}, seconds=(4.0, 6.0))
-    import_olr(root / "olr", root / "data", ["train"])
+    import_data_dirs(root / "olr", root / "data", ["train"])
     make_manifests(root / "data", root / "manifests", ["train"])
     make_fbank(root / "manifests", root / "fbank", ["train"], FeatureConfig())
     return root / "fbank/train"

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from lhotse.utils import compute_num_frames
 
+from apm.data.import_dirs import import_data_dirs
 from apm.data.manifests import make_manifests
-from apm.data.olr import import_olr
 from apm.data.toy import RATE, make_toy_corpus, toy_utterance
 from apm.features import VadConfig, compute_vad, load_cuts, load_feats, load_vad, sliding_cmn
 from apm.features.fbank import FeatureConfig, fbank_and_vad, load_feature_config, make_extractor
@@ -104,7 +104,7 @@ def test_config_rejects_unknown_and_fixed_keys(tmp_path):
 @pytest.fixture
 def manifests(tmp_path):
     corpus = make_toy_corpus(tmp_path / "olr", {"train": 1}, seconds=(0.8, 1.0))
-    import_olr(corpus, tmp_path / "data", ["train"])
+    import_data_dirs(corpus, tmp_path / "data", ["train"])
     make_manifests(tmp_path / "data", tmp_path / "manifests", ["train"])
     return tmp_path / "manifests"
 

@@ -3,7 +3,7 @@
 # and $exp (logs go to $exp/log, completion records to $exp/.done).
 #
 #   run_stage 2 fbank steps/make_fbank.sh --nj 2 data/manifests data/fbank train
-#   run_stage 0 import_olr --watch /data/olr steps/import_olr.sh /data/olr data train test
+#   run_stage 0 import_olr --watch /data/olr steps/import_data_dirs.sh /data/olr data train test
 #
 # runs the command when 2 is within [stage, stop_stage], logs it to $exp/log/stage2.fbank.log
 # and the console, and records completion together with the command line and the content of

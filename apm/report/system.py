@@ -1,6 +1,6 @@
 """Stage 7 for one system: metrics of every scored task, results.{json,md} and plots.
 
-`exp/<system>/results.json` (what `collect_results` and local/reproduce_tables.sh read):
+`exp/<system>/results.json` (what `collect_results` and egs/olr/local/reproduce_tables.sh read):
 
     {
       "system": "apm_am",

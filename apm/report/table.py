@@ -2,7 +2,7 @@
 
 `collect_results` gathers `exp/<system>/results.json` files; `render_results_table` turns
 cells holding one result (a value) or several (e.g. seeds: mean ± sample std) into markdown,
-so local/reproduce_tables.sh can group systems by seed and reuse it.
+so egs/olr/local/reproduce_tables.sh can group systems by seed and reuse it.
 """
 
 from __future__ import annotations

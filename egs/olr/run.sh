@@ -4,16 +4,8 @@
 # directory (the recipe directory): paths inside generated files are relative to it.
 # Relative paths given on the command line are relative to the caller's directory.
 set -euo pipefail
-command_line="egs/olr/run.sh $*"  # recorded in RESULTS.md with the commit
-user_dir=$(pwd -P)
-recipe_dir=$(cd "$(dirname "$0")" && pwd -P)
-given_options=" "  # the options on the command line (as --a-b, also when given as --a_b): their
-                   # relative paths are the caller's
-for _arg in "$@"; do
-  case "$_arg" in --*) _arg=${_arg%%=*}; _arg=${_arg//_/-}; given_options+="${_arg#--} " ;; esac
-done
-cd "$recipe_dir"
-_apm_opts_script=$recipe_dir/run.sh  # for --help, which reads this script's option lines
+. "$(dirname "$0")/utils/recipe.sh"
+recipe_enter "$@"  # enter the recipe directory; records the command line for RESULTS.md
 
 help_message="Usage: ./run.sh [options]
 
@@ -65,33 +57,10 @@ results=                    # the table gathering all systems (stage 7; default:
 . utils/parse_options.sh
 . utils/stage.sh
 
-if ! [[ $stage =~ ^[0-9]+$ && $stop_stage =~ ^[0-9]+$ ]] || [ "$stage" -gt 7 ] || [ "$stop_stage" -gt 7 ]; then
-  echo "$0: --stage and --stop-stage take stage numbers (0-7), got '$stage' and '$stop_stage'" >&2
-  exit 1
-fi
-if [ "$stage" -gt "$stop_stage" ]; then
-  echo "$0: --stage $stage is after --stop-stage $stop_stage: nothing would run; give --stop-stage >= --stage" >&2
-  exit 1
-fi
-if ! [[ $nj =~ ^[0-9]+$ ]] || [ "$nj" -lt 1 ]; then
-  echo "$0: --nj takes a number of parallel jobs >= 1, got '$nj'" >&2
-  exit 1
-fi
-# A relative path given on the command line is relative to the caller's directory; defaults
-# are relative to the recipe directory. Paths under the recipe directory are used relative
-# to it (so that the files written there stay valid when it is moved), others absolute.
-_caller_path() {
-  local p=$1
-  [[ $p = /* ]] || p=$user_dir/$p
-  realpath -m -s --relative-base="$recipe_dir" -- "$p"
-}
-for _opt in olr_root data exp results fbank_conf align_conf backend_conf system_conf_dir ali_dir; do
-  if [[ $given_options = *" ${_opt//_/-} "* ]] && [ -n "${!_opt}" ]; then
-    printf -v "$_opt" '%s' "$(_caller_path "${!_opt}")"
-  fi
-done
+recipe_check_options
+recipe_caller_paths olr_root data exp results fbank_conf align_conf backend_conf system_conf_dir ali_dir
 if [[ $given_options = *" ali-from "* && $ali_from = kaldi:* ]]; then
-  ali_from=kaldi:$(_caller_path "${ali_from#kaldi:}")
+  ali_from=kaldi:$(recipe_caller_path "${ali_from#kaldi:}")
 fi
 results=${results:-$exp/RESULTS.md}
 if [ $# -ne 0 ]; then
@@ -120,39 +89,5 @@ else
   run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" --nj "$nj" --seed "$seed" "$data"
 fi
 
-watch_sets=()  # stage 1 reads data/<set>: a hand-edited data dir reruns it
-for set in $sets; do watch_sets+=(--watch "$data/$set"); done
-run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
-  --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
-
-run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --config "$fbank_conf" --skip-bad "$skip_bad" --kaldi-copy "$kaldi_copy" \
-  "$data/manifests" "$data/fbank" $sets
-
-watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3
-[[ $ali_from = kaldi:* ]] && watch_ali=(--watch "${ali_from#kaldi:}")
-run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --config "$align_conf" --ali-from "$ali_from" --skip-bad "$skip_bad" \
-  --oracle-dir "$data/oracle_ali/$train_set" "$data/fbank/$train_set" "$ali_dir"
-
-for system in $systems; do
-  run_stage 4 "train_$system" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
-    --ngpu "$ngpu" --resume "$resume" --skip-unaligned "$skip_bad" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
-done
-
-for system in $systems; do
-  pairs=()  # one process per system embeds every set
-  for set in $sets; do pairs+=("$data/fbank/$set" "$exp/$system/xvectors/$set"); done
-  run_stage 5 "extract_$system" steps/extract_xvectors.sh --ngpu "$ngpu" "$exp/$system" "${pairs[@]}"
-done
-
-for system in $systems; do
-  run_stage 6 "score_$system" steps/score.sh --config "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
-    --train-set "$train_set" ${backend_train_set:+--backend-train-set "$backend_train_set"} "$exp/$system" $scored_sets
-done
-
-run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --command-line "$command_line" --skip-bad "$skip_bad" \
-  --output "$results" "$exp" $systems
-
-for system in $systems; do  # after the report: MODEL.md carries the stage 7 results
-  run_stage 7 "package_$system" steps/package_model.sh --fbank-conf "$fbank_conf" --data "$data" \
-    --train-set "${backend_train_set:-$train_set}" --dev-sets "$dev_sets" "$exp/$system"
-done
+oracle_dir=$data/oracle_ali/$train_set  # mini-OLR: eSpeak's own timings (stage 3 reference, --ali-from oracle)
+recipe_stages_1_to_7

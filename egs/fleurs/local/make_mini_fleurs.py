@@ -22,16 +22,22 @@ import logging
 import os
 import re
 import shutil
+import sys
 from pathlib import Path
 
-from apm.bin.cli import main
-from apm.corpus.build import build_vocabularies, render_all
-from apm.corpus.espeak import available_voices
-from apm.corpus.languages import Language, resolve
-from apm.corpus.spec import SetSpec, Utterance, make_speakers, stable_seed
-from apm.utils import ApmError, atomic_write
+# The eSpeak NG synthesis is mini-OLR's (egs/olr/local/mini_olr): a test fixture tool reuses
+# the other recipe's corpus code rather than copying it.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "olr/local"))
 
-SPLITS = {"train": "tr", "dev": "dv", "test": "te"}  # split -> speaker pool (apm.corpus.spec)
+from mini_olr.build import build_vocabularies, render_all  # noqa: E402
+from mini_olr.espeak import available_voices  # noqa: E402
+from mini_olr.languages import Language, resolve  # noqa: E402
+from mini_olr.spec import SetSpec, Utterance, make_speakers, stable_seed  # noqa: E402
+
+from apm.bin.cli import main  # noqa: E402
+from apm.utils import ApmError, atomic_write  # noqa: E402
+
+SPLITS = {"train": "tr", "dev": "dv", "test": "te"}  # split -> speaker pool (mini_olr.spec)
 PROMPT_BASE = {"train": 1, "dev": 5001, "test": 9001}  # disjoint prompt ids per split
 SPECS = {  # utterance duration range (s) and channel: light reverb/noise in train, clean else
     "train": SetSpec(2.0, 5.0, "train"),

@@ -97,7 +97,7 @@ def render_all(plan: list[Utterance], vocabs: dict, seed: int, wav_root: Path, n
     jobs = [(plan[i : i + CHUNK], paths[i : i + CHUNK]) for i in range(0, len(plan), CHUNK)]
     out = []
     with _pool(nj, initializer=synth.init_worker, initargs=(vocabs, seed)) as pool:
-        bar = progress(total=len(plan), desc="synthesizing mini-OLR", unit="utt")
+        bar = progress(total=len(plan), desc="synthesizing", unit="utt")
         for rendered in pool.imap(synth.render_chunk, jobs):
             out.extend(rendered)
             bar.update(len(rendered))
