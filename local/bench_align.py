@@ -32,7 +32,7 @@ from apm.align.decode import JobSummary, align_cut, cut_frames, decode_cuts  # n
 from apm.align.labels import warp_labels  # noqa: E402
 from apm.align.pipeline import oracle_source  # noqa: E402
 from apm.align.sphinx import FRAME_DELAY, SphinxAligner  # noqa: E402
-from apm.features.readers import perturbed_source, sorted_cuts  # noqa: E402
+from apm.features.readers import perturbed_source, read_cuts  # noqa: E402
 
 DATA = REPO / "egs/olr/data"
 
@@ -162,7 +162,7 @@ def main() -> None:
     if not (Path(args.fbank_dir) / "cuts.jsonl.gz").is_file():
         sys.exit(f"{args.fbank_dir}: no cuts.jsonl.gz; run egs/olr/run.sh --stop-stage 2 first")
     cfg = load_align_config(args.config)
-    cuts = sorted_cuts(args.fbank_dir)
+    cuts = sorted(read_cuts(args.fbank_dir), key=lambda c: c.id)
     oracle = oracle_source(args.oracle_dir, cfg) if Path(args.oracle_dir).is_dir() else None
     print(
         f"data: {args.fbank_dir} ({len(cuts)} cuts); oracle: {args.oracle_dir if oracle else 'none'}"

@@ -41,9 +41,9 @@ from apm.features.fbank import fbank_and_vad, load_feature_config, make_extracto
 from apm.features.pipeline import make_fbank  # noqa: E402
 from apm.features.readers import (  # noqa: E402
     load_cut_features,
-    load_cuts,
     load_feats,
     normalize_voiced,
+    read_cuts,
     read_scp,
     voiced_mask,
 )
@@ -146,7 +146,7 @@ def report_system(system_dir: Path, fbank: Path, utts: int) -> None:
     system = load_system(checkpoint.load(system_dir / "final.pt"), torch.device("cpu"))
     cmn, min_voiced = system.config["train"]["cmn"], system.config["extract"]["min_voiced_frames"]
     vad = read_scp(fbank / "vad.scp", "vad")
-    cuts = sorted(load_cuts(fbank), key=lambda c: c.id)[:utts]
+    cuts = sorted(read_cuts(fbank).to_eager(), key=lambda c: c.id)[:utts]
     cos, logit_diff, same = [], [], 0
     for cut in cuts:
         exact = load_cut_features(cut)
@@ -193,7 +193,7 @@ def main() -> None:
             f"stage 2 with the Kaldi copy: {summary.line()} ({time.perf_counter() - start:.1f} s)"
         )
         set_dir = tmp / "fbank" / args.set
-        cuts = list(load_cuts(set_dir))
+        cuts = list(read_cuts(set_dir).to_eager())
         old_cuts = {}
         with NumpyFilesWriter(tmp / "old/storage") as writer:  # the layout before the store
             for cut in cuts:

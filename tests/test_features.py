@@ -10,7 +10,7 @@ from lhotse.utils import compute_num_frames
 from apm.data.import_dirs import import_data_dirs
 from apm.data.manifests import make_manifests
 from apm.data.toy import RATE, make_toy_corpus, toy_utterance
-from apm.features import VadConfig, compute_vad, load_cuts, load_feats, load_vad, sliding_cmn
+from apm.features import VadConfig, compute_vad, load_feats, load_vad, read_cuts, sliding_cmn
 from apm.features.fbank import FeatureConfig, fbank_and_vad, load_feature_config, make_extractor
 from apm.features.pipeline import make_fbank
 from apm.utils import ApmError, num_frames, read_kv
@@ -122,7 +122,7 @@ def test_kaldi_copy_equals_the_lilcom_store(manifests, tmp_path):
     cfg = dataclasses.replace(FeatureConfig(), cuts_per_job=4)
     (summary,) = make_fbank(manifests, tmp_path / "fbank", ["train"], cfg, nj=2, kaldi_copy=True)
     d = tmp_path / "fbank/train"
-    cuts, feats, vad = load_cuts(d), load_feats(d), load_vad(d)
+    cuts, feats, vad = read_cuts(d).to_eager(), load_feats(d), load_vad(d)
     assert summary.cuts == len(cuts) == len(feats) == len(vad) == 6
     assert sorted(read_kv(d / "feats.scp")) == sorted(cuts.ids)
     assert sorted(p.name for p in (d / "storage").iterdir()) == ["feats.1.lca", "feats.2.lca"]
@@ -153,7 +153,7 @@ def test_kaldi_copy_is_optional_and_added_later_without_recomputing(manifests, t
     assert {k: v for k, v in after.items() if k in before} == before, "the store is untouched"
     assert sorted(set(after) - set(before)) == ["feats.scp", "jobs/feats.1.ark", "jobs/feats.1.scp"]
     feats = load_feats(d)
-    for cut in load_cuts(d):
+    for cut in read_cuts(d).to_eager():
         np.testing.assert_array_equal(cut.load_features(), feats[cut.id])
 
 
@@ -209,13 +209,13 @@ def test_paths_in_outputs_are_relative_to_the_recipe_directory(manifests, tmp_pa
     make_fbank(manifests, "data/fbank", ["train"], FeatureConfig(), kaldi_copy=True)
     scp = (recipe / "data/fbank/train/feats.scp").read_text()
     assert scp.split()[1].startswith("data/fbank/train/jobs/feats.1.ark:"), scp
-    storage = load_cuts("data/fbank/train")[0].features.storage_path
+    storage = read_cuts("data/fbank/train").to_eager()[0].features.storage_path
     assert storage == "data/fbank/train/storage/feats.1.lca"
     moved = tmp_path / "elsewhere" / "recipe"
     moved.parent.mkdir()
     recipe.rename(moved)
     monkeypatch.chdir(moved)
-    cuts, feats = load_cuts("data/fbank/train"), load_feats("data/fbank/train")
+    cuts, feats = read_cuts("data/fbank/train").to_eager(), load_feats("data/fbank/train")
     for cut in cuts:
         np.testing.assert_array_equal(cut.load_features(), feats[cut.id])
     monkeypatch.chdir(tmp_path)

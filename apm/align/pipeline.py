@@ -23,7 +23,7 @@ from apm.align.kaldi import UnsnippedLabels
 from apm.align.labels import warp_labels
 from apm.align.phones import PhoneTable, map_labels, normalise_table
 from apm.align.report import build_report, write_report
-from apm.features.readers import cut_language, perturbed_source, read_phones, sorted_cuts
+from apm.features.readers import cut_language, perturbed_source, read_cuts, read_phones
 from apm.utils.errors import ApmError
 from apm.utils.frames import fit_frame_count
 
@@ -162,7 +162,9 @@ def align_phones(
 ) -> dict:
     """Write `dst/ali.{ark,scp}`, `dst/phones.txt` and `dst/report.{json,md}`; return the report."""
     dst = Path(dst)
-    cuts = sorted_cuts(src)
+    cuts = sorted(read_cuts(src), key=lambda c: c.id)
+    if not cuts:
+        raise ApmError(f"{src}: no cuts; rerun stage 2 (features) for this set")
     oracle = None  # the report's reference: eSpeak's raw mnemonics
     if oracle_dir and Path(oracle_dir).is_dir():
         oracle = oracle_source(oracle_dir, cfg, "raw")

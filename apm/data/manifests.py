@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ from apm.data.audio import MIN_DURATION, AudioInfo, AudioProblem, probe
 from apm.data.kaldi_dir import TEXT_FILES, KaldiDir, format_time, is_pipe, read_kaldi_dir
 from apm.data.problems import Problem, settle
 from apm.utils import ApmError, atomic_write
+from apm.utils.done import is_done, mark_done, signature
 from apm.utils.io import atomic_dir
 from apm.utils.log import progress
 
@@ -206,22 +206,15 @@ def speed_perturb(cuts: CutSet) -> CutSet:
     return CutSet.from_cuts(list(cuts) + copies)
 
 
-def _signature(data_dir: Path, options: dict) -> str:
-    """Digest of a set's Kaldi text files and the options: equal digests, equal manifests."""
-    h = hashlib.sha256(json.dumps(options, sort_keys=True).encode())
-    for name in TEXT_FILES:
-        if (data_dir / name).is_file():
-            h.update(name.encode() + (data_dir / name).read_bytes())
-    return h.hexdigest()
-
-
 def make_set_manifests(
     data_dir: Path, out_dir: Path, nj: int, skip_bad: bool, perturb: bool
 ) -> SetSummary | None:
     """Manifests of one set into `out_dir`; None if they are already there for these inputs."""
-    signature = _signature(data_dir, {"perturb": perturb, "skip_bad": skip_bad})
-    done = out_dir / DONE
-    if done.is_file() and done.read_text().strip() == signature:
+    # the set's Kaldi text files (by name: an absent one is not another one) and the options
+    sig = signature([data_dir / name for name in TEXT_FILES],
+                    {"perturb": perturb, "skip_bad": skip_bad,
+                     "files": [n for n in TEXT_FILES if (data_dir / n).is_file()]})  # fmt: skip
+    if is_done(out_dir / DONE, sig):
         log.info("%s: manifests up to date, skipping", out_dir)
         return None
     kd = read_kaldi_dir(data_dir, skip_bad=skip_bad)
@@ -235,8 +228,7 @@ def make_set_manifests(
         skipped = kd.skipped + problems
         with atomic_write(tmp / "skipped", encoding="utf-8") as f:
             f.writelines(f"{p.utt} {p.what}\n" for p in skipped)
-        with atomic_write(tmp / DONE) as f:
-            f.write(signature + "\n")
+        mark_done(tmp / DONE, sig)
     return SetSummary(
         name=data_dir.name,
         utterances=len(cuts),

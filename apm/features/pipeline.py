@@ -30,7 +30,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import gzip
-import hashlib
 import json
 import logging
 import os
@@ -60,6 +59,7 @@ from apm.features.fbank import (
 )
 from apm.utils import ApmError, atomic_path, atomic_write
 from apm.utils.arkio import write_ark_scp
+from apm.utils.done import is_done, mark_done, signature
 from apm.utils.io import portable_path
 from apm.utils.log import progress
 
@@ -175,30 +175,29 @@ def run_job(job: Job) -> dict:
 
 
 def _signature(cuts_path: Path, cfg: FeatureConfig) -> str:
-    h = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode())
     # The storage format too: a set written in another layout (before the lilcom store:
     # numpy files + a Kaldi copy) is recomputed, not taken as finished.
-    h.update(f"{LilcomChunkyWriter.name} {STORE_TICK_POWER}".encode())
-    h.update(cuts_path.read_bytes())
-    return h.hexdigest()
+    store = {"writer": LilcomChunkyWriter.name, "tick_power": STORE_TICK_POWER}
+    return signature([cuts_path], {"features": cfg.to_dict(), "store": store})
 
 
-def _prepare(set_dir: Path, signature: str) -> bool:
-    """True if the set is finished for `signature`; else make sure the directory holds only
+def _prepare(set_dir: Path, sig: str) -> bool:
+    """True if the set is finished for `sig`; else make sure the directory holds only
     work done for the same inputs and config (anything else is removed)."""
+    # Two records of the same signature: CONFIG says which inputs the finished jobs there
+    # belong to (they are kept), DONE that the whole set is finished.
     config = set_dir / CONFIG
-    if config.is_file() and config.read_text().strip() == signature:
+    if is_done(config, sig):
         stale = [*(set_dir / "jobs").glob(".*.tmp"), *(set_dir / STORAGE).glob(".*.tmp.lca")]
         for path in stale:  # left by a killed run
             path.unlink()
-        return (set_dir / DONE).is_file()
+        return is_done(set_dir / DONE, sig)
     if set_dir.exists():
         log.info("%s: inputs or config changed, recomputing the set", set_dir)
         shutil.rmtree(set_dir)
     (set_dir / "jobs").mkdir(parents=True)
     (set_dir / STORAGE).mkdir()
-    with atomic_write(config) as f:
-        f.write(signature + "\n")
+    mark_done(config, sig)
     return False
 
 
@@ -281,7 +280,8 @@ def make_set_fbank(
         raise ApmError(f"{cuts_path}: not found; run stage 1 (manifests) first")
     # Relative to the recipe directory when under it: paths written inside files use it.
     where = Path(portable_path(set_dir))
-    if _prepare(set_dir, _signature(cuts_path, cfg)):
+    sig = _signature(cuts_path, cfg)
+    if _prepare(set_dir, sig):
         if kaldi_copy and not (set_dir / "feats.scp").is_file():
             log.info("%s: features up to date; writing their Kaldi copy (feats.scp)", set_dir)
             write_kaldi_copy(where, len(list((set_dir / "jobs").glob("cuts.*.jsonl.gz"))))
@@ -311,8 +311,7 @@ def make_set_fbank(
         write_kaldi_copy(where, len(jobs))
     with atomic_write(set_dir / STORED_CONFIG, encoding="utf-8") as f:
         yaml.safe_dump(cfg.to_dict(), f, sort_keys=True)
-    with atomic_write(set_dir / DONE) as f:
-        f.write("\n")
+    mark_done(set_dir / DONE, sig)
     return FbankSummary(
         name=set_dir.name,
         cuts=totals["cuts"],

@@ -3,7 +3,7 @@
 The one place where training, extraction, inference tools and reports read features, VAD,
 alignments and phone tables, and where frames are selected and mean-normalised:
 
-    cuts = load_cuts("data/fbank/train")          # lhotse CutSet; cut.load_features()
+    cuts = read_cuts("data/fbank/train")          # lazy lhotse CutSet; cut.load_features()
     feats = load_feats("data/fbank/train")        # lazy {utt: [frames, bins]}, --kaldi-copy true
     vad = read_scp(Path("data/fbank/train/vad.scp"), "VAD (vad.scp)")  # lazy {utt: [frames]}
 
@@ -74,20 +74,6 @@ def read_cuts(fbank_dir: str | os.PathLike) -> CutSet:
     return CutSet.from_file(_need(Path(fbank_dir) / CUTS))
 
 
-def load_cuts(fbank_dir: str | os.PathLike) -> CutSet:
-    """The set's cuts (eager, indexable by id) with features: `cut.load_features()`."""
-    return read_cuts(fbank_dir).to_eager()
-
-
-def sorted_cuts(fbank_dir: str | os.PathLike) -> list:
-    """The set's cuts sorted by id; an empty set is an error."""
-    path = Path(fbank_dir) / CUTS
-    cuts = sorted(read_cuts(fbank_dir), key=lambda c: c.id)
-    if not cuts:
-        raise ApmError(f"{path}: no cuts")
-    return cuts
-
-
 def load_feats(fbank_dir: str | os.PathLike) -> Mapping[str, np.ndarray]:
     """The Kaldi copy, feats.scp, as a lazy {utt: float32 [frames, bins]} mapping (kaldiio).
     Stage 2 writes it only with --kaldi-copy true; our own readers use the cuts' store."""
@@ -95,7 +81,7 @@ def load_feats(fbank_dir: str | os.PathLike) -> Mapping[str, np.ndarray]:
     if not scp.is_file() and (Path(fbank_dir) / CUTS).is_file():
         raise ApmError(
             f"{scp}: not found: stage 2 wrote the features only to the lilcom store "
-            f"({Path(fbank_dir) / CUTS}, read with load_cuts and cut.load_features()); for a "
+            f"({Path(fbank_dir) / CUTS}, read with read_cuts and cut.load_features()); for a "
             "Kaldi copy rerun stage 2 with --kaldi-copy true (no fbank is recomputed)"
         )
     return kaldiio.load_scp(str(_need(scp)))

@@ -21,11 +21,11 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
-import kaldiio
 import numpy as np
 
-from apm.data.trials import Trial, write_trials
+from apm.data.trials import all_vs_all_trials, write_trials
 from apm.utils import atomic_write, num_frames, write_kv
+from apm.utils.arkio import write_ark_scp
 from apm.utils.errors import ApmError
 from apm.utils.log import progress
 from mini_olr import synth
@@ -128,22 +128,15 @@ def write_set(set_dir: Path, utts: list[Utterance], wav_root: Path, targets: lis
         spk2utt[u.speaker.id].append(u.utt)
     write_kv(set_dir / "spk2utt", {s: " ".join(v) for s, v in spk2utt.items()})
     if utts[0].set in SCORED_SETS:
-        trials = [
-            Trial(lang, u.utt, u.language.code == lang)
-            for u in sorted(utts, key=lambda u: u.utt)
-            for lang in targets
-        ]
-        write_trials(set_dir / "trials", trials)
+        utt2lang = {u.utt: u.language.code for u in utts}
+        write_trials(set_dir / "trials", all_vs_all_trials(utt2lang, targets))
 
 
 def write_alignments(ali_dir: Path, final_dir: Path, rendered: list, table: dict[str, int]) -> None:
     """ali.ark/ali.scp (int32 per frame) and phones.txt; the scp points into `final_dir`."""
     ali_dir.mkdir(parents=True, exist_ok=True)
     labels = {r.utt: frame_labels(r.phonemes, r.num_samples, table) for r in rendered}
-    ark, scp = ali_dir / "ali.ark", ali_dir / "ali.scp"
-    kaldiio.save_ark(str(ark), {k: labels[k] for k in sorted(labels)}, scp=str(scp))
-    lines = scp.read_text().replace(str(ark), str(final_dir / "ali.ark"))
-    scp.write_text(lines)
+    write_ark_scp(labels, ali_dir / "ali.ark", dtype=np.int32, ark_name=final_dir / "ali.ark")
     with open(ali_dir / "phones.txt", "w", encoding="utf-8") as f:
         for sym, i in sorted(table.items(), key=lambda kv: kv[1]):
             f.write(f"{sym} {i}\n")
