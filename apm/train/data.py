@@ -64,6 +64,30 @@ class Corpus:
         return int(self.feats.shape[1])
 
 
+def open_alignments(ali_dir: str | os.PathLike | None) -> tuple[Mapping | None, int]:
+    """(lazy ali.scp table, phone inventory size) of `ali_dir`; (None, 0) without one."""
+    if ali_dir is None:
+        return None, 0
+    table = read_scp(Path(ali_dir) / "ali.scp", "alignment (ali.scp)")
+    return table, max(read_phones(Path(ali_dir) / "phones.txt").values()) + 1
+
+
+def is_aligned(
+    cut_id: str, ali_table: Mapping | None, ali_dir, skip_unaligned: bool, skipped: dict
+) -> bool:
+    """Whether the cut has its alignment (always, without alignments). A cut without one is an
+    error, or skipped and counted in `skipped["unaligned"]` with `skip_unaligned`."""
+    if ali_table is None or cut_id in ali_table:
+        return True
+    if not skip_unaligned:
+        raise ApmError(
+            f"cut {cut_id}: no alignment in {ali_dir}/ali.scp; rerun stage 3 for it "
+            "or pass --skip-unaligned true to train without it"
+        )
+    skipped["unaligned"].append(cut_id)
+    return False
+
+
 def load_corpus(
     fbank_dir: str | os.PathLike,
     ali_dir: str | os.PathLike | None,
@@ -81,20 +105,11 @@ def load_corpus(
     fbank_dir = Path(fbank_dir)
     cuts = read_cuts(fbank_dir)
     vad_table = read_scp(fbank_dir / "vad.scp", "VAD (vad.scp)")
-    ali_table, num_phones = None, 0
-    if ali_dir is not None:
-        ali_table = read_scp(Path(ali_dir) / "ali.scp", "alignment (ali.scp)")
-        num_phones = max(read_phones(Path(ali_dir) / "phones.txt").values()) + 1
+    ali_table, num_phones = open_alignments(ali_dir)
     ids, langs, feats, phones = [], [], [], []
     skipped: dict[str, list[str]] = {"short": [], "unaligned": []}
     for cut in progress(cuts, desc=f"loading {fbank_dir}", unit="cut", leave=False):
-        if ali_table is not None and cut.id not in ali_table:
-            if not skip_unaligned:
-                raise ApmError(
-                    f"cut {cut.id}: no alignment in {ali_dir}/ali.scp; rerun stage 3 for it "
-                    "or pass --skip-unaligned true to train without it"
-                )
-            skipped["unaligned"].append(cut.id)
+        if not is_aligned(cut.id, ali_table, ali_dir, skip_unaligned, skipped):
             continue
         lang = cut_language(cut)
         x = load_cut_features(cut)

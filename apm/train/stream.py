@@ -48,7 +48,6 @@ from apm.features.readers import (
     CUTS,
     cut_language,
     load_cut_features,
-    read_phones,
     read_scp,
     voiced_mask,
 )
@@ -59,7 +58,7 @@ from apm.train.batches import (
     spec_augment_masks,
     utterance_probabilities,
 )
-from apm.train.data import prepare_utterance, report_skipped
+from apm.train.data import is_aligned, open_alignments, prepare_utterance, report_skipped
 from apm.utils.errors import ApmError
 from apm.utils.log import progress
 
@@ -132,22 +131,13 @@ def load_stream_corpus(
     """Index a training set for streaming (see the module docstring); no features are read."""
     fbank_dir = Path(fbank_dir)
     vad_table = read_scp(fbank_dir / "vad.scp", "VAD (vad.scp)")
-    ali_table, num_phones = None, 0
-    if ali_dir is not None:
-        ali_table = read_scp(Path(ali_dir) / "ali.scp", "alignment (ali.scp)")
-        num_phones = max(read_phones(Path(ali_dir) / "phones.txt").values()) + 1
+    ali_table, num_phones = open_alignments(ali_dir)
     ids, langs, lengths, lines, dims = [], [], [], [], set()
     skipped: dict[str, list[str]] = {"short": [], "unaligned": []}
     number = -1
     for number, line in progress(cut_lines(fbank_dir), desc=f"indexing {fbank_dir}", unit="cut"):
         cut = _parse(fbank_dir, number, line)
-        if ali_table is not None and cut.id not in ali_table:
-            if not skip_unaligned:
-                raise ApmError(
-                    f"cut {cut.id}: no alignment in {ali_dir}/ali.scp; rerun stage 3 for it "
-                    "or pass --skip-unaligned true to train without it"
-                )
-            skipped["unaligned"].append(cut.id)
+        if not is_aligned(cut.id, ali_table, ali_dir, skip_unaligned, skipped):
             continue
         lang = cut_language(cut)
         kept = int(voiced_mask(cut.id, vad_table, cut.num_frames).sum())
