@@ -2,7 +2,7 @@
 
 The audio goes through exactly what the recipe does to its sets: fbank + energy VAD
 (stage 2, `apm.features.fbank.fbank_and_vad`), the VAD-kept frames with the system's CMN
-(`apm.train.data.select_and_normalize`; all frames when fewer than `min_voiced_frames` are
+(`apm.features.readers.normalize_voiced`; all frames when fewer than `min_voiced_frames` are
 voiced, as stage 5), the x-vector and language outputs (`apm.extract.xvectors.embed_batch`,
 chunking long utterances), then the package's back-end (stage 6). Audio of any sample rate
 is resampled to 16 kHz and multi-channel audio is averaged to mono.
