@@ -1,16 +1,18 @@
-"""Paired bootstrap intervals for differences of Cavg and EER between two systems.
+"""Test-set resampling for differences of Cavg and EER between systems.
 
-A comparison "system A minus system B" on one test task is paired twice: both systems score
-the same utterances (one trials file), and seed k of A and seed k of B share everything but
-the thing compared. One bootstrap replicate draws the test utterances with replacement (a
-multinomial count per utterance, used as a weight on all its trials) and the seeds with
-replacement, applies the same draw to both systems, and takes the difference of their
-seed-averaged metrics. The 2.5 and 97.5 percentiles of the replicates give the 95% interval;
-its half-width is about the smallest difference the run could resolve.
+mini-OLR and OLR test sets are clustered: each language has a handful of speakers, and a
+speaker's utterances are alike (speaker explains about half the variance of a system's
+per-utterance behaviour on mini-OLR). Resampling utterances as if independent gives intervals
+that are too narrow. `HierarchicalDraws` resamples hierarchically, as the test set was made:
 
-The weighted metrics equal the plain ones at weight 1 (`challenge_cavg` before rounding,
-`eer`): Cavg keeps the challenge's 21 thresholds between the lowest and highest score of the
-drawn trials.
+  within each stratum (an utterance's language; open-set unknowns are one more stratum), draw
+  its speakers with replacement, then each drawn speaker's utterances with replacement.
+
+A draw is a weight per utterance (how often it was drawn), used on all its trials; every
+system compared on a task uses the same draws (the pairing), and every replicate recomputes
+the metric, Cavg with the challenge's 21 thresholds between the lowest and highest score of
+the drawn trials. The weighted metrics equal the plain ones at weight 1 (`challenge_cavg`
+before rounding, `eer`). Seeds are a second level, handled in `apm.metrics.inference`.
 """
 
 from __future__ import annotations
@@ -110,62 +112,137 @@ def system_metric(
 
 
 @dataclass(frozen=True)
-class Interval:
-    """A - B: the estimate on all utterances and seeds, and the 95% bootstrap interval."""
+class Clusters:
+    """Utterance i is spoken by cluster `speaker[i]` within stratum `stratum[i]`: the units a
+    hierarchical draw resamples. A speaker found in two strata is two clusters."""
 
-    estimate: float
-    low: float
-    high: float
+    stratum: np.ndarray  # int64 per utterance
+    speaker: np.ndarray  # int64 per utterance
+
+    @classmethod
+    def of(cls, utts: Sequence[str], strata: Sequence[object], utt2spk: dict[str, str]) -> Clusters:
+        """Clusters from per-utterance strata (e.g. TrialScores.utt_cls) and a utt2spk map;
+        every utterance must have a speaker."""
+        missing = [u for u in utts if u not in utt2spk]
+        if missing:
+            raise ApmError(f"{len(missing)} test utterance(s) without a speaker in utt2spk "
+                           f"(e.g. {', '.join(missing[:3])}); a hierarchical bootstrap "
+                           "needs every utterance's speaker")  # fmt: skip
+        _, stratum = np.unique(np.asarray([str(s) for s in strata]), return_inverse=True)
+        keys = [f"{s}\t{utt2spk[u]}" for u, s in zip(utts, stratum, strict=True)]
+        _, speaker = np.unique(np.asarray(keys), return_inverse=True)
+        return cls(stratum.astype(np.int64), speaker.astype(np.int64))
+
+    @classmethod
+    def flat(cls, n_utts: int) -> Clusters:
+        """Every utterance its own speaker, one stratum: the utterance-level bootstrap."""
+        return cls(np.zeros(n_utts, dtype=np.int64), np.arange(n_utts, dtype=np.int64))
 
     @property
-    def half_width(self) -> float:
-        return (self.high - self.low) / 2
+    def n_utts(self) -> int:
+        return len(self.speaker)
 
-    def verdict(self, expected_sign: int) -> str:
-        """'supported' when the interval lies wholly on the expected side of 0 (-1: A lower),
-        'contradicted' when wholly on the other side, otherwise 'not resolved'."""
-        if self.high < 0 or self.low > 0:
-            return "supported" if (self.high < 0) == (expected_sign < 0) else "contradicted"
-        return "not resolved"
+    @property
+    def n_clusters(self) -> int:
+        return int(self.speaker.max()) + 1 if len(self.speaker) else 0
+
+    @property
+    def n_strata(self) -> int:
+        return int(self.stratum.max()) + 1 if len(self.stratum) else 0
 
 
-class PairedBootstrap:
-    """The draws of one task, shared by every system compared on it (the pairing).
+def hierarchical_weights(
+    clusters: Clusters,
+    n_boot: int,
+    rng: np.random.Generator,
+    speakers: bool = True,
+    utterances: bool = True,
+) -> np.ndarray:
+    """[n_boot, utterances] draw counts. `speakers`: resample each stratum's speakers;
+    `utterances`: resample each drawn speaker's utterances (False: keep all of them, so
+    only the speaker level varies; both False: every weight 1)."""
+    out = np.zeros((n_boot, clusters.n_utts), dtype=np.int64)
+    members = [np.flatnonzero(clusters.speaker == k) for k in range(clusters.n_clusters)]
+    for stratum in range(clusters.n_strata):
+        spk = np.unique(clusters.speaker[clusters.stratum == stratum])
+        if speakers:
+            counts = rng.multinomial(len(spk), np.full(len(spk), 1.0 / len(spk)), size=n_boot)
+        else:
+            counts = np.ones((n_boot, len(spk)), dtype=np.int64)
+        for j, k in enumerate(spk):
+            utts = members[k]
+            if utterances:
+                # c independent draws of n from n utterances sum to one multinomial of c * n
+                out[:, utts] = rng.multinomial(counts[:, j] * len(utts),
+                                               np.full(len(utts), 1.0 / len(utts)))  # fmt: skip
+            else:
+                out[:, utts] = counts[:, j : j + 1]
+    return out
 
-    `metrics(per_seed, metric, open_set)` is the metric of one system per replicate (seeds
-    resampled and averaged), plus its value on all data; `interval(a, b)` of two such results
-    is the paired difference.
+
+class HierarchicalDraws:
+    """The resampling of one task's test set, shared by every system compared on it.
+
+    `seed_metrics(per_seed, metric, open_set)` gives one system's `SeedMetrics`: its metric
+    per seed on all utterances, under each full hierarchical draw, and under speaker-only
+    draws (for the speaker / utterance split of the variance).
     """
 
-    def __init__(self, n_utts: int, n_seeds: int, n_boot: int = 1000, seed: int = 0) -> None:
+    def __init__(self, clusters: Clusters, n_boot: int = 1000, seed: int = 0) -> None:
         rng = np.random.default_rng(seed)
-        self.utt_counts = rng.multinomial(n_utts, np.full(n_utts, 1.0 / n_utts), size=n_boot)
-        self.seed_draws = rng.integers(n_seeds, size=(n_boot, n_seeds))
-        self.n_utts, self.n_seeds = n_utts, n_seeds
+        self.clusters = clusters
+        self.weights = hierarchical_weights(clusters, n_boot, rng)
+        self.speaker_weights = hierarchical_weights(clusters, n_boot, rng, utterances=False)
         self.utts: list[str] | None = None  # the first system's utterances, in trial order
 
-    def metrics(
+    @property
+    def n_boot(self) -> int:
+        return len(self.weights)
+
+    def seed_metrics(
         self, per_seed: Sequence[TrialScores], metric: str, open_set: bool
-    ) -> tuple[float, np.ndarray]:
-        """(seed-mean metric on all utterances, seed-resampled mean per replicate)."""
-        if len(per_seed) != self.n_seeds:
-            raise ApmError(f"expected {self.n_seeds} seeds of scores, got {len(per_seed)}")
+    ) -> SeedMetrics:
         self.utts = self.utts or list(per_seed[0].utts)
-        if len(self.utts) != self.n_utts or any(ts.utts != self.utts for ts in per_seed):
+        if len(self.utts) != self.clusters.n_utts or any(ts.utts != self.utts for ts in per_seed):
             raise ApmError(
                 "a paired bootstrap needs every system and seed to score the same utterances "
                 "(one trials file, same order)"
             )
-        full = system_metric(per_seed, metric, np.ones((1, self.n_utts)), open_set)[:, 0]
-        boot = system_metric(per_seed, metric, self.utt_counts, open_set)  # S x B
-        replicates = boot[self.seed_draws.T, np.arange(boot.shape[1])].mean(axis=0)
-        return float(full.mean()), replicates
+        n = self.clusters.n_utts
+        return SeedMetrics(
+            system_metric(per_seed, metric, np.ones((1, n)), open_set)[:, 0],
+            system_metric(per_seed, metric, self.weights, open_set),
+            system_metric(per_seed, metric, self.speaker_weights, open_set),
+            self.clusters.n_clusters - self.clusters.n_strata,
+        )
+
+
+@dataclass(frozen=True)
+class SeedMetrics:
+    """One system's (or one linear combination of systems') metric on one task."""
+
+    full: np.ndarray  # [S] per seed, all utterances
+    boot: np.ndarray  # [S, B] per seed, under each hierarchical draw
+    speaker_boot: np.ndarray  # [S, B] per seed, under each speaker-only draw
+    test_df: int  # degrees of freedom of the test-set level: clusters - strata
+
+    def __sub__(self, other: SeedMetrics) -> SeedMetrics:
+        return self.combine([(1.0, self), (-1.0, other)])
 
     @staticmethod
-    def interval(
-        a: tuple[float, np.ndarray], b: tuple[float, np.ndarray], level: float = 0.95
-    ) -> Interval:
-        diff = a[1] - b[1]
-        tail = 100 * (1 - level) / 2
-        low, high = np.percentile(diff, [tail, 100 - tail])
-        return Interval(a[0] - b[0], float(low), float(high))
+    def combine(terms: Sequence[tuple[float, SeedMetrics]]) -> SeedMetrics:
+        """sum of coefficient * metric, seed by seed and draw by draw (paired)."""
+        shapes = {t.boot.shape for _, t in terms}
+        if len(shapes) != 1:
+            raise ApmError(f"paired terms need the same seeds and draws, got shapes {shapes}")
+        return SeedMetrics(
+            sum(c * t.full for c, t in terms),
+            sum(c * t.boot for c, t in terms),
+            sum(c * t.speaker_boot for c, t in terms),
+            min(t.test_df for _, t in terms),
+        )
+
+    def seeds(self, index: np.ndarray) -> SeedMetrics:
+        """The same metric on a subset (or reordering) of the seeds."""
+        return SeedMetrics(self.full[index], self.boot[index], self.speaker_boot[index],
+                           self.test_df)  # fmt: skip

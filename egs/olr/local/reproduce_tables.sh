@@ -1,36 +1,39 @@
 #!/usr/bin/env bash
-# The paper's comparison in one command: margins chosen on dev, matched controls, several
-# seeds, paired bootstrap intervals and per-claim verdicts (apm/report/paper.py), on the OLR
-# recipe's sets and test conditions (local/mini_olr/tasks.py).
+# The paper's comparison in one command: margins chosen on dev with selection seeds of their
+# own, the systems of the pre-registered contrasts (conf/claims.yaml) on the evaluation seeds,
+# hierarchical intervals, an A/A check and Holm-adjusted verdicts (local/paper_comparison), on
+# the OLR recipe's sets and test conditions (local/mini_olr/tasks.py).
 set -euo pipefail
 
 help_message="Usage: egs/olr/local/reproduce_tables.sh [options]
-Writes <out>/RESULTS.md: per label source, Cavg / EER% (mean ± std over seeds) of the
-softmax systems and, for AM and AAM, the dev-chosen constant margin, APM at its dev-chosen
-margin, the constant margin at APM's nominal margin, normalised APM (batch-mean margin = m)
-and the constant margin at APM's measured mean margin; then, for each claim of the paper,
-the paired difference in Cavg and EER with a 95% bootstrap interval (test utterances and
-seeds resampled), its half-width and a verdict (supported / contradicted / not resolved).
+Writes <out>/RESULTS.md: the paper's comparison with pre-registered contrasts
+(conf/claims.yaml), margins chosen on dev with selection seeds that no evaluation uses,
+hierarchical (speaker, utterance) and seed-level intervals, an A/A check of their coverage,
+Holm-adjusted verdicts and the power of each contrast.
   1. stages 0-3 once (corpus, manifests, features, PocketSphinx labels; with --sources
      oracle also the eSpeak oracle labels mapped to a shared phone inventory)
-  2. selection: K and APM-K (K = AM, AAM) at every grid margin with --select-seeds; each
-     family's margin is the one with the lowest mean Cavg on the dev sets (<out>/choices.yaml)
-  3. evaluation: the rows above on every seed (--jobs trainings at once, one thread each)
-  4. python -m apm.bin.paper_tables report
-Reruns skip finished trainings. Measured cost: see the README (Reproducing the paper's
-comparison). --quick: tiny corpus, margins 0.1 0.2, seeds 1 2, 200 bootstrap replicates
-(the end-to-end test).
-e.g.: egs/olr/local/reproduce_tables.sh --jobs 2 --seeds \"1 2 3 4 5\""
+  2. selection: K and APM-K (K = AM, AAM) at every grid margin on the --select-seeds; each
+     family's margin is the one with the lowest mean dev Cavg; a choice at the edge of its
+     grid adds the next margin and is made again (--grid-growth times at most)
+  3. evaluation on the --seeds: the systems the primary contrasts name (--exploratory true:
+     also softmax, K at APM's nominal margin, normalised APM), --jobs trainings at once
+  4. python -m paper_comparison report
+Reruns skip finished trainings. Measured cost: see docs (Reproducing the paper's comparison).
+--quick: tiny corpus, margins 0.1 0.2, no grid growth, selection seeds 101 102, seeds 1 2,
+200 bootstrap draws (the end-to-end test).
+e.g.: egs/olr/local/reproduce_tables.sh --seeds \"\$(seq -s ' ' 1 20)\""
 
 corpus_size=mini          # mini-OLR size: tiny, mini or full
-seeds="1 2 3 4 5"         # evaluation seeds
-select_seeds="1"          # seeds of the dev selection runs (a subset of --seeds reuses them)
-margins="0.1 0.2 0.3"     # grid of margins for K and APM-K
+seeds="1 2 3 4 5 6"       # evaluation seeds (4 or more for the A/A check)
+select_seeds="101 102 103"  # seeds of the dev selection runs; never evaluation seeds
+margins="0.1 0.2 0.3"     # initial grid of margins for K and APM-K
+grid_growth=2             # margins a family's grid may add when its choice is at an edge
+claims=                   # pre-registered contrasts (default: egs/olr/conf/claims.yaml)
+exploratory=false         # true: also evaluate the systems only exploratory contrasts use
 sources=pocketsphinx      # label sources: pocketsphinx and/or oracle (each with its own baselines)
 kinds="am aam"            # margin forms compared, each with its APM counterpart
-full_grid=false           # true: also evaluate every grid system on every seed
-jobs=2                    # trainings run at once (each uses one thread)
-n_boot=1000               # bootstrap replicates
+jobs=$(nproc)             # trainings run at once (each uses one thread)
+n_boot=1000               # hierarchical bootstrap draws
 nj=2                      # parallel jobs of the data stages (0-3)
 data=                     # data dir (default: the recipe's egs/olr/data, with its stage records)
 out=                      # output dir (default: egs/olr/exp/paper)
@@ -52,9 +55,10 @@ if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
   exit 1
 fi
 if [ "$quick" = true ]; then
-  corpus_size=tiny margins="0.1 0.2" seeds="1 2" select_seeds="1" n_boot=200
+  corpus_size=tiny margins="0.1 0.2" seeds="1 2" select_seeds="101 102" n_boot=200 grid_growth=0
 fi
 conf_dir=$(realpath -m "${conf_dir:-$recipe/conf}")
+claims=$(realpath -m "${claims:-$recipe/conf/claims.yaml}")
 # Paths given are the caller's; then everything runs from the recipe directory, where the
 # default data dir keeps the recipe's own relative name (so the stage records of an earlier
 # ./run.sh match and stages 0-3 are skipped).
@@ -76,11 +80,12 @@ lap() { times+=("$1: $(( (SECONDS - lap_start) / 60 )) min $(( (SECONDS - lap_st
 lap_start=$SECONDS
 
 tables() {  # the recipe's sets and conditions: one definition, local/mini_olr/tasks.py
-  python -m apm.bin.paper_tables --conf-dir "$conf_dir" --margins "$margins" --sources "$sources" --kinds "$kinds" \
+  python -m paper_comparison --conf-dir "$conf_dir" --claims "$claims" --margins "$margins" \
+    --grid-growth "$grid_growth" --sources "$sources" --kinds "$kinds" \
     --seeds "$seeds" --select-seeds "$select_seeds" --n-boot "$n_boot" \
     --dev-tasks "$(python -m mini_olr.tasks dev)" --test-sets "$(python -m mini_olr.tasks test)" \
     --conditions "$(python -m mini_olr.tasks conditions)" \
-    $([ "$full_grid" = true ] && echo --full-grid) "$@"
+    $([ "$exploratory" = true ] && echo --exploratory) "$@"
 }
 
 # One training: stages 4-7 of run.sh for <source> <seed> <system>, its output in a log.
@@ -125,10 +130,17 @@ fi
 lap "data stages 0-3"
 
 unscored=--test-sets
-tables configs "$out" | run_jobs "selection on dev"
+tables configs "$out" > "$out/jobs.txt"
+run_jobs "selection on dev" < "$out/jobs.txt"
+while :; do  # grow each family's grid while its choice sits at an edge (--grid-growth)
+  tables grow "$out" > "$out/jobs.txt"
+  [ -s "$out/jobs.txt" ] || break
+  run_jobs "selection: grid grown at an edge choice" < "$out/jobs.txt"
+done
 lap "selection trainings"
 unscored=--dev-sets
-tables select "$out" | run_jobs "evaluation"
+tables select "$out" > "$out/jobs.txt"
+run_jobs "evaluation" < "$out/jobs.txt"
 lap "evaluation trainings"
 
 tables report --data "$data_abs" --margin-plot --command-line "$command_line" "$out"

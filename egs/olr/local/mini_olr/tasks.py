@@ -2,7 +2,7 @@
 
 mini-OLR synthesizes these sets; `egs/olr/run.sh` takes its default `--test-sets` and
 `--dev-sets` from here; `local/reproduce_tables.sh` passes them (and the conditions the paper's
-claims name) to `apm.bin.paper_tables`. This module imports nothing heavy, so the shell can
+claims name) to `paper_comparison` (local/paper_comparison). This module imports nothing heavy, so the shell can
 ask it cheaply:
 
   python -m mini_olr.tasks test|dev|conditions
@@ -20,7 +20,7 @@ TEST_SETS = ("task_full", "task_short", "task_cross", "task_noisy", "task_open")
 SCORED_SETS = (*DEV_SETS, *TEST_SETS)  # sets with trials
 SETS = (TRAIN_SET, *SCORED_SETS)
 # The test condition each test task holds, as the paper's claims name them
-# (apm.report.paper.CONDITIONS): full length, short (1 s), cross-channel, noisy, open-set.
+# (paper_comparison.plan.CONDITIONS): full length, short (1 s), cross-channel, noisy, open-set.
 CONDITIONS = {
     "full": "task_full",
     "short": "task_short",
