@@ -14,6 +14,13 @@ processes keep a core busy, multi-threaded ops wait for the descheduled thread: 
 with --threads 1 then.
 
     .venv/bin/python local/bench_nnet.py [--batch 32] [--frames 200] [--steps 5]
+
+`--ab-masked-bn N` instead times N interleaved rounds of one training step each with the
+masked BatchNorm as it was before the fused node (`masked_batchnorm_reference`, one
+elementwise autograd op at a time), with the fused node (now), and unpadded (native
+BatchNorm, mask None), on the same model and batch, and prints frames/s and the ratios:
+
+    .venv/bin/python local/bench_nnet.py --ab-masked-bn 8 --threads 1
 """
 
 from __future__ import annotations
@@ -26,7 +33,8 @@ import torch
 import yaml
 
 from apm.losses import build_loss
-from apm.nnet import build_model
+from apm.nnet import MaskedBatchNorm1d, build_model
+from apm.nnet.layers import masked_batchnorm_reference
 
 CONFIGS = {
     "default etdnn 512": {},
@@ -89,6 +97,53 @@ def bench(cfg: dict, args: argparse.Namespace, device: torch.device, amp: bool) 
     }
 
 
+def _reference_forward(self, x, mask=None):
+    """MaskedBatchNorm1d.forward as it was before the fused node (the "before" arm)."""
+    if mask is None or not self.training:
+        return torch.nn.BatchNorm1d.forward(self, x.reshape(-1, x.shape[-1])).view(x.shape)
+    y, mean, var, count = masked_batchnorm_reference(x, mask, self.weight, self.bias, self.eps)
+    if self.track_running_stats:
+        self._update_running_stats(mean, var, count)
+    return y
+
+
+def ab_masked_bn(args: argparse.Namespace, configs: dict) -> None:
+    """Interleaved rounds: old masked BN, fused masked BN, native BN (unpadded)."""
+    fused_forward = MaskedBatchNorm1d.forward
+    arms = {
+        "masked, before (elementwise)": (_reference_forward, True),
+        "masked, fused node": (fused_forward, True),
+        "no padding (native BN)": (fused_forward, False),
+    }
+    print(f"{'model':<20} {'arm':<30} {'frames/s':>10} {'vs before':>10}")
+    for name, cfg in configs.items():
+        torch.manual_seed(0)
+        model = build_model(cfg, args.feat_dim, args.phones).train()
+        crit = build_loss({"kind": "apm"}, model.embed_dim, args.langs)
+        feats = torch.randn(args.batch, args.frames, args.feat_dim)
+        mask = torch.ones(args.batch, args.frames, dtype=torch.bool)
+        mask[::2, args.frames * 3 // 4 :] = False
+        phones = torch.randint(0, args.phones, (args.batch, args.frames))
+        langs = torch.randint(0, args.langs, (args.batch,))
+        seconds = dict.fromkeys(arms, 0.0)
+        try:
+            for rnd in range(args.ab_masked_bn + 1):  # round 0 warms up
+                for arm, (forward, padded) in arms.items():
+                    MaskedBatchNorm1d.forward = forward
+                    start = time.perf_counter()
+                    m = mask if padded else None
+                    crit(model(feats, m), langs, phones, mask).loss.backward()
+                    model.zero_grad(set_to_none=True)
+                    if rnd:
+                        seconds[arm] += time.perf_counter() - start
+        finally:
+            MaskedBatchNorm1d.forward = fused_forward
+        frames = args.batch * args.frames * args.ab_masked_bn
+        before = seconds["masked, before (elementwise)"]
+        for arm, sec in seconds.items():
+            print(f"{name:<20} {arm:<30} {frames / sec:>10.0f} {before / sec:>9.2f}x")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32, help="segments per batch")
@@ -103,6 +158,13 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=0, help="CPU threads (0: torch's default, one per core)"
     )
+    parser.add_argument(
+        "--ab-masked-bn",
+        type=int,
+        default=0,
+        metavar="N",
+        help="time N interleaved rounds of old vs fused masked BatchNorm vs native, then exit",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,6 +172,13 @@ def main() -> None:
     if args.recipe_conf.is_file():
         model_cfg = yaml.safe_load(args.recipe_conf.read_text())["model"]
         configs[f"recipe {args.recipe_conf.stem}"] = model_cfg
+    if args.ab_masked_bn:
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; batch "
+            f"{args.batch} x {args.frames} frames, half the segments padded by 1/4, APM loss"
+        )
+        ab_masked_bn(args, configs)
+        return
     devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
     print(
         f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; "

@@ -21,6 +21,14 @@ TFLOP/s; n/a elsewhere).
     GPU: --config egs/olr/conf/paper/apm_am.yaml --device cuda --amp bf16 --compile
         --batch-size 1024 --num-workers 8 --toy-utts 400
 
+--ab-before adds, in every round, the "before" arms of issue 25 side by side with "after":
+bare steps with the masked BatchNorm as it was (one elementwise autograd op at a time,
+`masked_batchnorm_reference`) against the fused node, and, with --data stream, the loader
+alone (batches built in this process, no training) reading ali.scp through kaldiio (element by
+element) against `read_alignment_scp` (np.frombuffer):
+
+    .venv/bin/python local/bench_train.py --threads 1 --ab-before [--data stream]
+
 Without --fbank-dir it trains on a synthetic corpus (apm.train.toy) of 40-dim features, 500
 frames per utterance on average, 10 languages x --toy-utts utterances.
 """
@@ -35,8 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import apm.train.stream
+from apm.features.readers import read_alignment_scp, read_scp
+from apm.nnet import MaskedBatchNorm1d
 from apm.train.config import load_system_config
 from apm.train.data import load_corpus
+from apm.train.job import input_signature
 from apm.train.stream import load_stream_corpus
 from apm.train.toy import make_toy_corpus
 from apm.train.trainer import Trainer
@@ -74,6 +86,31 @@ def bare_steps(trainer: Trainer, epoch: int) -> tuple[float, int]:
     return time.perf_counter() - start, frames
 
 
+def old_bn_bare_steps(trainer: Trainer, epoch: int) -> tuple[float, int]:
+    """`bare_steps` with the masked BatchNorm as it was before the fused node."""
+    from bench_nnet import _reference_forward  # local/ is on sys.path when run as a script
+
+    fused = MaskedBatchNorm1d.forward
+    MaskedBatchNorm1d.forward = _reference_forward
+    try:
+        return bare_steps(trainer, epoch)
+    finally:
+        MaskedBatchNorm1d.forward = fused
+
+
+def loader_only(trainer: Trainer, epoch: int, kaldiio_reader: bool) -> tuple[float, int]:
+    """Seconds and valid frames of building epoch `epoch`'s streamed batches in this process
+    (one loader worker), alignments read by kaldiio or by `read_alignment_scp`."""
+    reader = (lambda path: read_scp(path, "alignment")) if kaldiio_reader else read_alignment_scp
+    apm.train.stream.read_alignment_scp = reader
+    try:
+        start = time.perf_counter()
+        frames = sum(int(b["mask"].sum()) for b in trainer._batches(epoch))
+        return time.perf_counter() - start, frames
+    finally:
+        apm.train.stream.read_alignment_scp = read_alignment_scp
+
+
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
@@ -100,6 +137,15 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), default=None, help="train.amp")
     p.add_argument("--compile", action="store_true", help="train.compile true")
     p.add_argument("--toy-utts", type=int, default=10, help="synthetic utterances per language")
+    p.add_argument(
+        "--toy-min-frames",
+        type=int,
+        default=300,
+        help="shortest synthetic utterance (below chunk_max_frames: padded batches)",
+    )
+    p.add_argument(
+        "--ab-before", action="store_true", help="also time issue 25's 'before' arms, interleaved"
+    )
     return p.parse_args()
 
 
@@ -121,7 +167,7 @@ def main() -> None:
                 tmp,
                 num_langs=10,
                 utts_per_lang=args.toy_utts,
-                frames=(300, 700),
+                frames=(args.toy_min_frames, 700),
                 feat_dim=40,
                 num_phones=40,
             )
@@ -134,11 +180,65 @@ def main() -> None:
         trainer = Trainer(cfg, corpus, pool, pool[:0], tmp, env)
         trainer.train_epoch()  # warm-up (and compilation)
         pipe, bare = [], []
+        ab: dict[str, list] = {}
         # Alternating rounds see the same machine load; the fastest round of each is kept.
         for _ in range(args.rounds):
             pipe.append(pipeline_epoch(trainer))
-            bare.append(bare_steps(trainer, trainer.epoch - 1))
+            epoch = trainer.epoch - 1
+            bare.append(bare_steps(trainer, epoch))
+            if args.ab_before:
+                ab.setdefault("bare, masked BN before (elementwise)", []).append(
+                    old_bn_bare_steps(trainer, epoch)
+                )
+                ab.setdefault("bare, masked BN fused (now)", []).append(bare_steps(trainer, epoch))
+                if trainer.streamed:
+                    ab.setdefault("loader, ali via kaldiio (before)", []).append(
+                        loader_only(trainer, epoch, kaldiio_reader=True)
+                    )
+                    ab.setdefault("loader, ali via frombuffer (now)", []).append(
+                        loader_only(trainer, epoch, kaldiio_reader=False)
+                    )
+        padded = [bool(b.get("padded", True)) for b in trainer._batches(trainer.epoch - 1)]
+        if args.ab_before:
+            sig_times = signature_times(Path(fbank), None if ali is None else Path(ali), tmp)
     report(args, trainer, pipe, bare)
+    if ab:
+        print(f"padded batches (masked BatchNorm path): {sum(padded)} of {len(padded)}")
+        report_ab(ab)
+        store_mb, full, cached = sig_times
+        print(
+            f"  input_signature of {store_mb:.1f} MB of inputs: {full * 1e3:.1f} ms read in "
+            f"full (before), {cached * 1e3:.2f} ms cached (now, unchanged files): "
+            f"{full / cached:.0f}x"
+        )
+
+
+def signature_times(fbank: Path, ali: Path | None, tmp: str, reps: int = 5) -> tuple:
+    """(MB hashed, best seconds of input_signature uncached, best seconds with a warm
+    cache), interleaved."""
+    cache = Path(tmp) / "sig-cache.json"
+    input_signature(fbank, ali, cache)  # fills the cache (and the page cache)
+    full, cached = [], []
+    for _ in range(reps):
+        start = time.perf_counter()
+        input_signature(fbank, ali)
+        full.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        input_signature(fbank, ali, cache)
+        cached.append(time.perf_counter() - start)
+    size = sum(p.stat().st_size for p in fbank.rglob("*") if p.is_file())
+    return size / 1e6, min(full), min(cached)
+
+
+def report_ab(ab: dict[str, list]) -> None:
+    """Before/after pairs, interleaved in the same rounds: best frames/s and the ratio."""
+    print("issue 25, before vs after (same rounds, interleaved; best of each):")
+    names = list(ab)
+    for before, after in zip(names[::2], names[1::2], strict=True):
+        fps = {n: max(frames / s for s, frames in ab[n]) for n in (before, after)}
+        for n in (before, after):
+            print(f"  {n:<40} {fps[n]:11.0f} frames/s")
+        print(f"  {'ratio after / before':<40} {fps[after] / fps[before]:11.2f}x")
 
 
 def report(args: argparse.Namespace, trainer: Trainer, pipe: list, bare: list) -> None:

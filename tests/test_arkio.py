@@ -6,6 +6,7 @@ import kaldiio
 import numpy as np
 import pytest
 
+from apm.features.readers import read_alignment_scp
 from apm.utils import ApmError
 from apm.utils.arkio import write_ark_scp
 
@@ -55,3 +56,51 @@ def test_failed_write_keeps_the_previous_pair(tmp_path):
         write_ark_scp([("b", np.ones(2)), ("bad key", np.ones(2))], tmp_path / "x.ark")
     assert ((tmp_path / "x.scp").read_text(), (tmp_path / "x.ark").read_bytes()) == before
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def _alignments() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    vectors = {f"utt{i}": rng.integers(-(2**31), 2**31, size=n) for i, n in enumerate([7, 300, 1])}
+    vectors["empty"] = np.zeros(0, dtype=np.int64)
+    vectors["small"] = np.array([0, 1, 2, 39])
+    return vectors
+
+
+def test_int32_vector_table_equals_kaldiio(tmp_path):
+    """Our writer's ali.scp, kaldiio's own binary writer and a text ark: same arrays and
+    dtype as kaldiio reads them."""
+    vectors = _alignments()
+    write_ark_scp(vectors, tmp_path / "ali.ark", tmp_path / "ali.scp", dtype=np.int32)
+    kaldiio.save_ark(
+        str(tmp_path / "k.ark"),
+        {k: v.astype(np.int32) for k, v in vectors.items()},
+        scp=str(tmp_path / "k.scp"),
+    )
+    text = {k: v.astype(np.int32) for k, v in vectors.items() if len(v)}
+    kaldiio.save_ark(str(tmp_path / "t.ark"), text, scp=str(tmp_path / "t.scp"), text=True)
+    for name in ("ali.scp", "k.scp", "t.scp"):
+        ours = read_alignment_scp(tmp_path / name)
+        theirs = kaldiio.load_scp(str(tmp_path / name))
+        assert list(ours) == list(theirs) and len(ours) == len(theirs)
+        for key in theirs:
+            a, b = ours[key], theirs[key]
+            assert a.dtype == b.dtype and a.shape == b.shape and (a == b).all(), (name, key)
+        assert "nope" not in ours
+
+
+def test_int32_vector_table_names_a_truncated_or_corrupt_entry(tmp_path):
+    write_ark_scp({"a": np.arange(5), "b": np.arange(50)}, tmp_path / "ali.ark", dtype=np.int32)
+    table = read_alignment_scp(tmp_path / "ali.scp")
+    ark = tmp_path / "ali.ark"
+    data = bytearray(ark.read_bytes())
+    ark.write_bytes(bytes(data[:-7]))  # the last entry, b, loses its tail
+    assert (table["a"] == np.arange(5)).all()
+    with pytest.raises(ApmError, match=r"ali\.ark: entry 'b' at byte \d+ is truncated"):
+        table["b"]
+    start = data.index(b"\0B\x04", data.index(b"a ") + 2)
+    data[start + 7 + 5 * 2] = 8  # element 2 of "a": size byte 8
+    ark.write_bytes(bytes(data))
+    with pytest.raises(ApmError, match=r"entry 'a' at byte \d+ is corrupt: element 2"):
+        table["a"]
+    with pytest.raises(ApmError, match="alignment .ali.scp. not found"):
+        read_alignment_scp(tmp_path / "missing" / "ali.scp")

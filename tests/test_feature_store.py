@@ -1,6 +1,8 @@
 """Stage 2's lilcom feature store: decoded features within lilcom's rounding of the float32
 fbank, random access to frame ranges, and read by training and extraction as they are."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,21 @@ def test_as_stored_is_what_the_store_gives_back(tmp_path):
     reader = LilcomChunkyReader(tmp_path / "a.lca")
     for name, x in matrices.items():
         np.testing.assert_array_equal(reader.read(keys[name]), as_stored(x))
+
+
+def test_cached_training_signature_is_the_same_and_sees_a_changed_archive(store, tmp_path):
+    cache = tmp_path / "exp/inputs.sha256.cache.json"
+    before = input_signature(store, None)
+    assert input_signature(store, None, cache) == before and cache.is_file()
+    assert input_signature(store, None, cache) == before
+    archive = store / "storage/feats.1.lca"
+    original, st = archive.read_bytes(), archive.stat()
+    try:
+        data = bytearray(original)
+        data[-1] ^= 1  # same size; the new modification time tells the cache
+        archive.write_bytes(bytes(data))
+        os.utime(archive, ns=(st.st_atime_ns, st.st_mtime_ns + 10**12))
+        assert input_signature(store, None, cache) == input_signature(store, None) != before
+    finally:
+        archive.write_bytes(original)
+    assert input_signature(store, None, cache) == before

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from apm.nnet import FrameLayer, MaskedBatchNorm1d, build_model, stats_pooling
-from apm.nnet.layers import context_to_conv
+from apm.nnet.layers import _MaskedBatchNorm, context_to_conv, masked_batchnorm_reference
 from apm.nnet.xvector import ETDNN, TDNN
 from apm.utils import ApmError
 
@@ -167,6 +167,72 @@ def test_masked_batchnorm_gradients_and_cumulative_momentum_match_batchnorm():
     assert torch.allclose(masked.running_mean, plain.running_mean)
     assert torch.allclose(masked.running_var, plain.running_var)
     assert masked.num_batches_tracked == plain.num_batches_tracked == 3
+
+
+def _reference_step(bn, x, mask):
+    """One training step of the pre-fusion formula on `bn`'s running statistics."""
+    y, mean, var, count = masked_batchnorm_reference(x, mask, bn.weight, bn.bias, bn.eps)
+    bn._update_running_stats(mean, var, count)
+    return y
+
+
+@pytest.mark.parametrize("padding", ["none", "some", "whole rows"])
+@pytest.mark.parametrize("momentum", [0.1, None])
+def test_fused_masked_batchnorm_equals_the_old_formula(padding, momentum):
+    """The fused autograd node (`_MaskedBatchNorm`) computes what the masked sums computed:
+    outputs, input/weight/bias gradients and running statistics, padded or not."""
+    torch.manual_seed(3)
+    new, old = MaskedBatchNorm1d(6, momentum=momentum), MaskedBatchNorm1d(6, momentum=momentum)
+    weight, bias = torch.randn(6), torch.randn(6)
+    with torch.no_grad():
+        for bn in (new, old):
+            bn.weight.copy_(weight)
+            bn.bias.copy_(bias)
+    for step in range(3):
+        x = (torch.randn(4, 15, 6) * 3 + 2).requires_grad_()
+        xo = x.detach().clone().requires_grad_()
+        mask = torch.ones(4, 15, dtype=torch.bool)
+        if padding == "some":
+            mask = torch.rand(4, 15) > 0.3
+        elif padding == "whole rows":
+            mask[1:, 9 + step :] = False
+            mask[2] = False
+        g = torch.randn(4, 15, 6)
+        y, yo = new(x, mask), _reference_step(old, xo, mask)
+        assert torch.allclose(y, yo, atol=1e-5, rtol=1e-5)
+        assert (y[~mask] == 0).all()
+        (y * g).sum().backward()
+        (yo * g).sum().backward()
+        assert torch.allclose(x.grad, xo.grad, atol=1e-5, rtol=1e-4)
+        assert (x.grad[~mask] == 0).all()
+        for a, b in ((new.weight, old.weight), (new.bias, old.bias)):
+            assert torch.allclose(a.grad, b.grad, atol=1e-4, rtol=1e-4)
+            a.grad = b.grad = None
+    assert torch.allclose(new.running_mean, old.running_mean, atol=1e-6)
+    assert torch.allclose(new.running_var, old.running_var, atol=1e-6)
+    assert new.num_batches_tracked == old.num_batches_tracked == 3
+
+
+def test_fused_masked_batchnorm_backward_passes_gradcheck():
+    torch.manual_seed(4)
+    x = torch.randn(20, 3, dtype=torch.float64, requires_grad=True)
+    w = (torch.rand(20) > 0.25).double()
+    weight = torch.randn(3, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, dtype=torch.float64, requires_grad=True)
+
+    def f(x, weight, bias):
+        return _MaskedBatchNorm.apply(x, w, weight, bias, 1e-5)[0]
+
+    assert torch.autograd.gradcheck(f, (x, weight, bias))
+
+
+def test_masked_batchnorm_without_affine_equals_the_old_formula():
+    torch.manual_seed(5)
+    bn = MaskedBatchNorm1d(5, affine=False)
+    x = torch.randn(3, 8, 5) * 2 + 1
+    mask = torch.rand(3, 8) > 0.3
+    ref = masked_batchnorm_reference(x, mask, None, None, bn.eps)[0]
+    assert torch.allclose(bn(x, mask), ref, atol=1e-5)
 
 
 def test_all_valid_mask_equals_no_mask():

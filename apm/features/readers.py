@@ -101,6 +101,86 @@ def read_scp(path: str | os.PathLike, what: str) -> Mapping[str, np.ndarray]:
     return kaldiio.load_scp(str(path))
 
 
+# One binary Kaldi int32 vector element: a size byte (4) then the little-endian int32.
+_INT32_ELEMENT = np.dtype([("size", "u1"), ("value", "<i4")])
+_INT32_HEADER = b"\0B\x04"  # binary marker, then the size byte of the length field
+_ARK_OFFSET = re.compile(r"^(?P<ark>.+):(?P<offset>\d+)$")
+
+
+class Int32VectorTable(Mapping):
+    """A lazy {key: int32 vector} table from a Kaldi scp, as `kaldiio.load_scp` reads it,
+    but a binary int32 vector (`\\0B`, then size byte 4 and the int32 length, then per element
+    size byte 4 and the int32) is read with one `np.frombuffer` instead of kaldiio's loop over
+    elements. Anything else an scp line can name (text arks, matrices, pipes, slices) goes to
+    kaldiio as before. A truncated or corrupt entry is an ApmError naming key and file.
+    Holds no open file, so it pickles into DataLoader workers."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+        self._entries: dict[str, str] = {}
+        with open(self.path, encoding="utf-8") as f:
+            for number, line in enumerate(f, 1):
+                fields = line.split(None, 1)
+                if len(fields) != 2:
+                    raise ApmError(f"{self.path}:{number}: expected 'key ark:offset', got {line!r}")
+                self._entries[fields[0]] = fields[1].rstrip()
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        spec = self._entries[key]
+        m = _ARK_OFFSET.match(spec)
+        if m is None or spec.endswith("|") or "[" in spec:
+            return kaldiio.load_mat(spec)
+        return read_int32_vector(m["ark"], int(m["offset"]), key)
+
+    def __iter__(self):
+        return iter(self._entries)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._entries
+
+
+def read_int32_vector(ark: str | os.PathLike, offset: int, key: str = "?") -> np.ndarray:
+    """The entry at byte `offset` of `ark`: a binary int32 vector read in one go, or, when it
+    is not one (text, a matrix), whatever kaldiio reads there."""
+    with open(ark, "rb") as f:
+        f.seek(offset)
+        head = f.read(7)
+        if not head:
+            raise ApmError(f"{ark}: entry '{key}' at byte {offset} is past the end of the file")
+        if head[:3] != _INT32_HEADER:  # text, or another binary object: kaldiio as before
+            return kaldiio.load_mat(f"{ark}:{offset}")
+        if len(head) < 7:
+            raise ApmError(f"{ark}: entry '{key}' at byte {offset} is truncated (no length)")
+        length = int(np.frombuffer(head, "<i4", count=1, offset=3)[0])
+        if length < 0:
+            raise ApmError(f"{ark}: entry '{key}' at byte {offset} has length {length}")
+        data = f.read(length * _INT32_ELEMENT.itemsize)
+    if len(data) != length * _INT32_ELEMENT.itemsize:
+        raise ApmError(
+            f"{ark}: entry '{key}' at byte {offset} is truncated: {length} int32 elements "
+            f"announced, {len(data) // _INT32_ELEMENT.itemsize} present"
+        )
+    elements = np.frombuffer(data, _INT32_ELEMENT)
+    if len(elements) and not (elements["size"] == 4).all():
+        bad = int(np.argmax(elements["size"] != 4))
+        raise ApmError(
+            f"{ark}: entry '{key}' at byte {offset} is corrupt: element {bad} has size byte "
+            f"{int(elements['size'][bad])}, not 4 (not a Kaldi int32 vector)"
+        )
+    return elements["value"].astype(np.int32)
+
+
+def read_alignment_scp(path: str | os.PathLike) -> Int32VectorTable:
+    """`ali.scp` as a lazy {utt: int32 vector} table (`Int32VectorTable`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ApmError(f"{path}: alignment (ali.scp) not found")
+    return Int32VectorTable(path)
+
+
 def read_phones(path: str | os.PathLike) -> dict[str, int]:
     """Any `symbol id` phone table (ours, Kaldi's, the oracle's) as {symbol: id}; symbols and
     ids unique."""

@@ -23,6 +23,7 @@ from apm.features.readers import (
     is_speed_perturbed,
     load_alignment,
     load_cut_features,
+    read_alignment_scp,
     read_cuts,
     read_phones,
     read_scp,
@@ -68,7 +69,7 @@ def open_alignments(ali_dir: str | os.PathLike | None) -> tuple[Mapping | None, 
     """(lazy ali.scp table, phone inventory size) of `ali_dir`; (None, 0) without one."""
     if ali_dir is None:
         return None, 0
-    table = read_scp(Path(ali_dir) / "ali.scp", "alignment (ali.scp)")
+    table = read_alignment_scp(Path(ali_dir) / "ali.scp")
     return table, max(read_phones(Path(ali_dir) / "phones.txt").values()) + 1
 
 

@@ -31,7 +31,7 @@ from apm.train.monitor import Monitor, plot_curves, write_history
 from apm.train.stream import StreamCorpus, load_stream_corpus, stored_features
 from apm.train.trainer import Trainer
 from apm.utils.dist import DistEnv, barrier, init_distributed, shutdown
-from apm.utils.done import mark_done, recorded, signature
+from apm.utils.done import cached_signature, mark_done, recorded, signature
 from apm.utils.errors import ApmError
 from apm.utils.io import atomic_write
 
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # Keys that change how fast a run goes, not what it computes: a resumed run may change them
 # (streamed batches depend on num_workers: not a runtime key with `data: stream`).
 RUNTIME_KEYS = ("num_workers", "threads", "log_interval", "compile", "pin_memory")
+# (path, size, mtime_ns) -> input signature, so that a resumed start skips re-reading the store
+SIGNATURE_CACHE = "inputs.sha256.cache.json"
 OUTPUTS = ("checkpoints", "final.pt", "train_log.jsonl", "train_curves.png", "tensorboard")
 
 
@@ -64,10 +66,12 @@ def _comparable(cfg: dict) -> dict:
             "augment": cfg.get("augment", AugmentConfig().to_dict())}  # fmt: skip
 
 
-def input_signature(fbank_dir: Path, ali_dir: Path | None) -> str:
+def input_signature(fbank_dir: Path, ali_dir: Path | None, cache: Path | None = None) -> str:
     """`apm.utils.done.signature` of the training cuts, the feature store they name, and the
     VAD/label scp files and the arks they name. A rerun of stage 4 after stage 2 or 3 produced
-    other data must retrain, not resume."""
+    other data must retrain, not resume. With `cache` (a JSON file), the value is reused while
+    no file changed size or modification time (`apm.utils.done.cached_signature`): a resumed
+    start does not re-read the whole store."""
     files = [
         fbank_dir / "cuts.jsonl.gz",
         *sorted(p for p in (fbank_dir / "storage").rglob("*") if p.is_file()),
@@ -75,7 +79,9 @@ def input_signature(fbank_dir: Path, ali_dir: Path | None) -> str:
     ]
     if ali_dir is not None:
         files += [ali_dir / "ali.scp", ali_dir / "phones.txt"]
-    return signature(files, follow_scp=True)
+    if cache is None:
+        return signature(files, follow_scp=True)
+    return cached_signature(files, follow_scp=True, cache=cache)
 
 
 def prepare_exp_dir(job: TrainJob) -> None:
@@ -83,7 +89,7 @@ def prepare_exp_dir(job: TrainJob) -> None:
     data changed, or without resume."""
     exp = job.exp_dir
     saved = exp / "config.yaml"
-    inputs = input_signature(job.fbank_dir, _alignment_dir(job))
+    inputs = input_signature(job.fbank_dir, _alignment_dir(job), exp / SIGNATURE_CACHE)
     signature_file = exp / "inputs.sha256"
     if (
         job.resume

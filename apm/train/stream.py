@@ -48,6 +48,7 @@ from apm.features.readers import (
     CUTS,
     cut_language,
     load_cut_features,
+    read_alignment_scp,
     read_scp,
     voiced_mask,
 )
@@ -178,7 +179,7 @@ class _Preparer:
         self.vad = read_scp(corpus.fbank_dir / "vad.scp", "VAD (vad.scp)")
         self.ali: Mapping | None = None
         if corpus.ali_dir is not None:
-            self.ali = read_scp(corpus.ali_dir / "ali.scp", "alignment (ali.scp)")
+            self.ali = read_alignment_scp(corpus.ali_dir / "ali.scp")
 
     def __call__(
         self, cut, features: FeatureFn, rng: np.random.Generator
