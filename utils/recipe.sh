@@ -109,3 +109,44 @@ recipe_stages_1_to_7() {
       --train-set "${backend_train_set:-$train_set}" --dev-sets "$dev_sets" "$exp/$system"
   done
 }
+
+# One recipe run at a time per output directory. `recipe_lock MODE DIR` takes a lock on
+# DIR/.lock (flock on a file descriptor kept open for the rest of the run; the kernel releases
+# it when the holder dies, kill -9 included): MODE exclusive for a directory the run writes,
+# shared for one it only reads (several runs may read the same data/ while none writes it).
+# A run that cannot get the lock stops at once and names the PID and command that hold it.
+# The descriptor is inherited by the stage commands: a lock stays held while any of them runs.
+recipe_lock() {
+  local mode=$1 dir=$2 lock fd flag=-x holders pid cmd
+  [ "$mode" = shared ] && flag=-s
+  mkdir -p "$dir"
+  lock=$(realpath -m -- "$dir/.lock")
+  case " ${_apm_locked:-} " in *" $lock "*) return 0 ;; esac  # the same directory given twice
+  exec {fd}<>"$lock"  # read-write without truncating: the holders' lines stay readable
+  if ! flock -n "$flag" "$fd"; then
+    holders=""
+    while IFS=$'\t' read -r pid cmd; do  # lines "PID<TAB>command" of live holders
+      [[ $pid =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ] && holders+=$'\n'"    PID $pid: $cmd"
+    done < "$lock"
+    {
+      echo "$0: $dir is in use by another run of the recipe (lock $lock)${holders:+, held by:}${holders:- (holder unknown)}"
+      echo "  Two runs writing the same directory mix their outputs. Wait until it finishes, or give"
+      echo "  this run other directories (--exp DIR, --data DIR)."
+    } >&2
+    exit 1
+  fi
+  if [ "$mode" = shared ]; then
+    printf '%s\t%s\n' "$$" "$command_line" >> "$lock"
+  else
+    printf '%s\t%s\n' "$$" "$command_line" > "$lock"
+  fi
+  _apm_locked="${_apm_locked:-} $lock"
+}
+
+# The locks of a recipe run: $exp exclusive; $data exclusive when a stage that writes it
+# (0-3) is run, shared otherwise (stages 4-7 only read it, so trainings of several systems
+# into different --exp may share it).
+recipe_lock_dirs() {
+  recipe_lock exclusive "$exp"
+  if [ "$stage" -le 3 ]; then recipe_lock exclusive "$data"; else recipe_lock shared "$data"; fi
+}

@@ -1,0 +1,86 @@
+"""utils/recipe.sh's locks: one recipe run at a time per --exp and per written --data."""
+
+import os
+import signal
+import subprocess
+import textwrap
+import time
+
+
+def _holder(tmp_path, repo_root, mode: str, directory, name: str = "h.sh"):
+    """A background bash that takes the lock (as run.sh does) and sleeps; returns the Popen."""
+    script = tmp_path / name
+    script.write_text(
+        textwrap.dedent(
+            f"""\
+            set -euo pipefail
+            . {repo_root}/utils/recipe.sh
+            command_line="egs/olr/run.sh --exp {directory} (holder)"
+            recipe_lock {mode} {directory}
+            echo locked > {tmp_path}/{name}.ready
+            exec sleep 60
+            """
+        )
+    )
+    p = subprocess.Popen(["bash", str(script)], start_new_session=True)
+    for _ in range(100):
+        if (tmp_path / f"{name}.ready").exists():
+            return p
+        time.sleep(0.05)
+    p.kill()
+    raise AssertionError("the holder did not get the lock")
+
+
+def _try(tmp_path, repo_root, mode: str, directory):
+    body = f". {repo_root}/utils/recipe.sh; command_line=second; recipe_lock {mode} {directory}"
+    return subprocess.run(["bash", "-c", body], capture_output=True, text=True, timeout=30)
+
+
+def test_second_run_into_the_same_exp_is_refused_and_names_the_holder(tmp_path, repo_root):
+    exp = tmp_path / "exp"
+    holder = _holder(tmp_path, repo_root, "exclusive", exp)
+    try:
+        r = _try(tmp_path, repo_root, "exclusive", exp)
+        assert r.returncode == 1
+        assert f"PID {holder.pid}" in r.stderr and "(holder)" in r.stderr, r.stderr
+        assert "--exp DIR" in r.stderr and "Wait" in r.stderr
+        assert _try(tmp_path, repo_root, "shared", exp).returncode == 1, "a reader waits too"
+        assert _try(tmp_path, repo_root, "exclusive", tmp_path / "other").returncode == 0
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+    # kill -9 releases it: the next run goes on
+    assert _try(tmp_path, repo_root, "exclusive", exp).returncode == 0
+
+
+def test_readers_of_data_share_it_and_a_writer_is_refused(tmp_path, repo_root):
+    data = tmp_path / "data"
+    a = _holder(tmp_path, repo_root, "shared", data, "a.sh")
+    b = _holder(tmp_path, repo_root, "shared", data, "b.sh")
+    try:
+        r = _try(tmp_path, repo_root, "exclusive", data)
+        assert r.returncode == 1
+        assert f"PID {a.pid}" in r.stderr and f"PID {b.pid}" in r.stderr, r.stderr
+    finally:
+        for p in (a, b):
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+
+
+def test_run_sh_refuses_an_exp_in_use(tmp_path, repo_root, shell_env):
+    exp = tmp_path / "exp"
+    holder = _holder(tmp_path, repo_root, "exclusive", exp)
+    try:
+        cmd = [str(repo_root / "egs/olr/run.sh"), "--stage", "7", "--exp", str(exp),
+               "--data", str(tmp_path / "data"), "--systems", "none"]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, env=shell_env, timeout=120)
+        assert r.returncode == 1 and f"PID {holder.pid}" in r.stderr, r.stderr
+        assert "stage 7" not in r.stdout, "nothing ran"
+    finally:
+        os.killpg(holder.pid, signal.SIGKILL)
+        holder.wait()
+
+
+def test_force_clears_the_mini_olr_stamp(tmp_path, repo_root):
+    run_sh = (repo_root / "egs/olr/run.sh").read_text()
+    assert 'rm -f "$data/mini_olr/.stamp"' in run_sh
