@@ -49,8 +49,12 @@ def test_second_run_into_the_same_exp_is_refused_and_names_the_holder(tmp_path, 
     finally:
         os.killpg(holder.pid, signal.SIGKILL)
         holder.wait()
-    # kill -9 releases it: the next run goes on
+    # kill -9 releases it: the next run goes on, removes the dead holder's note, and on its
+    # exit its own: the directory holds only the empty lock file
+    assert (exp / f".lock.{holder.pid}").is_file()
     assert _try(tmp_path, repo_root, "exclusive", exp).returncode == 0
+    assert sorted(p.name for p in exp.iterdir()) == [".lock"]
+    assert (exp / ".lock").read_bytes() == b""
 
 
 def test_readers_of_data_share_it_and_a_writer_is_refused(tmp_path, repo_root):

@@ -114,20 +114,24 @@ recipe_stages_1_to_7() {
 # DIR/.lock (flock on a file descriptor kept open for the rest of the run; the kernel releases
 # it when the holder dies, kill -9 included): MODE exclusive for a directory the run writes,
 # shared for one it only reads (several runs may read the same data/ while none writes it).
-# A run that cannot get the lock stops at once and names the PID and command that hold it.
+# A run that cannot get the lock stops at once and names the PID and command that hold it:
+# each holder writes them to DIR/.lock.<pid>, removed when it exits (and, after a kill -9, by
+# the next run), so DIR/.lock itself stays empty and a rerun leaves the same bytes.
 # The descriptor is inherited by the stage commands: a lock stays held while any of them runs.
 recipe_lock() {
-  local mode=$1 dir=$2 lock fd flag=-x holders pid cmd
+  local mode=$1 dir=$2 lock fd flag=-x holders="" info pid
   [ "$mode" = shared ] && flag=-s
   mkdir -p "$dir"
   lock=$(realpath -m -- "$dir/.lock")
   case " ${_apm_locked:-} " in *" $lock "*) return 0 ;; esac  # the same directory given twice
-  exec {fd}<>"$lock"  # read-write without truncating: the holders' lines stay readable
+  exec {fd}>>"$lock"
   if ! flock -n "$flag" "$fd"; then
-    holders=""
-    while IFS=$'\t' read -r pid cmd; do  # lines "PID<TAB>command" of live holders
-      [[ $pid =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ] && holders+=$'\n'"    PID $pid: $cmd"
-    done < "$lock"
+    for info in "$lock".*; do
+      pid=${info##*.}
+      if [[ $pid =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ]; then
+        holders+=$'\n'"    PID $pid: $(cat "$info" 2>/dev/null || true)"
+      fi
+    done
     {
       echo "$0: $dir is in use by another run of the recipe (lock $lock)${holders:+, held by:}${holders:- (holder unknown)}"
       echo "  Two runs writing the same directory mix their outputs. Wait until it finishes, or give"
@@ -135,12 +139,14 @@ recipe_lock() {
     } >&2
     exit 1
   fi
-  if [ "$mode" = shared ]; then
-    printf '%s\t%s\n' "$$" "$command_line" >> "$lock"
-  else
-    printf '%s\t%s\n' "$$" "$command_line" > "$lock"
-  fi
+  for info in "$lock".*; do  # holders killed with -9 left their note
+    pid=${info##*.}
+    if [[ $pid =~ ^[0-9]+$ ]] && ! [ -d "/proc/$pid" ]; then rm -f "$info"; fi
+  done
+  printf '%s\n' "$command_line" > "$lock.$$"
   _apm_locked="${_apm_locked:-} $lock"
+  _apm_lock_notes="${_apm_lock_notes:-} $(printf '%q' "$lock.$$")"
+  trap 'eval "rm -f $_apm_lock_notes"' EXIT
 }
 
 # The locks of a recipe run: $exp exclusive; $data exclusive when a stage that writes it
