@@ -88,3 +88,31 @@ def test_run_sh_refuses_an_exp_in_use(tmp_path, repo_root, shell_env):
 def test_force_clears_the_mini_olr_stamp(tmp_path, repo_root):
     run_sh = (repo_root / "egs/olr/run.sh").read_text()
     assert 'rm -f "$data/mini_olr/.stamp"' in run_sh
+
+
+def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path, repo_root, shell_env):
+    from apm.utils.io import TEMP_NAME, atomic_path, remove_stale_temps
+
+    exp = tmp_path / "exp"
+    (exp / "am/log").mkdir(parents=True)
+    stale = [exp / "..done.ab12cd_z.tmp", exp / "am/.det.png.k3j4h5g6.tmp"]
+    for path in stale:
+        path.write_text("half")
+    (exp / "am/.feats.store.q1w2e3r4.tmp").mkdir()  # an atomic_dir's
+    keep = [exp / "am/notes.tmp", exp / "am/.hidden", exp / "am/log/x.log"]
+    for path in keep:
+        path.write_text("mine")
+    with atomic_path(tmp_path / "model.txt") as tmp:  # the pattern is the writer's own names
+        assert TEMP_NAME.match(tmp.name), tmp.name
+    assert remove_stale_temps(exp) == 3
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in keep)
+    assert not (exp / "am/.feats.store.q1w2e3r4.tmp").exists()
+    # the recipe does it when it starts, under its lock
+    stale[0].write_text("half")
+    (exp / ".done").mkdir()
+    (exp / ".done/stage4.train_am.tmp").write_text("half")
+    cmd = [str(repo_root / "egs/olr/run.sh"), "--stage", "7", "--exp", str(exp),
+           "--data", str(tmp_path / "data"), "--systems", ""]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=shell_env, timeout=120)
+    assert "removed 1 temporary file(s) left by a killed run" in r.stdout, r.stdout + r.stderr
+    assert not stale[0].exists() and not (exp / ".done/stage4.train_am.tmp").exists()

@@ -151,8 +151,22 @@ recipe_lock() {
 
 # The locks of a recipe run: $exp exclusive; $data exclusive when a stage that writes it
 # (0-3) is run, shared otherwise (stages 4-7 only read it, so trainings of several systems
-# into different --exp may share it).
+# into different --exp may share it). Then the stale temporaries of the directories it holds
+# exclusively are removed.
 recipe_lock_dirs() {
   recipe_lock exclusive "$exp"
-  if [ "$stage" -le 3 ]; then recipe_lock exclusive "$data"; else recipe_lock shared "$data"; fi
+  local written=("$exp")
+  if [ "$stage" -le 3 ]; then
+    recipe_lock exclusive "$data"; written+=("$data")
+  else
+    recipe_lock shared "$data"
+  fi
+  # What a killed run left half-written (atomic writers' .<name>.XXXXXXXX.tmp, stage records'
+  # .tmp): safe to remove now that no other run writes these directories.
+  rm -f "$exp"/.done/*.tmp
+  python -c 'import sys
+from apm.utils.io import remove_stale_temps
+for d in sys.argv[1:]:
+    if n := remove_stale_temps(d):
+        print(f"{d}: removed {n} temporary file(s) left by a killed run")' "${written[@]}"
 }
