@@ -130,4 +130,3 @@ def portable_path(path: str | os.PathLike) -> str:
     if absolute.startswith(cwd.rstrip(os.sep) + os.sep):
         return os.path.relpath(absolute, cwd)
     return absolute
-
