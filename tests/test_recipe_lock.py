@@ -85,9 +85,18 @@ def test_run_sh_refuses_an_exp_in_use(tmp_path, repo_root, shell_env):
         holder.wait()
 
 
-def test_force_clears_the_mini_olr_stamp(tmp_path, repo_root):
-    run_sh = (repo_root / "egs/olr/run.sh").read_text()
-    assert 'rm -f "$data/mini_olr/.stamp"' in run_sh
+def test_force_clears_the_mini_olr_stamp(tmp_path, repo_root, shell_env):
+    stamp = tmp_path / "data/mini_olr/.stamp"
+    stamp.parent.mkdir(parents=True)
+    for force, survives in (("false", True), ("true", False)):
+        stamp.write_text("{}")
+        # an unknown size makes stage 0 fail at once, after the stamp was (or was not) cleared
+        cmd = [str(repo_root / "egs/olr/run.sh"), "--stop-stage", "0", "--force", force,
+               "--corpus-size", "bogus", "--data", str(tmp_path / "data"),
+               "--exp", str(tmp_path / "exp")]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True, env=shell_env, timeout=120)
+        assert r.returncode == 1 and "stage 0 (make_mini_olr) failed" in r.stderr, r.stderr
+        assert stamp.exists() == survives, force
 
 
 def test_stale_temporaries_of_a_killed_writer_are_removed(tmp_path, repo_root, shell_env):
