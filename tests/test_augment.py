@@ -258,6 +258,27 @@ def test_prepare_errors(work, tmp_path):
     assert not (tmp_path / "out").exists()  # nothing half-written
 
 
+def test_prepare_bad_noise_files_stop_or_are_skipped(tmp_path):
+    musan, _ = write_toy_sets(tmp_path / "corpora", seed=5)
+    noise = sorted((musan / "noise").rglob("*.wav"))
+    x = np.full(16000, 0.1, dtype=np.float32)
+    x[100] = np.nan
+    sf.write(noise[0], x, 16000, subtype="FLOAT")  # NaN samples
+    noise[1].write_bytes(b"RIFF\x00\x00garbage" * 10)  # corrupt
+    with pytest.raises(ApmError) as e:
+        prepare_augment_sets(tmp_path / "out", musan=musan)
+    msg = str(e.value)
+    assert "2 bad utterance(s)" in msg and str(noise[0]) in msg and str(noise[1]) in msg
+    assert "NaN or infinite" in msg and "cannot read audio" in msg and "--skip-bad true" in msg
+    with pytest.raises(ApmError, match="no usable noise recordings left"):
+        prepare_augment_sets(tmp_path / "out", musan=musan, skip_bad=True)
+    keep = tmp_path / "corpora/musan/noise/free-sound/extra.wav"
+    keep.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(keep, np.full(16000, 0.1, dtype=np.float32), 16000)
+    written = prepare_augment_sets(tmp_path / "out", musan=musan, skip_bad=True)
+    assert list(RecordingSet.from_file(written["noise"]).ids) == ["extra"]
+
+
 def test_prepare_cli_help():
     out = subprocess.run(
         [str(ROOT / ".venv/bin/python"), "-m", "apm.bin.prepare_augment", "--help"],

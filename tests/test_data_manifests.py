@@ -74,6 +74,10 @@ def _write_bad(path, kind):
         sf.write(path, np.zeros(8000, dtype=np.float32), 8000)
     elif kind == "stereo":
         sf.write(path, np.zeros((16000, 2), dtype=np.float32), 16000)
+    elif kind in ("nan", "inf", "nan-pipe"):
+        x = np.full(16000, 0.1, dtype=np.float32)
+        x[1234] = np.nan if kind != "inf" else np.inf
+        sf.write(path, x, 16000, subtype="FLOAT")
 
 
 @pytest.mark.parametrize(
@@ -85,12 +89,18 @@ def _write_bad(path, kind):
         ("8k", "sampling rate is 8000 Hz"),
         ("stereo", "2 channels"),
         ("pipe", "failed with exit status"),
+        ("nan", "1 NaN or infinite sample(s) (the first is sample 1234)"),
+        ("inf", "NaN or infinite"),
+        ("nan-pipe", "NaN or infinite"),
     ],
 )
 def test_bad_audio_stops_or_is_skipped(data, tmp_path, kind, message):
     bad = tmp_path / f"{kind}.wav"
     if kind == "pipe":
         entry = f"cat {tmp_path}/missing.wav |"
+    elif kind == "nan-pipe":
+        _write_bad(bad, kind)
+        entry = f"cat {bad} |"
     else:
         _write_bad(bad, kind)
         entry = str(bad)
@@ -99,7 +109,7 @@ def test_bad_audio_stops_or_is_skipped(data, tmp_path, kind, message):
         make_manifests(data, data / "manifests", ["train"], nj=2)
     msg = str(e.value)
     assert BAD_UTT in msg and message in msg and "--skip-bad true" in msg
-    assert (entry.split()[1] if kind == "pipe" else str(bad)) in msg, "names the file"
+    assert (entry.split()[1] if "pipe" in kind else str(bad)) in msg, "names the file"
     assert not (data / "manifests/train").exists(), "no partial output"
     (summary,) = make_manifests(data, data / "manifests", ["train"], nj=2, skip_bad=True)
     assert summary.skipped == 1 and summary.utterances == 5

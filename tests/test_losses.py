@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 
 from apm.losses import (
     MarginScheduler,
@@ -16,7 +18,10 @@ from apm.losses import (
     phone_confidence,
 )
 from apm.nnet import build_model
+from apm.train.config import load_system_config
 from apm.utils import ApmError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 S, M = 30.0, 0.2
 
@@ -259,11 +264,30 @@ def test_margin_warmup_schedule():
         ({"confidence": "entropy"}, "max_posterior"),
         ({"scale": 0}, "scale"),
         ({"margin": -0.1}, "margin"),
+        ({"kind": "am", "margin": 5.0}, r"loss.margin 5 is out of range for am: .*0 <= m <= 1"),
+        ({"kind": "aam", "margin": 1.6}, r"out of range for aam: .*0 <= m < 1.571"),
+        ({"kind": "apm", "flavour": "aam", "margin": 2.0}, r"apm \(aam form\): .*m < 1.571"),
+        ({"kind": "apm", "flavour": "am", "margin": 1.01}, r"apm \(am form\): .*m <= 1"),
     ],
 )
 def test_bad_loss_config_is_an_apm_error(cfg, fragment):
     with pytest.raises(ApmError, match=fragment):
         build_loss(cfg, 8, 3)
+
+
+def test_margin_range_edges_and_the_config_file(tmp_path):
+    build_loss({"kind": "am", "margin": 1.0}, 8, 3)  # the AM bound is included
+    build_loss({"kind": "aam", "margin": 1.5}, 8, 3)
+    build_loss({"kind": "softmax", "margin": 5.0}, 8, 3)  # no margin: not checked
+    raw = yaml.safe_load((ROOT / "egs/olr/conf/am.yaml").read_text())
+    raw["loss"]["margin"] = 5.0
+    path = tmp_path / "am.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ApmError, match=f"{path}: loss.margin 5 is out of range"):
+        load_system_config(path)  # when the config is read, before any training
+    for conf in sorted(ROOT.glob("egs/*/conf/**/*.yaml")):
+        if "loss" in (yaml.safe_load(conf.read_text()) or {}):
+            load_system_config(conf)  # every shipped system stays valid
 
 
 def test_label_range_checked():

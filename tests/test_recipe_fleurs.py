@@ -100,13 +100,29 @@ def test_prepare_names_bad_input(fleurs, tmp_path):
     assert not (tmp_path / "data/train/skipped").exists()
 
 
+def test_empty_split_and_audio_without_metadata_are_named(fleurs, tmp_path, caplog):
+    corpus = tmp_path / "fleurs"
+    shutil.copytree(fleurs, corpus)
+    (corpus / "metadata/ms_my/dev.tsv").write_text("")
+    with pytest.raises(ApmError, match=r"language ms_my, split dev: .*dev.tsv has no lines"):
+        prepare_fleurs.prepare(corpus, tmp_path / "data", TRAINED, [])
+    shutil.copytree(fleurs / "metadata/ms_my", corpus / "metadata/ms_my", dirs_exist_ok=True)
+    shutil.rmtree(corpus / "metadata" / HELD_OUT)
+    with caplog.at_level("WARNING"):
+        assert prepare_fleurs.available_languages(corpus) == TRAINED
+    assert f"1 language directory with audio but no metadata/<lang>/ left out: {HELD_OUT}" in (
+        caplog.text
+    )
+
+
 def test_language_subset_writes_only_those_languages(fleurs, tmp_path):
     cmd = [str(REPO / "egs/fleurs/run.sh"), "--stop-stage", "0", "--fleurs-root", str(fleurs),
            "--langs", "id_id ru_ru", "--data", "data", "--exp", "exp"]  # fmt: skip
     r = _run(cmd, tmp_path)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     data = tmp_path / "data"
-    assert sorted(p.name for p in data.iterdir()) == ["dev", "fleurs_manifests", "test", "train"]
+    names = sorted(p.name for p in data.iterdir() if not p.name.startswith(".lock"))
+    assert names == ["dev", "fleurs_manifests", "test", "train"]
     for name in ("train", "dev", "test"):
         assert set((data / name / "utt2lang").read_text().split()[1::2]) == {"id_id", "ru_ru"}
     trials = read_trials(data / "test/trials")

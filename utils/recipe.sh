@@ -109,3 +109,64 @@ recipe_stages_1_to_7() {
       --train-set "${backend_train_set:-$train_set}" --dev-sets "$dev_sets" "$exp/$system"
   done
 }
+
+# One recipe run at a time per output directory. `recipe_lock MODE DIR` takes a lock on
+# DIR/.lock (flock on a file descriptor kept open for the rest of the run; the kernel releases
+# it when the holder dies, kill -9 included): MODE exclusive for a directory the run writes,
+# shared for one it only reads (several runs may read the same data/ while none writes it).
+# A run that cannot get the lock stops at once and names the PID and command that hold it:
+# each holder writes them to DIR/.lock.<pid>, removed when it exits (and, after a kill -9, by
+# the next run), so DIR/.lock itself stays empty and a rerun leaves the same bytes.
+# The descriptor is inherited by the stage commands: a lock stays held while any of them runs.
+recipe_lock() {
+  local mode=$1 dir=$2 lock fd flag=-x holders="" info pid
+  [ "$mode" = shared ] && flag=-s
+  mkdir -p "$dir"
+  lock=$(realpath -m -- "$dir/.lock")
+  case " ${_apm_locked:-} " in *" $lock "*) return 0 ;; esac  # the same directory given twice
+  exec {fd}>>"$lock"
+  if ! flock -n "$flag" "$fd"; then
+    for info in "$lock".*; do
+      pid=${info##*.}
+      if [[ $pid =~ ^[0-9]+$ ]] && [ -d "/proc/$pid" ]; then
+        holders+=$'\n'"    PID $pid: $(cat "$info" 2>/dev/null || true)"
+      fi
+    done
+    {
+      echo "$0: $dir is in use by another run of the recipe (lock $lock)${holders:+, held by:}${holders:- (holder unknown)}"
+      echo "  Two runs writing the same directory mix their outputs. Wait until it finishes, or give"
+      echo "  this run other directories (--exp DIR, --data DIR)."
+    } >&2
+    exit 1
+  fi
+  for info in "$lock".*; do  # holders killed with -9 left their note
+    pid=${info##*.}
+    if [[ $pid =~ ^[0-9]+$ ]] && ! [ -d "/proc/$pid" ]; then rm -f "$info"; fi
+  done
+  printf '%s\n' "$command_line" > "$lock.$$"
+  _apm_locked="${_apm_locked:-} $lock"
+  _apm_lock_notes="${_apm_lock_notes:-} $(printf '%q' "$lock.$$")"
+  trap 'eval "rm -f $_apm_lock_notes"' EXIT
+}
+
+# The locks of a recipe run: $exp exclusive; $data exclusive when a stage that writes it
+# (0-3) is run, shared otherwise (stages 4-7 only read it, so trainings of several systems
+# into different --exp may share it). Then the stale temporaries of the directories it holds
+# exclusively are removed.
+recipe_lock_dirs() {
+  recipe_lock exclusive "$exp"
+  local written=("$exp")
+  if [ "$stage" -le 3 ]; then
+    recipe_lock exclusive "$data"; written+=("$data")
+  else
+    recipe_lock shared "$data"
+  fi
+  # What a killed run left half-written (atomic writers' .<name>.XXXXXXXX.tmp, stage records'
+  # .tmp): safe to remove now that no other run writes these directories.
+  rm -f "$exp"/.done/*.tmp
+  python -c 'import sys
+from apm.utils.io import remove_stale_temps
+for d in sys.argv[1:]:
+    if n := remove_stale_temps(d):
+        print(f"{d}: removed {n} temporary file(s) left by a killed run")' "${written[@]}"
+}

@@ -4,7 +4,7 @@ RIRS_NOISES root, imported with lhotse's musan and rir_noise recipes."""
 
 import argparse
 
-from apm.bin.cli import main
+from apm.bin.cli import main, str2bool
 from apm.features.augment import prepare_augment_sets
 
 
@@ -17,13 +17,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rir-parts", default="sim_rir", help="RIR parts, space separated: sim_rir real_rir"
     )
+    p.add_argument("--skip-bad", type=str2bool, default=False,
+                   help="leave out (log and count) unreadable files or files with NaN/Inf samples")  # fmt: skip
     p.add_argument("out", help="output directory of the recordings manifests")
     return p
 
 
 def run(args: argparse.Namespace) -> None:
     prepare_augment_sets(
-        args.out, args.musan or None, args.rirs_noises or None, tuple(args.rir_parts.split())
+        args.out,
+        args.musan or None,
+        args.rirs_noises or None,
+        tuple(args.rir_parts.split()),
+        args.skip_bad,
     )
 
 

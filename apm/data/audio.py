@@ -1,5 +1,9 @@
 """Opening the audio of a `wav.scp` entry: header facts, and the checks every recipe needs
-(readable, 16 kHz, mono, at least one 25 ms frame long)."""
+(readable, finite samples, 16 kHz, mono, at least one 25 ms frame long).
+
+`check_finite` is the one test for NaN/infinite samples, used wherever audio enters: stage 1
+(`probe`), noise and RIR sets (`open_audio`, apm.features.augment) and the model package's
+audio loading (apm.infer.identifier)."""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import io
 import subprocess
 from dataclasses import dataclass
 
+import numpy as np
 import soundfile as sf
 
 from apm.data.kaldi_dir import is_pipe
@@ -14,6 +19,8 @@ from apm.data.kaldi_dir import is_pipe
 SAMPLING_RATE = 16000
 MIN_DURATION = 0.025  # one analysis window: anything shorter has no complete frame
 PIPE_TIMEOUT = 600  # seconds a wav.scp command may run
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # sample codings that can hold NaN or infinity
+BLOCK_SAMPLES = 1 << 20  # samples read at a time when scanning a float file
 
 
 class AudioProblem(Exception):
@@ -57,24 +64,52 @@ def run_pipe(entry: str) -> bytes:
     return proc.stdout
 
 
-def probe(entry: str) -> AudioInfo:
-    """Open the audio of one wav.scp entry (file or pipe) and check it.
+def check_finite(samples: np.ndarray, offset: int = 0) -> None:
+    """Raise an AudioProblem when `samples` ([N] or [N, channels]; sample `offset` of the
+    first row) hold NaN or infinite values: they would poison features and training."""
+    samples = np.asarray(samples)
+    if samples.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(samples)
+    if bad.any():
+        rows = bad.reshape(len(samples), -1).any(axis=1)
+        raise AudioProblem(
+            f"audio has {int(rows.sum())} NaN or infinite sample(s) (the first is sample "
+            f"{offset + int(np.argmax(rows))})",
+            "the file is corrupt: copy it again from the release, or remove it "
+            "(--skip-bad true leaves it out and counts it)",
+        )
 
-    Files are read from their header; pipes are run and decoded in full, since a streamed
-    header may not carry the length.
+
+def open_audio(entry: str) -> AudioInfo:
+    """Open the audio of one wav.scp entry (file or pipe): its header facts, after checking that
+    it decodes and that its samples are finite (AudioProblem otherwise).
+
+    Files are read from their header, and in full only when float-coded (only floats can hold
+    NaN); pipes are run and decoded in full, since a streamed header may not carry the length.
     """
     try:
         if is_pipe(entry):
-            data, rate = sf.read(io.BytesIO(run_pipe(entry)), dtype="int16", always_2d=True)
-            info = AudioInfo(rate, data.shape[1], data.shape[0])
-        else:
-            meta = sf.info(entry)
-            info = AudioInfo(meta.samplerate, meta.channels, meta.frames)
+            data, rate = sf.read(io.BytesIO(run_pipe(entry)), dtype="float32", always_2d=True)
+            check_finite(data)
+            return AudioInfo(rate, data.shape[1], data.shape[0])
+        meta = sf.info(entry)
+        if meta.subtype in FLOAT_SUBTYPES:
+            offset = 0
+            for block in sf.blocks(entry, blocksize=BLOCK_SAMPLES, dtype="float32", always_2d=True):
+                check_finite(block, offset)
+                offset += len(block)
+        return AudioInfo(meta.samplerate, meta.channels, meta.frames)
     except (sf.LibsndfileError, RuntimeError, OSError) as e:
         raise AudioProblem(
             f"cannot read audio ({e})",
             "check the file (e.g. `soxi FILE`), copy it again from the release, or remove the utterance",
         ) from e
+
+
+def probe(entry: str) -> AudioInfo:
+    """Open the audio of one wav.scp entry (`open_audio`) and check its format (`check`)."""
+    info = open_audio(entry)
     check(info)
     return info
 

@@ -352,19 +352,40 @@ def _wavs(directory: Path, what: str) -> None:
         raise ApmError(f"{directory}: no .wav files; {what}")
 
 
+def _scan(files: list[tuple[Path, str]], where: str, skip_bad: bool) -> list[Recording]:
+    """Recordings of (wav file, recording id) pairs, each opened and checked first (decodes,
+    finite samples: apm.data.audio.open_audio); bad files stop it with one error naming them,
+    or with `skip_bad` are logged, counted and left out."""
+    from apm.data.audio import AudioProblem, open_audio
+    from apm.data.problems import Problem, settle
+
+    good, problems = [], []
+    for path, rec_id in files:
+        try:
+            open_audio(str(path))
+        except AudioProblem as e:
+            problems.append(Problem(rec_id, str(path), e.what, e.fix))
+            continue
+        good.append(Recording.from_file(path, recording_id=rec_id))
+    skipped = settle(problems, skip_bad, where)
+    if skipped:
+        log.warning("%s: %d bad file(s) skipped, %d kept", where, len(skipped), len(good))
+    return good
+
+
 def prepare_augment_sets(
     out: str | os.PathLike,
     musan: str | os.PathLike | None = None,
     rirs_noises: str | os.PathLike | None = None,
     rir_parts: tuple[str, ...] = ("sim_rir",),
+    skip_bad: bool = False,
 ) -> dict[str, Path]:
     """Recordings manifests `<out>/{noise,music,babble,rirs}.jsonl.gz` from a MUSAN root
-    (noise/, music/, speech/: babble) and/or an RIRS_NOISES root (`rir_parts` of
-    lhotse's prepare_rir_noise: sim_rir, real_rir). Returns {set: path} of what it wrote."""
-    from lhotse.recipes.musan import prepare_musan
-    from lhotse.recipes.rir_noise import PARTS, prepare_rir_noise
-
-    from apm.data.manifests import write_manifest
+    (noise/, music/, speech/: babble) and/or an RIRS_NOISES root (`rir_parts`, as lhotse's
+    musan and rir_noise recipes name them: sim_rir, real_rir; the same recording ids).
+    Every file is opened and checked; a bad one (unreadable, NaN/infinite samples) stops it,
+    or with `skip_bad` is left out and counted. Returns {set: path} of what it wrote."""
+    from lhotse.recipes.rir_noise import PARTS
 
     if musan is None and rirs_noises is None:
         raise ApmError("give a MUSAN root (--musan) and/or an RIRS_NOISES root (--rirs-noises)")
@@ -373,20 +394,31 @@ def prepare_augment_sets(
         root = _root(musan, "MUSAN (--musan)")
         for part in ("noise", "music", "speech"):
             _wavs(root / part, "a MUSAN root (openslr.org/17) holds noise/, music/ and speech/")
-        got = prepare_musan(root, parts=("noise", "music", "speech"))
         for name, part in (("noise", "noise"), ("music", "music"), ("babble", "speech")):
-            sets[name] = list(got[part]["recordings"])
+            files = [(f, f.stem) for f in sorted((root / part).rglob("*.wav"))]
+            sets[name] = _scan(files, f"MUSAN {part}/ under {root}", skip_bad)
     if rirs_noises is not None:
         root = _root(rirs_noises, "RIRS_NOISES (--rirs-noises)")
         rirs: list[Recording] = []
         for part in rir_parts:
             if part not in ("sim_rir", "real_rir"):
                 raise ApmError(f"RIR part '{part}': choose sim_rir and/or real_rir")
-            _wavs(root / PARTS[part], "an RIRS_NOISES root (openslr.org/28) is needed")
-            rirs += list(prepare_rir_noise(root, parts=(part,))[part]["recordings"])
+            audio_dir = root / PARTS[part]
+            _wavs(audio_dir, "an RIRS_NOISES root (openslr.org/28) is needed")
+            if part == "sim_rir":  # the rooms share file names: ids <room>-<stem>, as lhotse's
+                files = [(f, f"{room}-{f.stem}") for room in ("small", "medium", "large")
+                         for f in sorted((audio_dir / f"{room}room").rglob("*.wav"))]  # fmt: skip
+            else:
+                files = [(f, f.stem) for f in sorted(audio_dir.rglob("*.wav")) if "rir" in f.stem]
+            rirs += _scan(files, f"RIRS_NOISES {part} under {root}", skip_bad)
         if not rirs:
             raise ApmError(f"{root}: no RIR recordings in parts {', '.join(rir_parts)}")
         sets["rirs"] = rirs
+    for name, recs in sets.items():
+        if not recs:
+            raise ApmError(f"{out}: no usable {name} recordings left (every file was bad)")
+    from apm.data.manifests import write_manifest
+
     written = {}
     for name, recs in sets.items():
         path = Path(out) / f"{SET_FILES[name]}{MANIFEST_SUFFIX}"

@@ -15,6 +15,7 @@ is resampled to 16 kHz and multi-channel audio is averaged to mono.
 from __future__ import annotations
 
 import io
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -22,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-import torch
 from scipy.signal import resample_poly
 
-from apm.data.audio import AudioProblem, run_pipe
+from apm.data.audio import AudioProblem, check_finite, run_pipe
 from apm.data.kaldi_dir import is_pipe
 from apm.extract.xvectors import BATCH_FRAMES, embed_batch, load_system
 from apm.features.fbank import FeatureConfig, as_stored, fbank_and_vad, make_extractor
@@ -33,6 +33,9 @@ from apm.features.readers import normalize_voiced
 from apm.features.vad import VadConfig
 from apm.infer.package import SAMPLE_RATE, load_package
 from apm.utils import ApmError, num_frames
+from apm.utils.dist import pick_device
+
+log = logging.getLogger(__name__)
 
 UNKNOWN = "unknown"
 MIN_FRAMES = 5  # 50 ms: less is surely not speech
@@ -76,6 +79,7 @@ def read_audio(source: str | os.PathLike) -> tuple[np.ndarray, int]:
             if not Path(text).is_file():
                 raise ApmError("no such file")
             data, rate = sf.read(text, dtype="float32", always_2d=True)
+        check_finite(data)
     except AudioProblem as e:
         raise ApmError(str(e)) from None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
@@ -83,6 +87,17 @@ def read_audio(source: str | os.PathLike) -> tuple[np.ndarray, int]:
     if data.size == 0:
         raise ApmError("no samples")
     return data, int(rate)
+
+
+def warn_unvoiced(name: str, voiced: int, min_voiced: int, samples: np.ndarray) -> None:
+    """Log that `name` has (almost) no voiced frames, so its answer rests on all its frames
+    (as stage 5 does for such an utterance) and means little."""
+    silent = " (digital silence: every sample is 0)" if not np.any(samples) else ""
+    log.warning(
+        "%s: no voiced frames (%d voiced, fewer than the %d needed)%s; the answer uses every "
+        "frame and is unreliable: check that the input holds speech",
+        name, voiced, min_voiced, silent,
+    )  # fmt: skip
 
 
 def to_mono_16k(data: np.ndarray, rate: int) -> np.ndarray:
@@ -110,9 +125,7 @@ class LanguageIdentifier:
             raise ApmError(f"{model_dir}: no back-end '{self.backend_name}' in the package "
                            f"(it has {sorted(package.backends)})")  # fmt: skip
         self.backend = package.backends[self.backend_name]
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
+        self.device = pick_device(device, 0)  # a clear error for cuda without CUDA
         self.system = load_system(package.state, self.device)
         feats = self.settings["features"]
         self.feature_config = FeatureConfig(
@@ -140,6 +153,10 @@ class LanguageIdentifier:
             if sample_rate is None:
                 raise ApmError("an array of samples needs its sample_rate")
             data, rate = np.asarray(audio, dtype=np.float32), int(sample_rate)
+            try:
+                check_finite(data)
+            except AudioProblem as e:
+                raise ApmError(str(e)) from None
         return to_mono_16k(data, rate)
 
     def features(self, samples: np.ndarray, name: str = "input") -> np.ndarray:
@@ -152,7 +169,10 @@ class LanguageIdentifier:
         )
         feats = as_stored(feats)  # as the recipe's stored features: the same scores as stage 6
         min_voiced = self.settings["extract"]["min_voiced_frames"]
-        return normalize_voiced(feats, vad > 0.5, self.settings["cmn"], min_voiced)[0]
+        frames, unvoiced = normalize_voiced(feats, vad > 0.5, self.settings["cmn"], min_voiced)
+        if unvoiced:
+            warn_unvoiced(name, int((vad > 0.5).sum()), min_voiced, samples)
+        return frames
 
     def embed_features(self, prepared: list[np.ndarray]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(x-vector, network language outputs) of prepared frames, as stage 5."""

@@ -50,6 +50,13 @@ def aam_target(cos_y: Tensor, m: Tensor) -> Tensor:
 # How a (per-segment) margin enters the target cosine; apm's `flavour` picks one.
 FORMS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {"am": am_target, "aam": aam_target}
 FLAVOURS = tuple(FORMS)
+# The base margins each form accepts, (low, high, high included): AM shifts a cosine in [-1, 1],
+# so m > 1 makes the target logit lower than any non-target one can be; AAM adds an angle, and
+# at m >= pi/2 a target at theta = 0 already scores no better than an orthogonal class.
+MARGIN_RANGES: dict[str, tuple[float, float, bool]] = {
+    "am": (0.0, 1.0, True),
+    "aam": (0.0, math.pi / 2, False),
+}
 
 
 class MarginSoftmax(nn.Module):
@@ -80,6 +87,16 @@ class MarginSoftmax(nn.Module):
             raise ApmError(
                 f"margin must be >= 0 and scale > 0 (got margin {margin}, scale {scale})"
             )
+        form = flavour if self.needs_confidence else self.kind
+        if self.has_margin and form in MARGIN_RANGES:
+            low, high, closed = MARGIN_RANGES[form]
+            if not (low <= margin <= high if closed else low <= margin < high):
+                bound = f"{low:g} <= m {'<=' if closed else '<'} {high:.4g}"
+                shown = f"{self.kind} ({flavour} form)" if self.needs_confidence else self.kind
+                raise ApmError(
+                    f"loss.margin {margin:g} is out of range for {shown}: it needs {bound} "
+                    "(typical values 0.1-0.5; the paper uses 0.2-0.3)"
+                )
         self.scale, self.flavour = float(scale), flavour
         self.margin = float(margin) if self.has_margin else 0.0
         self.num_classes = num_classes

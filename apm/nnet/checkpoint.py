@@ -9,6 +9,7 @@ re-estimates those before writing it (`Trainer.recalibrate_batchnorm`).
 
 from __future__ import annotations
 
+import io
 import os
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from pathlib import Path
 import torch
 
 from apm.utils.errors import ApmError
-from apm.utils.io import atomic_path
+from apm.utils.io import atomic_write
 
 EPOCH_FILE = re.compile(r"^epoch_(\d+)\.pt$")
 
@@ -39,8 +40,17 @@ def list_checkpoints(exp_dir: str | os.PathLike) -> dict[int, Path]:
 
 
 def save(path: str | os.PathLike, state: dict) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Write `state` to `path` atomically. It is serialised in memory first and written with
+    Python's own file write: a full disk is then an OSError (ENOSPC) naming `path`, which the
+    CLIs report as `cannot write <path>: No space left on device` (torch's writer on a full
+    disk says only `basic_ios::clear: iostream error`)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        with atomic_write(path, "wb") as f:
+            f.write(buffer.getbuffer())
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, os.fspath(path)) from e
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 
 from apm.features.augment import resolve_augment
-from apm.losses import LOSS_DEFAULTS
+from apm.losses import LOSS_DEFAULTS, build_loss
 from apm.nnet import MODEL_DEFAULTS
 from apm.utils.config import check_bool, check_int, check_number, load_yaml, merge_section
 from apm.utils.errors import ApmError
@@ -169,6 +169,10 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
         "augment": resolve_augment(raw.get("augment"), where).to_dict(),
     }
     _check_train(cfg["train"], where)
+    try:  # the loss section's values, checked now (not when training starts): a tiny build
+        build_loss(cfg["loss"], embed_dim=8, num_langs=2)
+    except ApmError as e:
+        raise ApmError(f"{where}: {e}") from None
     if cfg["augment"]["prob"] > 0 and cfg["train"]["data"] != "stream":
         raise ApmError(
             f"{where}: augment.prob > 0 needs train.data: stream (augmented features are "

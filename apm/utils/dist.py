@@ -36,12 +36,18 @@ class DistEnv:
 
 
 def pick_device(device: str, local_rank: int) -> torch.device:
-    if device not in DEVICES:
+    if device not in DEVICES and not device.startswith("cuda:"):
         raise ApmError(f"device '{device}' is not one of {DEVICES}")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ApmError("device cuda requested but torch sees no CUDA device; use --ngpu 0")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else "no GPU visible"
+        raise ApmError(
+            f"device {device} requested but torch {torch.__version__} sees no CUDA device "
+            f"({build}); use --device cpu (or auto), or --ngpu 0 in a recipe"
+        )
     if device == "cpu" or not torch.cuda.is_available():
         return torch.device("cpu")
+    if device.startswith("cuda:"):
+        return torch.device(device)
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -12,13 +13,16 @@ from typing import IO
 
 from apm.utils.errors import ApmError
 
+# The names atomic_path and atomic_dir give their temporaries: `.<name>.<8 mkstemp chars>.tmp`.
+TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it onto `path`.
 
-    Readers never see a half-written file and a killed run leaves no partial output
-    (only a `.tmp` file that the next run overwrites).
+    Readers never see a half-written file and a killed run leaves no partial output, only a
+    `.<name>.XXXXXXXX.tmp` file: the recipe removes those when it starts (remove_stale_temps).
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,6 +52,25 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale_temps(root: str | os.PathLike) -> int:
+    """Remove the temporaries (files and directories named TEMP_NAME) that writers killed in
+    the middle of atomic_path / atomic_dir left under `root` (symlinks not followed); returns
+    how many. Only safe while no other process writes there: the recipe calls it under its
+    exclusive lock of the directory (utils/recipe.sh)."""
+    removed = 0
+    for top, dirs, files in os.walk(root):
+        for name in [d for d in dirs if TEMP_NAME.match(d)]:
+            shutil.rmtree(os.path.join(top, name), ignore_errors=True)
+            dirs.remove(name)
+            removed += 1
+        for name in files:
+            if TEMP_NAME.match(name):
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(top, name))
+                    removed += 1
+    return removed
 
 
 def _umask() -> int:

@@ -83,6 +83,7 @@ test_sets="test${open_langs:+ test_open}"  # test: closed-set; test_open: with h
 scored_sets="$dev_sets $test_sets"
 sets="$train_set $scored_sets"
 mkdir -p "$exp"
+recipe_lock_dirs  # one run at a time into this --exp (and --data, when stages 0-3 write it)
 
 run_stage 0 prepare_fleurs --watch "$fleurs_root" local/prepare_fleurs.py --nj "$nj" --skip-bad "$skip_bad" \
   --langs "$langs" --open-langs "$open_langs" "$fleurs_root" "$data"

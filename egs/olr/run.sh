@@ -81,6 +81,10 @@ if [ -n "$backend_train_set" ] && [[ " $sets " != *" $backend_train_set "* ]]; t
 fi
 ali_dir=${ali_dir:-$data/ali/$train_set}
 mkdir -p "$exp"
+recipe_lock_dirs  # one run at a time into this --exp (and --data, when stages 0-3 write it)
+if [ "$force" = true ] && [ "$stage" -eq 0 ] && [ -z "$olr_root" ]; then
+  rm -f "$data/mini_olr/.stamp"  # --force true regenerates the corpus too
+fi
 
 if [ -n "$olr_root" ]; then
   run_stage 0 import_olr --watch "$olr_root" steps/import_data_dirs.sh --skip-bad "$skip_bad" \

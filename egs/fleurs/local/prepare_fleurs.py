@@ -45,7 +45,21 @@ def available_languages(root: Path) -> list[str]:
             f"{root}: no metadata/ directory; expected FLEURS as lhotse's downloader writes it "
             "(<root>/<lang>/{train,dev,test}/*.wav, <root>/metadata/<lang>/{train,dev,test}.tsv)"
         )
-    return sorted(p.name for p in meta.iterdir() if p.is_dir() and (root / p.name).is_dir())
+    found = sorted(p.name for p in meta.iterdir() if p.is_dir() and (root / p.name).is_dir())
+    orphans = sorted(
+        p.name
+        for p in root.iterdir()
+        if p.is_dir() and p.name != "metadata" and p.name not in found
+        and any((p / split).is_dir() for split in SPLITS)
+    )  # fmt: skip
+    if orphans:
+        log.warning(
+            "%s: %d language director%s with audio but no metadata/<lang>/ left out: %s; "
+            "download their metadata again (%s)",
+            root, len(orphans), "y" if len(orphans) == 1 else "ies", " ".join(orphans),
+            DOWNLOAD_HINT.format(lang=orphans[0]),
+        )  # fmt: skip
+    return found
 
 
 def choose_languages(root: Path, langs: list[str], open_langs: list[str]) -> list[str]:
@@ -145,6 +159,16 @@ def lhotse_manifests(
     metas = {lang: read_metadata(root, lang) for lang in langs}
     problems = [p for m in metas.values() for split in SPLITS for p in m.problems[split]]
     settle(problems, skip_bad, f"FLEURS under {root}")
+    for lang, meta in metas.items():  # lhotse would stop with "No recordings left", unnamed
+        for split in SPLITS:
+            if not meta.kept[split]:
+                tsv = root / "metadata" / lang / f"{split}.tsv"
+                what = "has no lines" if not meta.problems[split] else "has no usable line"
+                raise ApmError(
+                    f"FLEURS language {lang}, split {split}: {tsv} {what}; every language needs "
+                    f"utterances in {', '.join(SPLITS)}: {DOWNLOAD_HINT.format(lang=lang)}, "
+                    "or leave the language out (--langs)"
+                )
     source = usable_root(root, metas, out / "usable_corpus")
     manifests = prepare_fleurs(source, out, languages=langs, num_jobs=nj)
     for lang, meta in metas.items():
