@@ -48,6 +48,7 @@ systems="apm_am am"         # systems to train and score, each <system-conf-dir>
 system_conf_dir=            # where the system configs live (default: conf/<confs>)
 resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
+jobs=auto                   # stages 4-5: systems trained/extracted at once, sharing the cores (auto: nproc; 1 with --ngpu > 0)
 backend_conf=conf/backend.yaml  # back-end configuration
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go

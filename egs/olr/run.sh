@@ -47,6 +47,7 @@ systems="apm_am am"         # systems to train and score, each <system-conf-dir>
 system_conf_dir=conf        # where the system configs live
 resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
+jobs=auto                   # stages 4-5: systems trained/extracted at once, sharing the cores (auto: nproc; 1 with --ngpu > 0)
 backend_conf=conf/backend.yaml  # back-end configuration
 backend_train_set=          # set whose x-vectors train LDA/LR (empty: --train-set; AP20 baseline: its enroll set, imported and embedded with the others, not scored, no trials needed)
 data=data                   # where data dirs, manifests, features, alignments go
