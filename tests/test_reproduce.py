@@ -257,6 +257,7 @@ def test_paper_network_configs(tmp_path):
     assert len(paper.write_grid_configs(paper_conf, tmp_path, [0.1])) == 6
 
 
+@pytest.mark.slow
 def test_reproduce_quick_end_to_end(tmp_path):
     """egs/olr/local/reproduce_tables.sh --quick on tiny mini-OLR (AM only, 2-epoch configs): dev
     choice, controls, two seeds, bootstrap verdicts, provenance, margin plot."""
