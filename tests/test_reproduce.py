@@ -165,6 +165,7 @@ def test_claims_on_conditions_without_a_task_are_listed_as_not_tested(tmp_path):
     assert any(r["claim"].endswith("helps short and cross-channel") for r in records)
 
 
+@pytest.mark.slow  # several processes importing torch: about 15 s
 def test_cli_configs_select_report(tmp_path):
     cmd = [sys.executable, "-m", "apm.bin.paper_tables", "--conf-dir", str(CONF),
            "--margins", "0.1 0.2", "--seeds", "1", "--dev-tasks", " ".join(DEV_SETS)]  # fmt: skip
@@ -183,6 +184,7 @@ def test_cli_configs_select_report(tmp_path):
     assert bad.returncode != 0 and "unknown label source" in bad.stderr
 
 
+@pytest.mark.slow  # several processes importing torch: about 15 s
 def test_cli_needs_the_recipes_sets(tmp_path):
     cmd = [sys.executable, "-m", "apm.bin.paper_tables", "--conf-dir", str(CONF)]
     bad = subprocess.run([*cmd, "select", str(tmp_path)], capture_output=True, text=True, cwd=ROOT)

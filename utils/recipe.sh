@@ -38,7 +38,7 @@ recipe_check_options() {
     echo "$0: --stage $stage is after --stop-stage $stop_stage: nothing would run; give --stop-stage >= --stage" >&2
     exit 1
   fi
-  if ! [[ $nj =~ ^[0-9]+$ ]] || [ "$nj" -lt 1 ]; then
+  if [ -n "${nj:-}" ] && { ! [[ $nj =~ ^[0-9]+$ ]] || [ "$nj" -lt 1 ]; }; then
     echo "$0: --nj takes a number of parallel jobs >= 1, got '$nj'" >&2
     exit 1
   fi
@@ -130,15 +130,15 @@ recipe_stages_1_to_7() {
   local set system
   local watch_sets=()  # stage 1 reads data/<set>: a hand-edited data dir reruns it
   for set in $sets; do watch_sets+=(--watch "$data/$set"); done
-  run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
+  run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh ${nj:+--nj "$nj"} --skip-bad "$skip_bad" \
     --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
 
-  run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --config "$fbank_conf" --skip-bad "$skip_bad" \
+  run_stage 2 fbank steps/make_fbank.sh ${nj:+--nj "$nj"} --config "$fbank_conf" --skip-bad "$skip_bad" \
     --kaldi-copy "${kaldi_copy:-false}" "$data/manifests" "$data/fbank" $sets
 
   local watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3
   [[ $ali_from = kaldi:* ]] && watch_ali=(--watch "${ali_from#kaldi:}")
-  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --config "$align_conf" \
+  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh ${nj:+--nj "$nj"} --config "$align_conf" \
     --ali-from "$ali_from" --skip-bad "$skip_bad" ${oracle_dir:+--oracle-dir "$oracle_dir"} \
     "$data/fbank/$train_set" "$ali_dir"
 

@@ -30,7 +30,7 @@ Examples:
 
 stage=0                     # first stage to run
 stop_stage=7                # last stage to run
-nj=2                        # parallel jobs for CPU stages (0-3)
+nj=                        # parallel jobs for CPU stages (0-3) (empty: apm.utils.defaults.NJ)
 seed=777                    # random seed of every stage
 force=false                 # redo stages even if recorded as done
 skip_bad=false              # skip (and count) bad utterances instead of stopping
@@ -85,7 +85,7 @@ scored_sets="$dev_sets $test_sets"
 sets="$train_set $scored_sets"
 mkdir -p "$exp"
 
-run_stage 0 prepare_fleurs --watch "$fleurs_root" local/prepare_fleurs.py --nj "$nj" --skip-bad "$skip_bad" \
+run_stage 0 prepare_fleurs --watch "$fleurs_root" local/prepare_fleurs.py ${nj:+--nj "$nj"} --skip-bad "$skip_bad" \
   --langs "$langs" --open-langs "$open_langs" "$fleurs_root" "$data"
 
 recipe_stages_1_to_7

@@ -27,7 +27,7 @@ Examples:
 
 stage=0                     # first stage to run
 stop_stage=7                # last stage to run
-nj=2                        # parallel jobs for CPU stages (0-3)
+nj=                        # parallel jobs for CPU stages (0-3) (empty: apm.utils.defaults.NJ)
 seed=777                    # random seed of every stage
 force=false                 # redo stages even if recorded as done
 skip_bad=false              # skip (and count) bad utterances instead of stopping
@@ -87,7 +87,7 @@ if [ -n "$olr_root" ]; then
   run_stage 0 import_olr --watch "$olr_root" steps/import_data_dirs.sh --skip-bad "$skip_bad" \
     ${import_opts[@]+"${import_opts[@]}"} "$olr_root" "$data" $sets
 else
-  run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" --nj "$nj" --seed "$seed" "$data"
+  run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" ${nj:+--nj "$nj"} --seed "$seed" "$data"
 fi
 
 oracle_dir=$data/oracle_ali/$train_set  # mini-OLR: eSpeak's own timings (stage 3 reference, --ali-from oracle)

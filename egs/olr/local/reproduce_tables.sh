@@ -17,7 +17,7 @@ seeds resampled), its half-width and a verdict (supported / contradicted / not r
      family's margin is the one with the lowest mean Cavg on the dev sets (<out>/choices.yaml)
   3. evaluation: the rows above on every seed (--jobs trainings at once, one thread each)
   4. python -m apm.bin.paper_tables report
-Reruns skip finished trainings. Measured cost: see the README (Reproducing the paper's
+Reruns skip finished trainings. Measured cost: see docs/paper-comparison.md (Reproducing the paper's
 comparison). --quick: tiny corpus, margins 0.1 0.2, seeds 1 2, 200 bootstrap replicates
 (the end-to-end test).
 e.g.: egs/olr/local/reproduce_tables.sh --jobs 2 --seeds \"1 2 3 4 5\""
@@ -31,7 +31,7 @@ kinds="am aam"            # margin forms compared, each with its APM counterpart
 full_grid=false           # true: also evaluate every grid system on every seed
 jobs=2                    # trainings run at once (each uses one thread)
 n_boot=1000               # bootstrap replicates
-nj=2                      # parallel jobs of the data stages (0-3)
+nj=                      # parallel jobs of the data stages (0-3) (empty: apm.utils.defaults.NJ)
 data=                     # data dir (default: the recipe's egs/olr/data, with its stage records)
 out=                      # output dir (default: egs/olr/exp/paper)
 ngpu=0                    # GPUs per training (run.sh --ngpu)
@@ -117,9 +117,9 @@ run_jobs() {  # job lines "<source> <seed> <system>" on stdin, --jobs at a time
 }
 
 echo "== data stages 0-3 ($data, records in $prep_exp)"
-"$recipe/run.sh" --data "$data" --stage 0 --stop-stage 3 --corpus-size "$corpus_size" --nj "$nj" --exp "$prep_exp"
+"$recipe/run.sh" --data "$data" --stage 0 --stop-stage 3 --corpus-size "$corpus_size" ${nj:+--nj "$nj"} --exp "$prep_exp"
 if [[ " $sources " == *" oracle "* ]]; then
-  "$recipe/run.sh" --data "$data" --stage 3 --stop-stage 3 --corpus-size "$corpus_size" --nj "$nj" \
+  "$recipe/run.sh" --data "$data" --stage 3 --stop-stage 3 --corpus-size "$corpus_size" ${nj:+--nj "$nj"} \
     --ali-from oracle --ali-dir "$data/ali_oracle/train" --exp "$out/oracle_ali_exp"
 fi
 lap "data stages 0-3"
