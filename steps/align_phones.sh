@@ -8,7 +8,7 @@ phones.txt (SIL = 0) and report.{json,md} (per-language phone statistics; agreem
 the oracle alignment when --oracle-dir exists). Decoding jobs resume after a kill.
 e.g.: steps/align_phones.sh --nj 2 --config conf/align.yaml data/fbank/train data/ali/train"
 
-nj=2                   # parallel decoding jobs
+nj=                   # parallel decoding jobs (empty: apm.utils.defaults.NJ)
 config=                # align YAML (PocketSphinx settings, silence rules); empty: defaults
 ali_from=pocketsphinx  # pocketsphinx, oracle (the --oracle-dir labels) or kaldi:DIR
 oracle_dir=            # oracle ali.scp + phones.txt; compared against in the report if present
@@ -23,5 +23,5 @@ if [ $# -ne 2 ]; then
   exit 1
 fi
 
-python -m apm.bin.align_phones --nj "$nj" ${config:+--config "$config"} --ali-from "$ali_from" \
+python -m apm.bin.align_phones ${nj:+--nj "$nj"} ${config:+--config "$config"} --ali-from "$ali_from" \
   ${oracle_dir:+--oracle-dir "$oracle_dir"} --skip-bad "$skip_bad" "$1" "$2"

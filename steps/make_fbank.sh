@@ -4,7 +4,7 @@
 # (kaldiio), and with --kaldi-copy true a Kaldi feats.scp. Resumable per job.
 set -euo pipefail
 help_message="Usage: $0 [options] <manifests> <out> <set> [<set>...]"
-nj=2                     # parallel jobs
+nj=                     # parallel jobs (empty: apm.utils.defaults.NJ)
 config=conf/fbank.yaml   # feature config (fbank and VAD options)
 skip_bad=false           # skip (and count) unreadable audio instead of stopping
 kaldi_copy=false         # also write feats.scp/ark (float32) for Kaldi tools
@@ -16,5 +16,5 @@ kaldi_copy=false         # also write feats.scp/ark (float32) for Kaldi tools
 if [ $# -lt 3 ]; then
   echo "$help_message" >&2; exit 1
 fi
-python -m apm.bin.make_fbank --nj "$nj" --config "$config" --skip-bad "$skip_bad" \
+python -m apm.bin.make_fbank ${nj:+--nj "$nj"} --config "$config" --skip-bad "$skip_bad" \
   --kaldi-copy "$kaldi_copy" "$@"

@@ -75,3 +75,18 @@ def test_unwritable_directories_in_a_real_tool(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if "ERROR" in ln]
     assert len(lines) == 1 and "exp/sys/scores: File exists" in lines[0], r.stderr
+
+
+def test_console_entry_points_name_the_tools():
+    """pyproject [project.scripts]: each entry point is a tool's console() (its main)."""
+    import importlib
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    scripts = project["project"]["scripts"]
+    assert {"apm-identify", "compute-cavg"} <= set(scripts)
+    for target in scripts.values():
+        module, attr = target.split(":")
+        assert callable(getattr(importlib.import_module(module), attr))

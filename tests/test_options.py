@@ -153,3 +153,37 @@ def test_unreadable_watched_input_warns_and_still_runs(tmp_path, repo_root):
     (corpus / "train/utt2lang").write_text("u1 zh-cn\nu2 ru-ru\n")  # the readable part counts
     assert _run(s).returncode == 0
     assert (tmp_path / "count").read_text() == "ran\nran\n"
+
+
+def test_recipe_jobs_run_at_once_with_shared_cores_and_name_failures(tmp_path, repo_root):
+    """utils/recipe.sh's stage 4-5 runner: --jobs runs at once, each with APM_CORES = cores /
+    jobs; each keeps its log and record (a rerun skips it); a failed one does not stop the
+    others and is named with its log; --jobs 1 runs in the foreground, APM_CORES unset."""
+    body = f"""\
+    . {repo_root}/utils/recipe.sh
+    jobs=${{JOBS:-2}}
+    recipe_jobs_start 3
+    for s in a b c; do
+      recipe_job 4 "train_$s" bash -c "echo cores=\\${{APM_CORES:-unset}} $s; [ $s != ${{FAIL:-none}} ]"
+    done
+    recipe_jobs_wait 4
+    """
+    s = _script(tmp_path, repo_root, body)
+    r = _run(s)
+    cores = max(1, int(subprocess.run(["nproc"], capture_output=True, text=True).stdout) // 2)
+    assert r.returncode == 0, r.stderr
+    for name in "abc":
+        assert f"[train_{name}] cores={cores} {name}" in r.stdout
+        log = (tmp_path / "exp/log" / f"stage4.train_{name}.log").read_text()
+        assert f"cores={cores} {name}" in log
+    r = _run(s)
+    assert r.returncode == 0 and r.stdout.count("done before, skipping") == 3
+    r = subprocess.run(["bash", str(s), "--force", "true"], capture_output=True, text=True,
+                       env={"FAIL": "b", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert r.returncode == 1
+    assert "stage 4: 1 of 3 runs failed" in r.stderr
+    assert f"train_b (log: {tmp_path}/exp/log/stage4.train_b.log)" in r.stderr
+    assert (tmp_path / "exp/.done/stage4.train_c").exists()  # the others finished
+    r = subprocess.run(["bash", str(s), "--force", "true"], capture_output=True, text=True,
+                       env={"JOBS": "1", "PATH": "/usr/bin:/bin"})  # fmt: skip
+    assert r.returncode == 0 and "cores=unset a" in r.stdout and "[train_a]" not in r.stdout

@@ -250,6 +250,7 @@ def test_contrasts_on_conditions_without_a_task_are_listed_as_not_tested(tmp_pat
     assert verdicts["coverage"] is None and "needs at least 4" in md
 
 
+@pytest.mark.slow  # several processes importing torch: about 15 s
 def test_cli_configs_grow_select_report(tmp_path):
     cmd = [*CLI, "--conf-dir", str(CONF), "--margins", "0.1 0.2", "--seeds", "1 2",
            "--select-seeds", "101 102", "--dev-tasks", " ".join(DEV_SETS), "--kinds", "am"]  # fmt: skip
@@ -271,6 +272,7 @@ def test_cli_configs_grow_select_report(tmp_path):
     assert bad.returncode != 0 and "unknown label source" in bad.stderr
 
 
+@pytest.mark.slow  # several processes importing torch: about 15 s
 def test_cli_needs_the_recipes_sets(tmp_path):
     cmd = [*CLI, "--conf-dir", str(CONF)]
     run = {"capture_output": True, "text": True, "cwd": ROOT, "env": cli_env()}
@@ -344,6 +346,7 @@ def test_paper_network_configs(tmp_path):
     assert len(list((tmp_path / "conf").glob("*.yaml"))) == 8
 
 
+@pytest.mark.slow
 def test_reproduce_quick_end_to_end(tmp_path):
     """egs/olr/local/reproduce_tables.sh --quick on tiny mini-OLR (AM only, 2-epoch configs): dev
     choice on two selection seeds, the primary systems on two evaluation seeds, Holm verdicts,

@@ -17,7 +17,7 @@ from apm.train.config import load_system_config, resolve_config
 from apm.train.data import load_corpus, split_validation
 from apm.train.job import TrainJob, run_training
 from apm.train.toy import make_toy_corpus, toy_config
-from apm.train.trainer import Trainer
+from apm.train.trainer import Trainer, use_compile
 from apm.utils.dist import init_distributed
 from apm.utils.errors import ApmError
 
@@ -285,3 +285,16 @@ def test_sliding_cmn_normalises_before_vad_selection():
 def test_config_checks_extraction_floor():
     with pytest.raises(ApmError, match="min_voiced_frames"):
         resolve_config({**toy_config(), "extract": {"min_voiced_frames": 0}}, "x.yaml")
+
+
+def test_compile_only_on_cuda(caplog):
+    """train.compile (egs/fleurs conf/gpu) compiles on CUDA only: on a CPU it is skipped, and
+    the log says so; not asked for, nothing is compiled or logged."""
+    with caplog.at_level("INFO", logger="apm.train.trainer"):
+        assert use_compile(True, torch.device("cuda", 0))
+        assert not caplog.records
+        assert not use_compile(False, torch.device("cpu"))
+        assert not use_compile(False, torch.device("cuda"))
+        assert not caplog.records
+        assert not use_compile(True, torch.device("cpu"))
+    assert "torch.compile skipped" in caplog.text and "cpu" in caplog.text

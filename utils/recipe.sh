@@ -38,8 +38,66 @@ recipe_check_options() {
     echo "$0: --stage $stage is after --stop-stage $stop_stage: nothing would run; give --stop-stage >= --stage" >&2
     exit 1
   fi
-  if ! [[ $nj =~ ^[0-9]+$ ]] || [ "$nj" -lt 1 ]; then
+  if [ -n "${nj:-}" ] && { ! [[ $nj =~ ^[0-9]+$ ]] || [ "$nj" -lt 1 ]; }; then
     echo "$0: --nj takes a number of parallel jobs >= 1, got '$nj'" >&2
+    exit 1
+  fi
+  if ! [[ ${jobs:-auto} = auto || $jobs =~ ^[1-9][0-9]*$ ]]; then
+    echo "$0: --jobs takes auto or a number of systems run at once >= 1, got '$jobs'" >&2
+    exit 1
+  fi
+}
+
+# Runs of one stage for several systems, --jobs at a time (stages 4 and 5 of
+# recipe_stages_1_to_7): recipe_jobs_start <count>, then recipe_job <run_stage arguments> per
+# system, then recipe_jobs_wait <stage>. With --jobs auto: as many at once as the cores
+# (nproc), but one at a time when --ngpu > 0 (the GPUs are the limit). Each job gets
+# APM_CORES = cores / jobs at once (its torch threads, apm.utils.dist.init_distributed), so
+# the jobs together use every core once. Every job keeps its own log
+# ($exp/log/stage<N>.<name>.log) and record; its console lines carry a "[<name>]" prefix when
+# several run at once. A failed job does not stop the others: recipe_jobs_wait names every
+# failed one with its log, then exits 1 (a rerun skips the finished ones).
+recipe_jobs_start() {
+  local count=$1 cores
+  cores=$(nproc)
+  _recipe_jobs_max=${jobs:-auto}
+  if [ "$_recipe_jobs_max" = auto ]; then
+    if [ "${ngpu:-0}" -gt 0 ]; then _recipe_jobs_max=1; else _recipe_jobs_max=$cores; fi
+  fi
+  [ "$count" -lt "$_recipe_jobs_max" ] && _recipe_jobs_max=$count
+  [ "$_recipe_jobs_max" -lt 1 ] && _recipe_jobs_max=1
+  _recipe_jobs_cores=$((cores / _recipe_jobs_max > 0 ? cores / _recipe_jobs_max : 1))
+  _recipe_job_pids=() _recipe_job_names=()
+}
+
+recipe_job() {  # recipe_job <stage> <name> <command...>: run_stage in the background
+  local n=$1 name=$2
+  while [ "$(jobs -rp | wc -l)" -ge "$_recipe_jobs_max" ]; do
+    wait -n || true  # statuses are read per job in recipe_jobs_wait
+  done
+  if [ "$_recipe_jobs_max" -eq 1 ]; then
+    run_stage "$@"  # one at a time: in the foreground, as run_stage alone
+    return
+  fi
+  (export APM_CORES=$_recipe_jobs_cores; run_stage "$@" 2>&1 | sed -u "s/^/[$name] /") &
+  _recipe_job_pids+=($!) _recipe_job_names+=("$n $name")
+}
+
+recipe_jobs_wait() {
+  local i failed=()
+  for i in "${!_recipe_job_pids[@]}"; do
+    wait "${_recipe_job_pids[$i]}" || failed+=("${_recipe_job_names[$i]}")
+  done
+  if [ ${#failed[@]} -gt 0 ]; then
+    {
+      echo
+      echo "ERROR: stage $1: ${#failed[@]} of ${#_recipe_job_pids[@]} runs failed:"
+      local job
+      for job in "${failed[@]}"; do
+        echo "  ${job#* } (log: $exp/log/stage${job%% *}.${job#* }.log)"
+      done
+      echo "  Fix the cause and rerun with --stage $1: finished work is kept."
+    } >&2
     exit 1
   fi
 }
@@ -65,36 +123,40 @@ recipe_caller_paths() {
 
 # Stages 1-7 on the Kaldi data dirs that stage 0 wrote to $data/<set>. Reads: data exp nj
 # seed skip_bad speed_perturb fbank_conf align_conf ali_from ali_dir systems system_conf_dir
-# resume ngpu backend_conf results command_line dev_sets train_set kaldi_copy, sets (every set: imported,
+# resume ngpu jobs backend_conf results command_line dev_sets train_set kaldi_copy, sets (every set: imported,
 # given features, embedded), scored_sets (the sets with trials: scored and reported);
 # optional: backend_train_set (a set training the back-end, among $sets), oracle_dir.
 recipe_stages_1_to_7() {
   local set system
   local watch_sets=()  # stage 1 reads data/<set>: a hand-edited data dir reruns it
   for set in $sets; do watch_sets+=(--watch "$data/$set"); done
-  run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh --nj "$nj" --skip-bad "$skip_bad" \
+  run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh ${nj:+--nj "$nj"} --skip-bad "$skip_bad" \
     --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
 
-  run_stage 2 fbank steps/make_fbank.sh --nj "$nj" --config "$fbank_conf" --skip-bad "$skip_bad" \
+  run_stage 2 fbank steps/make_fbank.sh ${nj:+--nj "$nj"} --config "$fbank_conf" --skip-bad "$skip_bad" \
     --kaldi-copy "${kaldi_copy:-false}" "$data/manifests" "$data/fbank" $sets
 
   local watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3
   [[ $ali_from = kaldi:* ]] && watch_ali=(--watch "${ali_from#kaldi:}")
-  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh --nj "$nj" --config "$align_conf" \
+  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh ${nj:+--nj "$nj"} --config "$align_conf" \
     --ali-from "$ali_from" --skip-bad "$skip_bad" ${oracle_dir:+--oracle-dir "$oracle_dir"} \
     "$data/fbank/$train_set" "$ali_dir"
 
+  recipe_jobs_start "$(echo $systems | wc -w)"  # the systems train at once, --jobs at a time
   for system in $systems; do
-    run_stage 4 "train_$system" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
+    recipe_job 4 "train_$system" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
       --ngpu "$ngpu" --resume "$resume" --skip-unaligned "$skip_bad" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
   done
+  recipe_jobs_wait 4
 
   local pairs
+  recipe_jobs_start "$(echo $systems | wc -w)"
   for system in $systems; do
     pairs=()  # one process per system embeds every set
     for set in $sets; do pairs+=("$data/fbank/$set" "$exp/$system/xvectors/$set"); done
-    run_stage 5 "extract_$system" steps/extract_xvectors.sh --ngpu "$ngpu" "$exp/$system" "${pairs[@]}"
+    recipe_job 5 "extract_$system" steps/extract_xvectors.sh --ngpu "$ngpu" "$exp/$system" "${pairs[@]}"
   done
+  recipe_jobs_wait 5
 
   for system in $systems; do
     run_stage 6 "score_$system" steps/score.sh --config "$backend_conf" --data "$data" --skip-bad "$skip_bad" \

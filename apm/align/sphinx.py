@@ -5,7 +5,7 @@ Frame grid: PocketSphinx frame t is the 25.6 ms window starting at sample 160 t,
 (apm.utils.frames). Its segmentation
 covers frames 0..N-2 of our N frames, so delaying it by one frame (`FRAME_DELAY`, repeating the
 first label) puts it on our grid with our count; eSpeak-synthesized speech confirms it: the
-agreement with eSpeak's own phoneme timings peaks at this delay (see README, stage 3).
+agreement with eSpeak's own phoneme timings peaks at this delay (see docs/recipe.md, stage 3).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Stage 6: score every test task of a system with the configured back-ends.
 
-Inputs (README "Files between stages"): `exp/<system>/languages.txt`,
+Inputs (docs/recipe.md "Files between stages"): `exp/<system>/languages.txt`,
 `exp/<system>/xvectors/<set>/{xvector,logits}.scp`, `data/<train>/utt2lang`,
 `data/<task>/trials`. Outputs: `exp/<system>/scores/<task>.score` (primary back-end) and
 `<task>.<backend>.score` (the others), OLR matrix format with columns in `languages.txt`

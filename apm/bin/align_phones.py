@@ -11,6 +11,7 @@ import argparse
 from apm.align.config import load_align_config
 from apm.align.pipeline import align_phones
 from apm.bin.cli import main, str2bool
+from apm.utils.defaults import NJ
 from apm.utils.errors import ApmError
 
 
@@ -22,7 +23,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("fbank_dir", help="stage-2 directory with cuts.jsonl.gz")
     p.add_argument("ali_dir", help="output directory")
-    p.add_argument("--nj", type=int, default=1, help="parallel decoding jobs")
+    p.add_argument(
+        "--nj", type=int, default=NJ, help="parallel decoding jobs (default: %(default)s)"
+    )
     p.add_argument("--config", default=None, help="align YAML (default: built-in settings)")
     p.add_argument(
         "--ali-from",

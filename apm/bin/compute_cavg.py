@@ -58,5 +58,10 @@ def run(args: argparse.Namespace) -> None:
         print("EER", round(eer(ts.score[ts.is_target], ts.score[~ts.is_target]), 4))
 
 
+def console() -> None:
+    """The console entry point (pyproject [project.scripts])."""
+    main(build_parser(), run)
+
+
 if __name__ == "__main__":
     main(build_parser(), run)

@@ -31,5 +31,10 @@ def run(args: argparse.Namespace) -> None:
     export(args.model, args.format, args.output, args.backend)
 
 
+def console() -> None:
+    """The console entry point (pyproject [project.scripts])."""
+    main(build_parser(), run)
+
+
 if __name__ == "__main__":
     main(build_parser(), run)

@@ -110,5 +110,10 @@ def run(args: argparse.Namespace) -> None:
         raise ApmError(f"{failed} of {len(inputs)} inputs failed (see the ERROR lines above)")
 
 
+def console() -> None:
+    """The console entry point (pyproject [project.scripts])."""
+    main(build_parser(), run)
+
+
 if __name__ == "__main__":
     main(build_parser(), run)

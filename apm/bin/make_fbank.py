@@ -6,11 +6,12 @@ import argparse
 from apm.bin.cli import main, str2bool
 from apm.features.fbank import load_feature_config
 from apm.features.pipeline import make_fbank
+from apm.utils.defaults import NJ
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make_fbank", description=__doc__)
-    p.add_argument("--nj", type=int, default=1, help="parallel jobs")
+    p.add_argument("--nj", type=int, default=NJ, help="parallel jobs (default: %(default)s)")
     p.add_argument("--config", default=None, help="feature config YAML (conf/fbank.yaml)")
     p.add_argument("--skip-bad", type=str2bool, default=False, help="skip and count bad audio")
     p.add_argument(

@@ -4,11 +4,14 @@ import argparse
 
 from apm.bin.cli import main, str2bool
 from apm.data.manifests import make_manifests
+from apm.utils.defaults import NJ
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="make_manifests", description=__doc__)
-    p.add_argument("--nj", type=int, default=1, help="parallel processes opening audio")
+    p.add_argument(
+        "--nj", type=int, default=NJ, help="parallel processes opening audio (default: %(default)s)"
+    )
     p.add_argument("--skip-bad", type=str2bool, default=False, help="skip and count bad utterances")
     p.add_argument("--speed-perturb", type=str2bool, default=False, help="add 0.9/1.1 copies")
     p.add_argument("--perturb-sets", default="", help="sets to perturb (space separated)")

@@ -60,7 +60,7 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "stream_buffer": 2000,  # stream: cuts (metadata) each reader shuffles within
     "stream_pool": 256,  # stream: prepared utterances each reader draws chunks from
     "amp": "bf16",  # none | bf16 | fp16: autocast dtype on CUDA (ignored on CPU)
-    "compile": False,  # torch.compile the model (CUDA; dynamic chunk lengths)
+    "compile": False,  # torch.compile the model on CUDA (skipped, with a log line, on CPU)
     "num_workers": 0,  # DataLoader workers building batches (0: in the training process)
     "pin_memory": True,  # pinned host batches for asynchronous copies (CUDA only)
     "threads": 0,  # torch CPU threads per process; 0: the cores divided by the processes

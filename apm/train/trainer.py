@@ -100,6 +100,23 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def use_compile(requested: bool, device: torch.device) -> bool:
+    """Whether to torch.compile the model: only when `train.compile` asks for it and training
+    runs on CUDA. On a CPU the inductor kernels of this model can crash (a segfault seen with
+    torch 2.13 CPU), so a config written for GPUs (egs/fleurs conf/gpu) runs uncompiled there,
+    with a log line saying so."""
+    if not requested:
+        return False
+    if device.type != "cuda":
+        log.info(
+            "train.compile: true, but training runs on %s: torch.compile skipped (CUDA only); "
+            "the model runs uncompiled (compile only changes speed)",
+            device.type,
+        )
+        return False
+    return True
+
+
 class Trainer:
     """Model + loss + optimiser over a training set, for one process of `env`: a `Corpus`
     held in memory or a `StreamCorpus` read while training."""
@@ -120,7 +137,7 @@ class Trainer:
         self.model = build_model(cfg["model"], corpus.feat_dim, corpus.num_phones)
         self.crit = build_loss(cfg["loss"], self.model.embed_dim, len(corpus.languages))
         self.net = MultiTaskNet(self.model, self.crit).to(env.device)
-        if self.tcfg["compile"]:
+        if use_compile(self.tcfg["compile"], env.device):
             # The model only: the loss's margin schedule changes every step (Python floats).
             # Chunk lengths vary per batch, hence dynamic shapes.
             self.net.model = torch.compile(self.model, dynamic=True)

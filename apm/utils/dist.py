@@ -51,10 +51,25 @@ def pick_device(device: str, local_rank: int) -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def available_cores() -> int:
+    """The cores this process's job may use: APM_CORES when set (> 0), else all of them."""
+    value = os.environ.get("APM_CORES", "")
+    if value:
+        try:
+            cores = int(value)
+        except ValueError:
+            raise ApmError(f"APM_CORES must be a number of cores, got {value!r}") from None
+        if cores > 0:
+            return cores
+    return os.cpu_count() or 1
+
+
 def init_distributed(device: str = "auto", threads: int = 0) -> DistEnv:
     """Join the torchrun process group if there is one; pick the device and CPU threads.
 
-    `threads` 0 shares the machine's cores evenly among the local processes.
+    `threads` 0 shares the cores evenly among the local processes: the machine's, or the
+    APM_CORES environment variable's count when set (the recipe's stages 4-5 set it when
+    several systems run at once, utils/recipe.sh).
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
@@ -63,7 +78,7 @@ def init_distributed(device: str = "auto", threads: int = 0) -> DistEnv:
     dev = pick_device(device, local_rank)
     if rank > 0:
         logging.getLogger().setLevel(logging.WARNING)  # one copy of the progress log
-    torch.set_num_threads(threads or max(1, (os.cpu_count() or 1) // local_world))
+    torch.set_num_threads(threads or max(1, available_cores() // local_world))
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
             torch.cuda.set_device(dev)

@@ -30,7 +30,7 @@ Examples:
 
 stage=0                     # first stage to run
 stop_stage=7                # last stage to run
-nj=2                        # parallel jobs for CPU stages (0-3)
+nj=                        # parallel jobs for CPU stages (0-3) (empty: apm.utils.defaults.NJ)
 seed=777                    # random seed of every stage
 force=false                 # redo stages even if recorded as done
 skip_bad=false              # skip (and count) bad utterances instead of stopping
@@ -48,6 +48,7 @@ systems="apm_am am"         # systems to train and score, each <system-conf-dir>
 system_conf_dir=            # where the system configs live (default: conf/<confs>)
 resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
+jobs=auto                   # stages 4-5: systems trained/extracted at once, sharing the cores (auto: nproc; 1 with --ngpu > 0)
 backend_conf=conf/backend.yaml  # back-end configuration
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go
@@ -85,7 +86,7 @@ sets="$train_set $scored_sets"
 mkdir -p "$exp"
 recipe_lock_dirs  # one run at a time into this --exp (and --data, when stages 0-3 write it)
 
-run_stage 0 prepare_fleurs --watch "$fleurs_root" local/prepare_fleurs.py --nj "$nj" --skip-bad "$skip_bad" \
+run_stage 0 prepare_fleurs --watch "$fleurs_root" local/prepare_fleurs.py ${nj:+--nj "$nj"} --skip-bad "$skip_bad" \
   --langs "$langs" --open-langs "$open_langs" "$fleurs_root" "$data"
 
 recipe_stages_1_to_7

@@ -27,7 +27,7 @@ Examples:
 
 stage=0                     # first stage to run
 stop_stage=7                # last stage to run
-nj=2                        # parallel jobs for CPU stages (0-3)
+nj=                        # parallel jobs for CPU stages (0-3) (empty: apm.utils.defaults.NJ)
 seed=777                    # random seed of every stage
 force=false                 # redo stages even if recorded as done
 skip_bad=false              # skip (and count) bad utterances instead of stopping
@@ -47,6 +47,7 @@ systems="apm_am am"         # systems to train and score, each <system-conf-dir>
 system_conf_dir=conf        # where the system configs live
 resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
+jobs=auto                   # stages 4-5: systems trained/extracted at once, sharing the cores (auto: nproc; 1 with --ngpu > 0)
 backend_conf=conf/backend.yaml  # back-end configuration
 backend_train_set=          # set whose x-vectors train LDA/LR (empty: --train-set; AP20 baseline: its enroll set, imported and embedded with the others, not scored, no trials needed)
 data=data                   # where data dirs, manifests, features, alignments go
@@ -90,7 +91,7 @@ if [ -n "$olr_root" ]; then
   run_stage 0 import_olr --watch "$olr_root" steps/import_data_dirs.sh --skip-bad "$skip_bad" \
     ${import_opts[@]+"${import_opts[@]}"} "$olr_root" "$data" $sets
 else
-  run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" --nj "$nj" --seed "$seed" "$data"
+  run_stage 0 make_mini_olr local/make_mini_olr.sh --size "$corpus_size" ${nj:+--nj "$nj"} --seed "$seed" "$data"
 fi
 
 oracle_dir=$data/oracle_ali/$train_set  # mini-OLR: eSpeak's own timings (stage 3 reference, --ali-from oracle)

@@ -36,6 +36,7 @@ from mini_olr.spec import SetSpec, Utterance, make_speakers, stable_seed  # noqa
 
 from apm.bin.cli import main  # noqa: E402
 from apm.utils import ApmError, atomic_write  # noqa: E402
+from apm.utils.defaults import NJ
 
 SPLITS = {"train": "tr", "dev": "dv", "test": "te"}  # split -> speaker pool (mini_olr.spec)
 PROMPT_BASE = {"train": 1, "dev": 5001, "test": 9001}  # disjoint prompt ids per split
@@ -165,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-speakers", type=int, default=2, help="speakers per language")
     p.add_argument("--utts", type=int, default=4, help="utterances per speaker")
     p.add_argument("--seed", type=int, default=777, help="random seed (same seed: same bytes)")
-    p.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")
+    p.add_argument(
+        "--nj", type=int, default=NJ, help="parallel synthesis processes (default: %(default)s)"
+    )
     return p
 
 

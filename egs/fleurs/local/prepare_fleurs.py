@@ -29,6 +29,7 @@ from apm.data.kaldi_dir import KaldiDir, portable_path, write_kaldi_dir
 from apm.data.problems import Problem, settle
 from apm.data.trials import all_vs_all_trials
 from apm.utils import ApmError, atomic_write
+from apm.utils.defaults import NJ
 
 SPLITS = ("train", "dev", "test")
 TSV_FIELDS = 7  # id, file name, raw text, text, characters, number of samples, gender
@@ -245,7 +246,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data", help="where the Kaldi data dirs <data>/<set>/ are written")
     p.add_argument("--langs", default="", help="training languages (empty: all found)")
     p.add_argument("--open-langs", default="", help="held-out languages (open-set test only)")
-    p.add_argument("--nj", type=int, default=1, help="parallel processes reading audio headers")
+    p.add_argument(
+        "--nj",
+        type=int,
+        default=NJ,
+        help="parallel processes reading audio headers (default: %(default)s)",
+    )
     p.add_argument("--skip-bad", type=str2bool, default=False,
                    help="leave out (and count, in <data>/<set>/skipped) bad metadata lines")  # fmt: skip
     return p

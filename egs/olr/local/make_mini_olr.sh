@@ -7,7 +7,7 @@ set -euo pipefail
 . "$(dirname "$0")/../path.sh"
 
 size=mini            # corpus size: tiny, mini or full
-nj=2                 # parallel synthesis processes
+nj=                 # parallel synthesis processes (empty: apm.utils.defaults.NJ)
 seed=777             # random seed; the same seed gives a byte-identical corpus
 languages=           # target OLR codes (empty: the size's default; CODE=VOICE for others)
 unknown_languages=-  # open-set unknown codes ('-': the size's default)
@@ -23,5 +23,5 @@ fi
 
 unknown_opt=()
 [ "$unknown_languages" != "-" ] && unknown_opt=(--unknown-languages "$unknown_languages")
-python -m mini_olr --size "$size" --nj "$nj" --seed "$seed" \
+python -m mini_olr --size "$size" ${nj:+--nj "$nj"} --seed "$seed" \
   --languages "$languages" "${unknown_opt[@]}" "$1"

@@ -18,7 +18,7 @@ Holm-adjusted verdicts and the power of each contrast.
   3. evaluation on the --seeds: the systems the primary contrasts name (--exploratory true:
      also softmax, K at APM's nominal margin, normalised APM), --jobs trainings at once
   4. python -m paper_comparison report
-Reruns skip finished trainings. Measured cost: see docs (Reproducing the paper's comparison).
+Reruns skip finished trainings. Measured cost: see docs/paper-comparison.md (Reproducing the paper's comparison).
 --quick: tiny corpus, margins 0.1 0.2, no grid growth, selection seeds 101 102, seeds 1 2,
 200 bootstrap draws (the end-to-end test).
 e.g.: egs/olr/local/reproduce_tables.sh --seeds \"\$(seq -s ' ' 1 20)\""
@@ -34,7 +34,7 @@ sources=pocketsphinx      # label sources: pocketsphinx and/or oracle (each with
 kinds="am aam"            # margin forms compared, each with its APM counterpart
 jobs=$(nproc)             # trainings run at once (each uses one thread)
 n_boot=1000               # hierarchical bootstrap draws
-nj=2                      # parallel jobs of the data stages (0-3)
+nj=                      # parallel jobs of the data stages (0-3) (empty: apm.utils.defaults.NJ)
 data=                     # data dir (default: the recipe's egs/olr/data, with its stage records)
 out=                      # output dir (default: egs/olr/exp/paper)
 ngpu=0                    # GPUs per training (run.sh --ngpu)
@@ -122,9 +122,9 @@ run_jobs() {  # job lines "<source> <seed> <system>" on stdin, --jobs at a time
 }
 
 echo "== data stages 0-3 ($data, records in $prep_exp)"
-"$recipe/run.sh" --data "$data" --stage 0 --stop-stage 3 --corpus-size "$corpus_size" --nj "$nj" --exp "$prep_exp"
+"$recipe/run.sh" --data "$data" --stage 0 --stop-stage 3 --corpus-size "$corpus_size" ${nj:+--nj "$nj"} --exp "$prep_exp"
 if [[ " $sources " == *" oracle "* ]]; then
-  "$recipe/run.sh" --data "$data" --stage 3 --stop-stage 3 --corpus-size "$corpus_size" --nj "$nj" \
+  "$recipe/run.sh" --data "$data" --stage 3 --stop-stage 3 --corpus-size "$corpus_size" ${nj:+--nj "$nj"} \
     --ali-from oracle --ali-dir "$data/ali_oracle/train" --exp "$out/oracle_ali_exp"
 fi
 lap "data stages 0-3"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from apm.bin.cli import main
+from apm.utils.defaults import NJ
 from mini_olr.build import make_mini_olr
 from mini_olr.spec import SIZES
 
@@ -13,7 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m mini_olr", description=__doc__)
     p.add_argument("data", help="output data directory (Kaldi dirs data/<set>/ are written there)")
     p.add_argument("--size", default="mini", choices=sorted(SIZES), help="corpus size")
-    p.add_argument("--nj", type=int, default=2, help="parallel synthesis processes")
+    p.add_argument(
+        "--nj", type=int, default=NJ, help="parallel synthesis processes (default: %(default)s)"
+    )
     p.add_argument("--seed", type=int, default=777, help="random seed (same seed: same bytes)")
     p.add_argument(
         "--languages",
