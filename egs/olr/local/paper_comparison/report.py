@@ -251,12 +251,12 @@ def reading(tests: Sequence[Test], coverage: Coverage | None, claims: Claims) ->
     worst_test = max(t.contrast.var_test for t in tests) if tests else 0.0
     unreachable = len(needs) - len(reachable)
     text = (f"- **Power:** detecting a {claims.target_difference:g} Cavg difference with "
-            f"{100 * claims.power:.0f}% power ")  # fmt: skip
+            f"{100 * claims.power:.0f}% power")  # fmt: skip
     if reachable:
-        text += (f"would need {min(reachable)}-{max(reachable)} seeds for {len(reachable)} of "
+        text += (f" would need {min(reachable)}-{max(reachable)} seeds for {len(reachable)} of "
                  f"the {len(tests)} primary tests")  # fmt: skip
     if unreachable:
-        text += ("; " if reachable else "") + (
+        text += ("; " if reachable else ": ") + (
             f"for {unreachable} of the {len(tests)} primary tests no number of seeds reaches "
             f"it: the test set alone (speakers, utterances; SE up to {math.sqrt(worst_test):.4f}) "
             "keeps the MDD above it, so more test speakers would help, more seeds would not"
