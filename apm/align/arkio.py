@@ -10,6 +10,7 @@ from pathlib import Path
 import kaldiio
 import numpy as np
 
+from apm.features.readers import read_alignment_scp
 from apm.utils.arkio import write_ark_scp
 from apm.utils.errors import ApmError
 
@@ -23,13 +24,14 @@ def write_labels(
 
 
 def read_labels(path: str | os.PathLike) -> Mapping[str, np.ndarray]:
-    """Lazy {utt: int vector} from an `ali.scp` or `ali.ark` (kaldiio), errors named."""
+    """Lazy {utt: int vector} from an `ali.scp` (`read_alignment_scp`) or `ali.ark` (kaldiio),
+    errors named."""
     path = Path(path)
     if not path.is_file():
         raise ApmError(f"{path}: alignment file not found")
     try:
-        if path.suffix == ".scp":
-            return kaldiio.load_scp(str(path))
+        if path.suffix == ".scp":  # the training path's vectorised int32 reader
+            return read_alignment_scp(path)
         return dict(kaldiio.load_ark(str(path)))
     except Exception as e:  # kaldiio raises bare ValueError/OSError/... on bad files
         raise ApmError(f"{path}: cannot read as a Kaldi ark/scp of integer vectors: {e}") from e

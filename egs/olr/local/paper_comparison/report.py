@@ -74,10 +74,13 @@ class ScoreCache:
         self.draws: dict[tuple[str, str], HierarchicalDraws] = {}
         self.seed_draws: dict[tuple[str, str], np.ndarray] = {}
         self.values: dict[tuple[str, str, str], SeedMetrics] = {}
+        self.trials: dict[str, list] = {}  # task -> its trials, read once
 
     def _scores(self, source: str, system: str, task: str) -> tuple[list[TrialScores], bool]:
         trials_path = self.report.data / task / "trials"
-        trials = read_trials(trials_path)
+        if task not in self.trials:
+            self.trials[task] = read_trials(trials_path)
+        trials = self.trials[task]
         out, open_set = [], False
         for seed in self.report.seeds:
             sdir = system_dir(self.report.out, source, seed, system)
