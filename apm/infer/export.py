@@ -82,15 +82,27 @@ def export(
     if fmt not in FORMATS:
         raise ApmError(f"unknown export format '{fmt}'; choose from {list(FORMATS)}")
     net, settings = exported_network(model_dir, backend)
+    write_export(net, fmt, output, settings["languages"])
+    log.info(
+        "%s: %s export of %s (%d languages)", output, fmt, model_dir, len(settings["languages"])
+    )
+    return Path(output)
+
+
+def write_export(
+    net: ExportedNetwork, fmt: str, output: str | os.PathLike, languages: list[str]
+) -> Path:
+    """Trace `net` on an example of `EXAMPLE_FRAMES` frames (the frame axis stays dynamic)
+    and write it as `fmt`, with `languages` stored in the file."""
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     feat_dim = net.model.feat_dim
     example = torch.randn(1, EXAMPLE_FRAMES, feat_dim, generator=torch.Generator().manual_seed(0))
-    languages = "\n".join(settings["languages"]) + "\n"
+    names = "\n".join(languages) + "\n"
     with torch.no_grad():
         if fmt == "torchscript":
             traced = torch.jit.trace(net, example, check_trace=False)
-            torch.jit.save(traced, str(output), _extra_files={"languages.txt": languages})
+            torch.jit.save(traced, str(output), _extra_files={"languages.txt": names})
         else:
             import onnx
 
@@ -106,9 +118,6 @@ def export(
             )
             proto = onnx.load(str(output))
             entry = proto.metadata_props.add()
-            entry.key, entry.value = "languages", languages.strip().replace("\n", " ")
+            entry.key, entry.value = "languages", names.strip().replace("\n", " ")
             onnx.save(proto, str(output))
-    log.info(
-        "%s: %s export of %s (%d languages)", output, fmt, model_dir, len(settings["languages"])
-    )
     return output

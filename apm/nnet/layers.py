@@ -109,16 +109,45 @@ class MaskedBatchNorm1d(nn.BatchNorm1d):
         return y.view(x.shape).to(x.dtype)
 
     def _update_running_stats(self, mean: Tensor, var: Tensor, count: Tensor) -> None:
-        factor: Tensor | float
-        with torch.no_grad():
-            self.num_batches_tracked.add_(1)
-            if self.momentum is None:  # cumulative moving average, as nn.BatchNorm1d
-                factor = 1.0 / self.num_batches_tracked.float()
-            else:
-                factor = self.momentum
-            unbiased = var * count / (count - 1).clamp(min=1.0)
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
-            self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        update_running_stats(self, mean, var, count)
+
+
+def update_running_stats(bn: nn.modules.batchnorm._BatchNorm, mean: Tensor, var: Tensor,
+                          count: Tensor) -> None:  # fmt: skip
+    """Running statistics updated as `nn.BatchNorm*d` updates them from batch statistics."""
+    factor: Tensor | float
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        if bn.momentum is None:  # cumulative moving average, as nn.BatchNorm1d
+            factor = 1.0 / bn.num_batches_tracked.float()
+        else:
+            factor = bn.momentum
+        unbiased = var * count / (count - 1).clamp(min=1.0)
+        bn.running_mean.lerp_(mean.to(bn.running_mean.dtype), factor)
+        bn.running_var.lerp_(unbiased.to(bn.running_var.dtype), factor)
+
+
+class MaskedBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm of feature maps [B, C, F, T] whose training statistics use only the time
+    positions with mask [B, T] True (all frequencies), as `MaskedBatchNorm1d` for frames:
+    the same fused node over the valid (frequency, time) positions, running statistics as
+    `nn.BatchNorm2d`. Without a mask or in eval mode it is `nn.BatchNorm2d` (the caller
+    zeroes masked frames); with a mask in training, masked positions of the output are 0."""
+
+    def forward(self, x: Tensor, mask: Tensor | None = None) -> Tensor:
+        if mask is None or not self.training:
+            return super().forward(x)
+        batch, channels, freqs, frames = x.shape
+        rows = x.permute(0, 2, 3, 1).reshape(-1, channels).float()
+        w = mask[:, None, :].expand(batch, freqs, frames).reshape(-1).float()
+        weight, bias = self.weight, self.bias
+        if weight is None or bias is None:
+            weight = torch.ones(channels, device=x.device)
+            bias = torch.zeros(channels, device=x.device)
+        y, mean, var, count = _MaskedBatchNorm.apply(rows, w, weight, bias, self.eps)
+        if self.track_running_stats:
+            update_running_stats(self, mean, var, count)
+        return y.view(batch, freqs, frames, channels).permute(0, 3, 1, 2).to(x.dtype)
 
 
 def context_to_conv(context: Sequence[int]) -> tuple[int, int]:
@@ -188,3 +217,11 @@ def stats_pooling(x: Tensor, mask: Tensor | None, eps: float = 1e-5) -> Tensor:
         mean = (x * w).sum(dim=1) / count
         var = (((x - mean.unsqueeze(1)) * w) ** 2).sum(dim=1) / count
     return torch.cat([mean, torch.sqrt(var.clamp(min=0.0) + eps)], dim=1)
+
+
+def masked_mean(x: Tensor, mask: Tensor | None) -> Tensor:
+    """Mean over the valid frames: [B, T, C] -> [B, C] (a segment without any: 0)."""
+    if mask is None:
+        return x.mean(dim=1)
+    w = mask.unsqueeze(2).to(x.dtype)
+    return (x * w).sum(dim=1) / w.sum(dim=1).clamp(min=1.0)

@@ -1,11 +1,13 @@
 """Language-phoneme multi-task x-vector (../shared/PAPER.md, "The network").
 
-feats [B, T, F] --trunk (TDNN or E-TDNN frame layers)--> [B, C, T]
-    |-- phone branch: `phone_hidden_layers` 1x1 frame layers on trunk layer `phone_layer`,
-    |   then a frame classifier --> phone_logits [B, T, P]
-    `-- stats layer (1x1, `stats_channels`) -> mean+std pooling over valid frames
-        -> segment affine 1 (= the x-vector, `embedding`) -> ReLU -> BN
+feats [B, T, F] --trunk (`model.trunk`: tdnn, etdnn, ecapa_tdnn, resnet34; apm.nnet.trunks)
+    |   --> frame features [B, T', C] (T' = T but for resnet34, T/8)
+    |-- phone branch: `phone_hidden_layers` 1x1 frame layers on trunk layer `phone_layer`
+    |   (at the input frame rate), then a frame classifier --> phone_logits [B, T, P]
+    `-- stats layer (1x1, `stats_channels`) -> pooling over valid frames (mean+std; attentive
+        for ecapa_tdnn) -> segment affine 1 (= the x-vector, `embedding`) -> ReLU -> BN
         -> segment affine 2 -> ReLU -> BN (= `classifier_input`, what the margin softmax sees)
+Every trunk has the same phone branch, segment layers and margin softmax (any `loss.kind`).
 """
 
 from __future__ import annotations
@@ -18,38 +20,43 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from apm.nnet.layers import FrameLayer, stats_pooling
+from apm.nnet.layers import FrameLayer
+from apm.nnet.trunks import ETDNN, TDNN, TRUNKS, build_pooling
 from apm.utils.config import check_choice, check_int, merge_section
 from apm.utils.errors import ApmError
 
 logger = logging.getLogger(__name__)
 
-# Trunk topologies: the TDNN context of each layer; every layer is `channels` wide.
-# E-TDNN (Snyder et al. 2019, as in PAPER.md): dilated contexts interleaved with 1x1 layers.
-ETDNN = (
-    (-2, -1, 0, 1, 2),
-    (0,),
-    (-2, 0, 2),
-    (0,),
-    (-3, 0, 3),
-    (0,),
-    (-4, 0, 4),
-    (0,),
-)
-# Classic x-vector (Snyder et al. 2018): frame1-4; frame5 is the stats layer below.
-TDNN = ((-2, -1, 0, 1, 2), (-2, 0, 2), (-3, 0, 3), (0,))
-TRUNKS = {"etdnn": ETDNN, "tdnn": TDNN}
+__all__ = ["ETDNN", "MODEL_DEFAULTS", "TDNN", "TRUNKS", "ModelOutput", "XVector", "build_model"]
 
 MODEL_DEFAULTS: dict[str, Any] = {
-    "trunk": "etdnn",  # tdnn (4 frame layers) | etdnn (8 frame layers)
-    "channels": 512,  # width of every trunk layer
+    "trunk": "etdnn",  # tdnn | etdnn | ecapa_tdnn | resnet34 (apm.nnet.trunks.TRUNKS)
+    "channels": 512,  # width of every trunk layer (resnet34: of its first stage)
     "stats_channels": 1500,  # width of the 1x1 layer before statistics pooling
     "embed_dim": 512,  # width of both segment layers (the x-vector dimension)
     "phone_branch": True,  # add the frame-level phone classifier (multi-task)
-    "phone_layer": None,  # trunk layer index feeding the phone branch; None = last
+    "phone_layer": None,  # trunk layer (tap) index feeding the phone branch; None = last
     "phone_channels": 512,  # width of the phone branch's hidden frame layers
     "phone_hidden_layers": 3,  # number of 1x1 frame layers in the phone branch
 }
+# A trunk's `defaults` add keys (ecapa_tdnn: res2net_scale, se_channels, attention_channels)
+# or change the defaults above for that trunk only; tdnn and etdnn add none.
+
+
+def model_defaults(trunk: str) -> dict[str, Any]:
+    """The `model` keys and defaults of `trunk`."""
+    return {**MODEL_DEFAULTS, **TRUNKS[trunk].defaults, "trunk": trunk}
+
+
+def resolve_model_config(cfg: Mapping[str, Any] | None, where: str = "model") -> dict[str, Any]:
+    """The `model` section with its trunk's defaults filled in; an unknown trunk or key is an
+    ApmError listing the valid ones (the keys valid for that trunk)."""
+    trunk = (cfg or {}).get("trunk", MODEL_DEFAULTS["trunk"])
+    if trunk not in TRUNKS:
+        raise ApmError(
+            f"{where}: 'model.trunk' is {trunk!r}; the known trunks are {', '.join(TRUNKS)}"
+        )
+    return merge_section(cfg, model_defaults(trunk), where)
 
 
 @dataclass
@@ -87,25 +94,28 @@ class XVector(nn.Module):
         phone_layer: int | None = None,
         phone_channels: int = 512,
         phone_hidden_layers: int = 3,
+        **options: Any,
     ) -> None:
+        """`options`: the keys a trunk adds (`apm.nnet.trunks`, its `defaults`)."""
         super().__init__()
         self.feat_dim, self.embed_dim = feat_dim, embed_dim
         self.num_phones = num_phones if phone_branch else 0
-        layers, in_dim = [], feat_dim
-        for context in TRUNKS[trunk]:
-            layers.append(FrameLayer(in_dim, channels, context))
-            in_dim = channels
-        self.trunk = nn.ModuleList(layers)
-        self.stats_layer = FrameLayer(in_dim, stats_channels, (0,))
+        trunk_cls = TRUNKS[trunk]
+        # Construction order (hence the seeded initialisation) of tdnn/etdnn is as it was
+        # before the registry: trunk layers, stats layer, segment layers, phone branch.
+        self.trunk = trunk_cls(feat_dim, channels, **options)  # type: ignore[arg-type]
+        self.stats_layer = FrameLayer(self.trunk.out_dim, stats_channels, (0,))
+        self.pooling = build_pooling(trunk_cls.pooling, stats_channels, options)
         self.segment1 = nn.Linear(2 * stats_channels, embed_dim)
         self.segment1_bn = nn.BatchNorm1d(embed_dim)
         self.segment2 = nn.Linear(embed_dim, embed_dim)
         self.segment2_bn = nn.BatchNorm1d(embed_dim)
-        self.phone_layer = len(layers) - 1 if phone_layer is None else phone_layer % len(layers)
+        layers = trunk_cls.taps()
+        self.phone_layer = layers - 1 if phone_layer is None else phone_layer % layers
         self.phone_layers = nn.ModuleList()
         self.phone_out: nn.Linear | None = None
         if phone_branch:
-            in_dim = self.trunk[self.phone_layer].out_dim
+            in_dim = self.trunk.tap_dim(self.phone_layer)
             for _ in range(phone_hidden_layers):
                 self.phone_layers.append(FrameLayer(in_dim, phone_channels, (0,)))
                 in_dim = phone_channels
@@ -130,12 +140,8 @@ class XVector(nn.Module):
         x = feats
         if mask is not None:
             x = x * mask.unsqueeze(2).to(x.dtype)
-        phone_in = None
-        for i, layer in enumerate(self.trunk):
-            x = layer(x, mask)
-            if i == self.phone_layer:
-                phone_in = x
-        stats = stats_pooling(self.stats_layer(x, mask), mask)
+        x, frame_mask, phone_in = self.trunk(x, mask, self.phone_layer)
+        stats = self.pooling(self.stats_layer(x, frame_mask), frame_mask)
         embedding = self.segment1(stats)
         hidden = self.segment1_bn(torch.relu(embedding))
         classifier_input = self.segment2_bn(torch.relu(self.segment2(hidden)))
@@ -152,11 +158,10 @@ class XVector(nn.Module):
     def macs_per_frame(self, phones: bool = True) -> int:
         """Multiply-accumulates per input frame of the frame-level layers (trunk, stats layer
         and, with `phones`, the phone branch); the segment layers run once per segment."""
-        layers = [*self.trunk, self.stats_layer]
+        after = self.stats_layer.macs_per_frame() + self.pooling.macs_per_frame()
+        macs = self.trunk.macs_per_frame() + after // self.trunk.time_stride
         if phones and self.phone_out is not None:
-            layers += list(self.phone_layers)
-        macs = sum(layer.macs_per_frame() for layer in layers)
-        if phones and self.phone_out is not None:
+            macs += sum(layer.macs_per_frame() for layer in self.phone_layers)
             macs += self.phone_out.weight.numel()
         return macs
 
@@ -168,22 +173,26 @@ class XVector(nn.Module):
 def build_model(cfg: Mapping[str, Any] | None, feat_dim: int, num_phones: int) -> XVector:
     """Build the x-vector from the `model` config section; a key not listed is an ApmError.
 
-    Keys (default): trunk (etdnn; or tdnn), channels (512), stats_channels (1500),
-    embed_dim (512), phone_branch (true), phone_layer (null = last trunk layer; negative
-    indices count from the end), phone_channels (512), phone_hidden_layers (3).
+    Keys (default): trunk (etdnn; or tdnn, ecapa_tdnn, resnet34), channels (512),
+    stats_channels (1500), embed_dim (512), phone_branch (true), phone_layer (null = last
+    trunk layer; negative indices count from the end), phone_channels (512),
+    phone_hidden_layers (3), and the keys and defaults a trunk adds or changes
+    (`apm.nnet.trunks`: ecapa_tdnn res2net_scale 8, se_channels 128, attention_channels 128,
+    channels 512, stats_channels 1536, embed_dim 192; resnet34 channels 32, embed_dim 256).
     `num_phones` is the size of the phone inventory (phones.txt); ignored without a phone
     branch. Logs the parameter count and the MACs per frame.
     """
-    c = merge_section(cfg, MODEL_DEFAULTS, "model")
-    check_choice(c["trunk"], tuple(TRUNKS), "trunk", "model")
-    for key in ("channels", "stats_channels", "embed_dim", "phone_channels"):
+    c = resolve_model_config(cfg)
+    ints = ["channels", "stats_channels", "embed_dim", "phone_channels"]
+    ints += [k for k in TRUNKS[c["trunk"]].defaults if k not in MODEL_DEFAULTS]
+    for key in ints:
         c[key] = check_int(c[key], key, "model", minimum=1)
     c["phone_hidden_layers"] = check_int(
         c["phone_hidden_layers"], "phone_hidden_layers", "model", minimum=0
     )
     check_choice(c["phone_branch"], (True, False), "phone_branch", "model")
     feat_dim = check_int(feat_dim, "feat_dim (feature dimension)", "model", minimum=1)
-    n_trunk = len(TRUNKS[c["trunk"]])
+    n_trunk = TRUNKS[c["trunk"]].taps()
     if c["phone_layer"] is not None:
         c["phone_layer"] = check_int(c["phone_layer"], "phone_layer", "model", minimum=-n_trunk)
         if c["phone_layer"] >= n_trunk:

@@ -1,7 +1,7 @@
 """System configuration (`conf/<system>.yaml`): sections, defaults of the `train` and `extract`
 sections, validation.
 
-The `model` and `loss` sections belong to `apm.nnet` and `apm.losses` (their MODEL_DEFAULTS and
+The `model` and `loss` sections belong to `apm.nnet` and `apm.losses` (their trunk's defaults and
 LOSS_DEFAULTS; values are checked when the model and loss are built); this module owns `train`
 and `extract`. Every key left out takes its default, and the resolved configuration (all keys
 of all sections, plus the seed) is what `exp/<system>/config.yaml` records.
@@ -16,7 +16,7 @@ import yaml
 
 from apm.features.augment import resolve_augment
 from apm.losses import LOSS_DEFAULTS, build_loss
-from apm.nnet import MODEL_DEFAULTS
+from apm.nnet.xvector import resolve_model_config
 from apm.utils.config import check_bool, check_int, check_number, load_yaml, merge_section
 from apm.utils.errors import ApmError
 
@@ -162,7 +162,7 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
         if not isinstance(raw.get(section), dict):
             raise ApmError(f"{where}: missing section '{section}'")
     cfg = {
-        "model": merge_section(raw["model"], MODEL_DEFAULTS, f"{where}: model"),
+        "model": resolve_model_config(raw["model"], f"{where}: model"),
         "loss": merge_section(raw["loss"], LOSS_DEFAULTS, f"{where}: loss"),
         "train": merge_section(raw.get("train") or {}, TRAIN_DEFAULTS, f"{where}: train"),
         "extract": merge_section(raw.get("extract") or {}, EXTRACT_DEFAULTS, f"{where}: extract"),
