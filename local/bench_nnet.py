@@ -21,11 +21,20 @@ elementwise autograd op at a time), with the fused node (now), and unpadded (nat
 BatchNorm, mask None), on the same model and batch, and prints frames/s and the ratios:
 
     .venv/bin/python local/bench_nnet.py --ab-masked-bn 8 --threads 1
+
+`--trunks N` instead compares the trunks (apm.nnet.trunks) in N interleaved rounds of one
+training step each (forward + APM multi-task loss + backward, half the batch padded): the
+E-TDNN, ECAPA-TDNN and ResNet34 of the recipe's CPU-sized configs (conf/apm_am.yaml,
+conf/ecapa_apm_am.yaml, conf/resnet34_apm_am.yaml) and of the paper-sized ones
+(conf/paper/...), printing the median frames/s and the ratio to the E-TDNN of the same size:
+
+    .venv/bin/python local/bench_nnet.py --trunks 5 --threads 1 --batch 16
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 
@@ -144,6 +153,45 @@ def ab_masked_bn(args: argparse.Namespace, configs: dict) -> None:
             print(f"{name:<20} {arm:<30} {frames / sec:>10.0f} {before / sec:>9.2f}x")
 
 
+TRUNK_CONFS = {"etdnn": "apm_am", "ecapa_tdnn": "ecapa_apm_am", "resnet34": "resnet34_apm_am"}
+
+
+def compare_trunks(args: argparse.Namespace) -> None:
+    """Interleaved rounds over the trunks' CPU- and paper-sized configs (see the docstring)."""
+    conf_dir = REPO / "egs/olr/conf"
+    print(f"{'size':<6} {'trunk':<11} {'Mparams':>8} {'MMAC/frame':>11} {'frames/s':>10} "
+          f"{'frames/CPU-s':>12} {'vs etdnn':>9}")  # fmt: skip
+    for size, folder in (("cpu", conf_dir), ("paper", conf_dir / "paper")):
+        arms = {}
+        for trunk, conf in TRUNK_CONFS.items():
+            cfg = yaml.safe_load((folder / f"{conf}.yaml").read_text())["model"]
+            torch.manual_seed(0)
+            model = build_model(cfg, args.feat_dim, args.phones).train()
+            crit = build_loss({"kind": "apm"}, model.embed_dim, args.langs)
+            arms[trunk] = (model, crit, [], [])
+        feats = torch.randn(args.batch, args.frames, args.feat_dim)
+        mask = torch.ones(args.batch, args.frames, dtype=torch.bool)
+        mask[::2, args.frames * 3 // 4 :] = False
+        phones = torch.randint(0, args.phones, (args.batch, args.frames))
+        langs = torch.randint(0, args.langs, (args.batch,))
+        for round_ in range(args.trunks + 1):  # round 0: warm-up, not timed
+            for model, crit, wall, cpu in arms.values():
+                start, cpu_start = time.perf_counter(), time.process_time()
+                crit(model(feats, mask), langs, phones, mask).loss.backward()
+                model.zero_grad(set_to_none=True)
+                if round_:
+                    wall.append(time.perf_counter() - start)
+                    cpu.append(time.process_time() - cpu_start)
+        frames = args.batch * args.frames
+        base = frames / statistics.median(arms["etdnn"][2])
+        for trunk, (model, _, wall, cpu) in arms.items():
+            rate = frames / statistics.median(wall)
+            macs = model.macs_per_frame() + model.macs_per_segment() / args.frames
+            print(f"{size:<6} {trunk:<11} {model.num_parameters() / 1e6:>8.2f} "
+                  f"{macs / 1e6:>11.2f} {rate:>10.0f} {frames / statistics.median(cpu):>12.0f} "
+                  f"{rate / base:>8.2f}x")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=32, help="segments per batch")
@@ -165,9 +213,23 @@ def main() -> None:
         metavar="N",
         help="time N interleaved rounds of old vs fused masked BatchNorm vs native, then exit",
     )
+    parser.add_argument(
+        "--trunks",
+        type=int,
+        default=0,
+        metavar="N",
+        help="compare the trunks' CPU- and paper-sized configs in N interleaved rounds, then exit",
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.trunks:
+        print(
+            f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads; batch "
+            f"{args.batch} x {args.frames} frames, half the segments padded by 1/4, APM loss"
+        )
+        compare_trunks(args)
+        return
     configs = dict(CONFIGS)
     if args.recipe_conf.is_file():
         model_cfg = yaml.safe_load(args.recipe_conf.read_text())["model"]

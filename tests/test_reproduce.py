@@ -337,8 +337,11 @@ def test_paper_network_configs(tmp_path):
     )
     for path in paper_conf.glob("*.yaml"):
         cfg = load_system_config(path)
-        assert (cfg["model"]["channels"], cfg["model"]["stats_channels"]) == (512, 1500)
-        assert cfg["model"]["embed_dim"] == 512 and cfg["train"]["epochs"] == 40
+        model = cfg["model"]
+        sizes = {"etdnn": (512, 1500, 512), "ecapa_tdnn": (512, 1536, 192),
+                 "resnet34": (32, 1280, 256)}[model["trunk"]]  # fmt: skip
+        assert (model["channels"], model["stats_channels"], model["embed_dim"]) == sizes
+        assert cfg["train"]["epochs"] == 40
         assert cfg["loss"] == load_system_config(CONF / path.name)["loss"]
         if cfg["model"]["phone_branch"]:
             assert cfg["model"]["phone_hidden_layers"] == 3

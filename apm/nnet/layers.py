@@ -147,7 +147,8 @@ class MaskedBatchNorm2d(nn.BatchNorm2d):
         y, mean, var, count = _MaskedBatchNorm.apply(rows, w, weight, bias, self.eps)
         if self.track_running_stats:
             update_running_stats(self, mean, var, count)
-        return y.view(batch, freqs, frames, channels).permute(0, 3, 1, 2).to(x.dtype)
+        # contiguous: conv2d backward on these strides (channels last) crashed (torch 2.13 CPU)
+        return y.view(batch, freqs, frames, channels).permute(0, 3, 1, 2).contiguous().to(x.dtype)
 
 
 def context_to_conv(context: Sequence[int]) -> tuple[int, int]:
