@@ -353,8 +353,10 @@ def load_package(model_dir: str | os.PathLike) -> Package:
     if settings.get("format") != FORMAT:
         raise ApmError(f"{model_dir}/package.json: format {settings.get('format')!r}, "
                        f"this code reads {FORMAT!r}")  # fmt: skip
+    rebuild = ("rebuild the package: steps/package_model.sh --data data --train-set train "
+               f"--dev-sets 'dev_full dev_short' {model_dir.parent}")  # fmt: skip
+    state = checkpoint.load(model_dir / "model.pt", rebuild)
     try:
-        state = torch.load(model_dir / "model.pt", map_location="cpu", weights_only=True)
         raw = torch.load(model_dir / "backend.pt", map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, OSError) as e:
         raise ApmError(f"{model_dir}: unreadable package file ({e})") from e

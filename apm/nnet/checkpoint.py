@@ -5,15 +5,21 @@ average of the last N of them.
 resolved config and `meta` (languages in class order, number of phones, feature dimension).
 Averaged weights do not match any checkpoint's BatchNorm statistics, so the trainer
 re-estimates those before writing it (`Trainer.recalibrate_batchnorm`).
+
+Every checkpoint (and a model package's `model.pt`) is read with `torch.load(weights_only=True)`:
+tensors, plain Python values and the numpy arrays of the saved RNG state (`SAFE_GLOBALS`),
+nothing that can run code, so a copied-in `exp/` is safe to load.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
 import re
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from apm.utils.errors import ApmError
@@ -53,14 +59,56 @@ def save(path: str | os.PathLike, state: dict) -> None:
         raise OSError(e.errno, e.strerror, os.fspath(path)) from e
 
 
-def load(path: str | os.PathLike) -> dict:
+# What a checkpoint holds besides tensors and plain values: numpy's RNG state (a uint32 array
+# in `rng.numpy`, np.random.get_state()). These rebuild arrays of plain numbers only.
+SAFE_GLOBALS = [
+    np._core.multiarray._reconstruct,
+    np.ndarray,
+    np.dtype,
+    type(np.dtype(np.uint32)),
+]
+RERUN_TRAINING = (
+    "delete it and rerun stage 4 (./run.sh --stage 4 --stop-stage 4 --systems <system> "
+    "--force true): training resumes after the last readable epoch checkpoint"
+)
+
+
+def load(path: str | os.PathLike, rebuild: str = RERUN_TRAINING) -> dict:
+    """The dict saved in `path`, read with `weights_only=True` (see the module docstring).
+
+    A missing, truncated or corrupt file, or one holding other objects than a checkpoint
+    does, is an ApmError naming `path` and saying how to write it again (`rebuild`).
+    """
     path = Path(path)
+    if path.is_dir():
+        raise ApmError(f"{path}: is a directory, not a checkpoint file")
     if not path.is_file():
         raise ApmError(f"{path}: checkpoint not found; train the system first (stage 4)")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ApmError(f"{path}: unreadable checkpoint ({e}); delete it and rerun") from e
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(e))
+        if unsafe is None:  # not a torch file, or a damaged one
+            raise ApmError(f"{path}: corrupt file ({_first_line(e)}); {rebuild}") from None
+        raise ApmError(
+            f"{path}: holds {unsafe.group(1)}, not only tensors and plain values, so it was "
+            f"not loaded (loading it could run code); this project does not write such files: "
+            f"{rebuild}"
+        ) from None
+    except Exception as e:  # any other failure to parse: truncated zip, legacy pickle junk
+        raise ApmError(f"{path}: unreadable or truncated ({_first_line(e)}); {rebuild}") from None
+    if not isinstance(state, dict):
+        raise ApmError(f"{path}: holds a {type(state).__name__}, not a checkpoint; {rebuild}")
+    return state
+
+
+def _first_line(error: BaseException) -> str:
+    """The first sentence of an error's message (torch's run on for lines), or its type."""
+    text = str(error).strip()
+    if not text or isinstance(error, KeyError):
+        return type(error).__name__ if not text else f"{type(error).__name__} {text}"
+    return text.splitlines()[0].split(". ")[0]
 
 
 def average_state_dicts(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
