@@ -148,6 +148,7 @@ def test_cli_any_rate_stereo_pipes_and_bad_files(recipe, tmp_path):
     sf.write(tmp_path / "8k.ogg", resample_poly(samples, 1, 2), 8000)
     (tmp_path / "bad.wav").write_text("not audio")
     sf.write(tmp_path / "empty.wav", np.zeros(10, dtype=np.float32), 16000)
+    (tmp_path / "clips").mkdir()
     scp = tmp_path / "wav.scp"
     scp.write_text(f"piped cat {wav} |\nfailing false |\n")
     names = [
@@ -158,18 +159,20 @@ def test_cli_any_rate_stereo_pipes_and_bad_files(recipe, tmp_path):
         "bad.wav",
         "missing.wav",
         "empty.wav",
+        "clips",
     ]
     r = _identify("--model", str(recipe / "exp" / SYSTEM / "model"), "--format", "json",
                   "--wav-scp", str(scp), *names, cwd=tmp_path)  # fmt: skip
     assert r.returncode == 1
     out = {a["input"]: a for a in map(json.loads, r.stdout.splitlines())}
     assert list(out) == [*names, "piped", "failing"]  # every input answered, in order
-    for bad in ("bad.wav", "missing.wav", "empty.wav", "failing"):
+    for bad in ("bad.wav", "missing.wav", "empty.wav", "clips", "failing"):
         assert "error" in out[bad] and f"ERROR {bad}: " in r.stderr
     assert (
         "no such file" in out["missing.wav"]["error"] and "too short" in out["empty.wav"]["error"]
     )
-    assert "4 of 9 inputs failed" in r.stderr
+    assert "is a directory, not an audio file" in out["clips"]["error"]
+    assert "5 of 10 inputs failed" in r.stderr
     lid = LanguageIdentifier.from_dir(recipe / "exp" / SYSTEM / "model")
     direct = lid.identify(wav)
     for same in ("stereo16k.wav", "piped"):  # identical samples: identical answers

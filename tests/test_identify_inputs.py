@@ -4,6 +4,7 @@ samples with the input named, silence is warned about, cuda without CUDA is a cl
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
@@ -26,18 +27,32 @@ def _input_side() -> LanguageIdentifier:
     return lid
 
 
-@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
-def test_non_finite_samples_are_refused(tmp_path, bad):
+@pytest.mark.parametrize("bad, name", [(np.nan, "NaN"), (np.inf, "+Inf"), (-np.inf, "-Inf")])
+def test_non_finite_samples_are_refused_and_named(tmp_path, bad, name):
     x = np.full(16000, 0.1, dtype=np.float32)
     x[777] = bad
+    x[900:902] = np.nan
     path = tmp_path / "bad.wav"
     sf.write(path, x, 16000, subtype="FLOAT")
-    with pytest.raises(
-        ApmError, match=r"1 NaN or infinite sample\(s\) \(the first is sample 777\)"
-    ):
+    counts = "3 NaN" if name == "NaN" else f"2 NaN, 1 {name}"
+    expected = r"audio has 3 NaN or infinite sample\(s\) \(the first is sample 777\): " + re.escape(
+        f"{counts} (sample 777 is {name}); the file is corrupt"
+    )
+    with pytest.raises(ApmError, match=expected):
         read_audio(path)
-    with pytest.raises(ApmError, match="NaN or infinite"):
+    with pytest.raises(ApmError, match=re.escape(f"(sample 777 is {name}); pass finite samples")):
         _input_side().load(x, 16000)
+
+
+def test_a_directory_is_reported_as_a_directory(tmp_path):
+    (tmp_path / "clips").mkdir()
+    for source in (tmp_path / "clips", str(tmp_path / "clips")):
+        with pytest.raises(ApmError, match="is a directory, not an audio file"):
+            read_audio(source)
+        with pytest.raises(ApmError, match="is a directory"):
+            _input_side().load(source)
+    with pytest.raises(ApmError, match="^no such file$"):
+        read_audio(tmp_path / "missing.wav")
 
 
 def test_digital_silence_is_warned_about(caplog):

@@ -73,9 +73,16 @@ def check_finite(samples: np.ndarray, offset: int = 0) -> None:
     bad = ~np.isfinite(samples)
     if bad.any():
         rows = bad.reshape(len(samples), -1).any(axis=1)
+        first = int(np.argmax(rows))
+        kinds = {"NaN": np.isnan(samples), "+Inf": np.isposinf(samples),
+                 "-Inf": np.isneginf(samples)}  # fmt: skip
+        counts = {k: int(v.reshape(len(samples), -1).any(axis=1).sum()) for k, v in kinds.items()}
+        what = next(k for k, v in kinds.items() if v.reshape(len(samples), -1)[first].any())
         raise AudioProblem(
             f"audio has {int(rows.sum())} NaN or infinite sample(s) (the first is sample "
-            f"{offset + int(np.argmax(rows))})",
+            f"{offset + first}): "
+            + ", ".join(f"{n} {k}" for k, n in counts.items() if n)
+            + f" (sample {offset + first} is {what})",
             "the file is corrupt: copy it again from the release, or remove it "
             "(--skip-bad true leaves it out and counts it)",
         )

@@ -76,11 +76,16 @@ def read_audio(source: str | os.PathLike) -> tuple[np.ndarray, int]:
         if is_pipe(text):
             data, rate = sf.read(io.BytesIO(run_pipe(text)), dtype="float32", always_2d=True)
         else:
+            if Path(text).is_dir():
+                raise ApmError("is a directory, not an audio file: give the audio files in it "
+                               "(e.g. dir/*.wav) or a --wav-scp listing them")  # fmt: skip
             if not Path(text).is_file():
                 raise ApmError("no such file")
             data, rate = sf.read(text, dtype="float32", always_2d=True)
         check_finite(data)
     except AudioProblem as e:
+        if e.what.startswith("audio has"):  # NaN/Inf samples
+            raise ApmError(f"{e.what}; the file is corrupt: decode or copy it again") from None
         raise ApmError(str(e)) from None
     except (sf.LibsndfileError, RuntimeError, TypeError, ValueError) as e:
         raise ApmError(f"cannot decode audio ({e})") from None
@@ -156,7 +161,7 @@ class LanguageIdentifier:
             try:
                 check_finite(data)
             except AudioProblem as e:
-                raise ApmError(str(e)) from None
+                raise ApmError(f"{e.what}; pass finite samples") from None
         return to_mono_16k(data, rate)
 
     def features(self, samples: np.ndarray, name: str = "input") -> np.ndarray:
