@@ -3,6 +3,7 @@ with the phone branch, every margin kind, padded batches and exports."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -195,7 +196,6 @@ def test_phone_layer_taps_every_trunk_layer(trunk):
 def test_torchscript_and_onnx_export_match_eager(trunk, tmp_path):
     """The exported graphs (traced at one length) give the eager x-vector and language
     scores at other lengths, as apm.infer.export writes them, for every trunk."""
-    import numpy as np
     import onnxruntime
 
     from apm.infer.export import ExportedNetwork, write_export
@@ -238,3 +238,57 @@ def test_macs_count_every_layer():
         for i, stage in enumerate(resnet.stages, 1)
     )
     assert resnet.macs_per_frame() < full_rate
+
+
+@pytest.fixture(scope="module")
+def toy_corpus(tmp_path_factory):
+    from apm.train.toy import make_toy_corpus
+
+    return make_toy_corpus(tmp_path_factory.mktemp("toy"), num_langs=LANGS, utts_per_lang=6)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("trunk", list(TRUNKS))
+def test_train_extract_score_on_the_toy_corpus(trunk, toy_corpus, tmp_path):
+    """Stages 4-6 with each trunk on the toy corpus: two epochs of APM multi-task training
+    (resumable checkpoints, final.pt read back weights-only), x-vectors, LR and classifier
+    back-end scores with a Cavg."""
+    from apm.backend import BackendConfig, score_system
+    from apm.data.trials import Trial, write_trials
+    from apm.extract.xvectors import ExtractJob, run_extraction
+    from apm.metrics import align_trials, challenge_cavg, read_scores
+    from apm.nnet import checkpoint
+    from apm.train.job import TrainJob, run_training
+    from apm.utils import write_kv
+
+    raw = toy_config(epochs=2, average_last=2, bn_recalibration_batches=2)
+    raw["model"] = {"trunk": trunk, **SMALL[trunk], "phone_channels": 16,
+                    "phone_hidden_layers": 1}  # fmt: skip
+    cfg = resolve_config(raw, "toy", seed=1)
+    exp, data = tmp_path / "exp", tmp_path / "data"
+    run_training(TrainJob(cfg, toy_corpus.fbank_dir, exp, toy_corpus.ali_dir))
+    final = checkpoint.load(exp / "final.pt")
+    assert final["config"]["model"]["trunk"] == trunk and final["averaged_epochs"] == [1, 2]
+    assert checkpoint.load(exp / "checkpoints" / "epoch_2.pt")["epoch"] == 2
+    fbank = toy_corpus.fbank_dir
+    job = ExtractJob(exp, fbank, exp / "xvectors" / "train", device="cpu",
+                     more_sets=((fbank, exp / "xvectors" / "task"),))  # fmt: skip
+    run_extraction(job)
+    utt2lang = {
+        line.split()[0]: line.split()[0].split("_")[0]
+        for line in (exp / "xvectors" / "task" / "xvector.scp").read_text().splitlines()
+    }
+    assert len(utt2lang) == LANGS * 6
+    for name in ("train", "task"):
+        write_kv(data / name / "utt2lang", utt2lang)
+    trials = [Trial(t, u, t == lang) for u, lang in sorted(utt2lang.items())
+              for t in toy_corpus.languages]  # fmt: skip
+    write_trials(data / "task" / "trials", trials)
+    conf = BackendConfig(primary="lr", backends=["lr", "classifier"])
+    score_system(exp, data, "train", ["task"], conf)
+    for name in ("task.score", "task.classifier.score"):
+        scores = read_scores(exp / "scores" / name)
+        assert scores.languages == toy_corpus.languages and len(scores.utts) == len(utt2lang)
+        assert np.isfinite(scores.matrix).all()
+        trial_scores = align_trials(trials, scores, data / "task" / "trials")
+        assert 0.0 <= challenge_cavg(trial_scores).cavg <= 1.0
