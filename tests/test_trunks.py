@@ -292,3 +292,23 @@ def test_train_extract_score_on_the_toy_corpus(trunk, toy_corpus, tmp_path):
         assert np.isfinite(scores.matrix).all()
         trial_scores = align_trials(trials, scores, data / "task" / "trials")
         assert 0.0 <= challenge_cavg(trial_scores).cavg <= 1.0
+
+
+def test_recipe_configs_of_every_trunk_and_margin(repo_root):
+    """conf/{ecapa,resnet34}_<margin>.yaml (CPU-sized) and conf/paper/ (paper-sized): one per
+    trunk and margin system, with the loss and schedule of the E-TDNN system of that name."""
+    from apm.train.config import load_system_config
+
+    conf = repo_root / "egs/olr/conf"
+    margins = ["softmax", "am", "aam", "apm_am", "apm_aam"]
+    for folder in (conf, conf / "paper"):
+        for prefix, trunk in (("ecapa", "ecapa_tdnn"), ("resnet34", "resnet34")):
+            found = sorted(p.stem for p in folder.glob(f"{prefix}_*.yaml"))
+            assert found == sorted(f"{prefix}_{m}" for m in margins)
+            for margin in margins:
+                cfg = load_system_config(folder / f"{prefix}_{margin}.yaml")
+                base = load_system_config(folder / f"{margin}.yaml")
+                assert cfg["model"]["trunk"] == trunk and cfg["model"]["phone_branch"]
+                assert cfg["loss"] == base["loss"] and cfg["train"] == base["train"]
+                if folder == conf or margin == "apm_am":
+                    build_model(cfg["model"], 40, 40)
