@@ -312,3 +312,16 @@ def test_recipe_configs_of_every_trunk_and_margin(repo_root):
                 assert cfg["loss"] == base["loss"] and cfg["train"] == base["train"]
                 if folder == conf or margin == "apm_am":
                     build_model(cfg["model"], 40, 40)
+
+
+@pytest.mark.parametrize("trunk", ["ecapa_tdnn", "resnet34"])
+def test_bf16_and_fp16_autocast_training_is_finite(trunk):
+    model = small(trunk).train()
+    _, batch, mask = _padded([40, 26, 11], 0.0)
+    for dtype in (torch.bfloat16, torch.float16):
+        with torch.autocast("cpu", dtype=dtype):
+            out = model(batch * 10, mask)
+        assert torch.isfinite(out.embedding.float()).all()
+        assert torch.isfinite(out.phone_logits.float()).all()
+        (out.embedding.float().square().sum() + out.phone_logits.float().sum()).backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
