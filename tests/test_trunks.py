@@ -270,27 +270,23 @@ def test_train_extract_score_on_the_toy_corpus(trunk, toy_corpus, tmp_path):
     final = checkpoint.load(exp / "final.pt")
     assert final["config"]["model"]["trunk"] == trunk and final["averaged_epochs"] == [1, 2]
     assert checkpoint.load(exp / "checkpoints" / "epoch_2.pt")["epoch"] == 2
-    fbank = toy_corpus.fbank_dir
-    job = ExtractJob(exp, fbank, exp / "xvectors" / "train", device="cpu",
-                     more_sets=((fbank, exp / "xvectors" / "task"),))  # fmt: skip
-    run_extraction(job)
+    run_extraction(ExtractJob(exp, toy_corpus.fbank_dir, exp / "xvectors" / "train", device="cpu"))
     utt2lang = {
         line.split()[0]: line.split()[0].split("_")[0]
-        for line in (exp / "xvectors" / "task" / "xvector.scp").read_text().splitlines()
+        for line in (exp / "xvectors" / "train" / "xvector.scp").read_text().splitlines()
     }
     assert len(utt2lang) == LANGS * 6
-    for name in ("train", "task"):
-        write_kv(data / name / "utt2lang", utt2lang)
+    write_kv(data / "train" / "utt2lang", utt2lang)
     trials = [Trial(t, u, t == lang) for u, lang in sorted(utt2lang.items())
               for t in toy_corpus.languages]  # fmt: skip
-    write_trials(data / "task" / "trials", trials)
+    write_trials(data / "train" / "trials", trials)  # the training set scored as a task
     conf = BackendConfig(primary="lr", backends=["lr", "classifier"])
-    score_system(exp, data, "train", ["task"], conf)
-    for name in ("task.score", "task.classifier.score"):
+    score_system(exp, data, "train", ["train"], conf)
+    for name in ("train.score", "train.classifier.score"):
         scores = read_scores(exp / "scores" / name)
         assert scores.languages == toy_corpus.languages and len(scores.utts) == len(utt2lang)
         assert np.isfinite(scores.matrix).all()
-        trial_scores = align_trials(trials, scores, data / "task" / "trials")
+        trial_scores = align_trials(trials, scores, data / "train" / "trials")
         assert 0.0 <= challenge_cavg(trial_scores).cavg <= 1.0
 
 
