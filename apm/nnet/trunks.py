@@ -108,8 +108,9 @@ class SqueezeExcite(nn.Module):
 
 
 class Res2Layer(nn.Module):
-    """Res2Net: `scale` channel groups; group i > 0 (but the last) gets a dilated TDNN layer
-    of itself plus the previous group's output; the last group passes through."""
+    """Res2Net: `scale` channel groups; each group but the last gets a dilated TDNN layer of
+    itself (from the second group on, plus the previous layer's output); the last group passes
+    through unchanged (as WeSpeaker's Res2Conv1dReluBn). `scale` 1: one layer on all channels."""
 
     def __init__(self, channels: int, scale: int, dilation: int) -> None:
         super().__init__()
