@@ -140,13 +140,15 @@ class XVector(nn.Module):
         x = feats
         if mask is not None:
             x = x * mask.unsqueeze(2).to(x.dtype)
-        x, frame_mask, phone_in = self.trunk(x, mask, self.phone_layer)
+        with_phones = phones and self.phone_out is not None
+        tap = self.phone_layer if with_phones else -1  # -1: no tap (nothing to repeat)
+        x, frame_mask, phone_in = self.trunk(x, mask, tap)
         stats = self.pooling(self.stats_layer(x, frame_mask), frame_mask)
         embedding = self.segment1(stats)
         hidden = self.segment1_bn(torch.relu(embedding))
         classifier_input = self.segment2_bn(torch.relu(self.segment2(hidden)))
         phone_logits = None
-        if phones and self.phone_out is not None:
+        if with_phones and self.phone_out is not None:
             for layer in self.phone_layers:
                 phone_in = layer(phone_in, mask)
             phone_logits = self.phone_out(phone_in)
