@@ -53,6 +53,10 @@ def test_a_directory_is_reported_as_a_directory(tmp_path):
             _input_side().load(source)
     with pytest.raises(ApmError, match="^no such file$"):
         read_audio(tmp_path / "missing.wav")
+    from apm.bin.identify import read_wav_scp
+
+    with pytest.raises(ApmError, match="clips: is a directory; --wav-scp takes a Kaldi wav.scp"):
+        read_wav_scp(str(tmp_path / "clips"))
 
 
 def test_digital_silence_is_warned_about(caplog):

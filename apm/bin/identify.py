@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from apm.bin.cli import main
@@ -43,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_wav_scp(path: str) -> list[tuple[str, str]]:
     entries = []
+    if os.path.isdir(path):
+        raise ApmError(f"{path}: is a directory; --wav-scp takes a Kaldi wav.scp file (give "
+                       "audio files in a directory as arguments, e.g. dir/*.wav)")  # fmt: skip
     try:
         lines = open(path, encoding="utf-8").read().splitlines()
     except OSError as e:
