@@ -61,8 +61,9 @@ def save(path: str | os.PathLike, state: dict) -> None:
 
 # What a checkpoint holds besides tensors and plain values: numpy's RNG state (a uint32 array
 # in `rng.numpy`, np.random.get_state()). These rebuild arrays of plain numbers only.
+_NP_CORE = np._core if hasattr(np, "_core") else np.core  # numpy 2 | numpy 1.26
 SAFE_GLOBALS = [
-    np._core.multiarray._reconstruct,
+    _NP_CORE.multiarray._reconstruct,
     np.ndarray,
     np.dtype,
     type(np.dtype(np.uint32)),
