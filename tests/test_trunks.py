@@ -321,3 +321,19 @@ def test_bf16_and_fp16_autocast_training_is_finite(trunk):
         assert torch.isfinite(out.phone_logits.float()).all()
         (out.embedding.float().square().sum() + out.phone_logits.float().sum()).backward()
         assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+def test_resnet34_recipe_sized_masked_backward(repo_root):
+    """The recipe's CPU-sized ResNet34 on 40-dim fbank trains on a padded batch: with
+    MaskedBatchNorm2d's output left in permuted strides, conv2d's backward crashed the process
+    (double free, torch 2.13 CPU oneDNN) at these sizes though not at the tiny ones above."""
+    import yaml
+
+    cfg = yaml.safe_load((repo_root / "egs/olr/conf/resnet34_apm_am.yaml").read_text())["model"]
+    torch.manual_seed(0)
+    model = build_model(cfg, 40, PHONES).train()
+    batch, mask = torch.randn(4, 200, 40), torch.ones(4, 200, dtype=torch.bool)
+    mask[::2, 150:] = False
+    out = model(batch, mask)
+    (out.classifier_input.square().sum() + out.phone_logits.sum()).backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
