@@ -104,6 +104,13 @@ def test_backend_registry_adds_a_backend_with_one_class_and_one_line(tmp_path, m
         def __call__(self, z):
             return -np.linalg.norm(z[:, None, :] - self.means[None], axis=2)
 
+        def state(self):
+            return {"means": self.means}
+
+        def load_state(self, arrays):
+            self.means = arrays["means"]
+            return self
+
     monkeypatch.setitem(BACKENDS, "nearest", Nearest)
     (tmp_path / "b.yaml").write_text("primary: nearest\nbackends: [nearest, classifier]\n")
     conf = load_backend_config(tmp_path / "b.yaml")

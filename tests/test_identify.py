@@ -73,8 +73,13 @@ def _identify(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_package_is_self_contained_and_weights_only(recipe):
     model = recipe / "exp" / SYSTEM / "model"
     assert sorted(p.name for p in model.iterdir()) == sorted(FILES)
-    for name in ("model.pt", "backend.pt"):
-        torch.load(model / name, weights_only=True)  # tensors and plain values only
+    torch.load(model / "model.pt", weights_only=True)  # tensors and plain values only
+    with np.load(model / "backend.npz", allow_pickle=False) as arrays:  # float arrays only
+        assert all(arrays[k].dtype == np.float64 for k in arrays.files)
+    for name in ("backend.json", "backend.npz"):  # stage 6's fitted back-end, copied as is
+        assert (model / name).read_bytes() == (
+            recipe / "exp" / SYSTEM / "backend" / name
+        ).read_bytes()
     languages = (recipe / "exp" / SYSTEM / "languages.txt").read_text().split()
     assert (model / "languages.txt").read_text().split() == languages
     settings = json.loads((model / "package.json").read_text())
@@ -83,14 +88,20 @@ def test_package_is_self_contained_and_weights_only(recipe):
     # the default unknown threshold was chosen on the dev sets (run.sh passes them)
     assert "dev sets dev_full dev_short (24 utterances)" in settings["unknown_threshold_source"]
     assert 0 <= settings["unknown_threshold"] < 1
+    # mini-OLR has no open-set dev set: the package says the threshold was never checked
+    assert settings["unknown_threshold_checked_on_unknown_languages"] is False
+    assert "never checked on utterances of languages" in settings["unknown_threshold_source"]
+    assert settings["calibrated_backends"] == sorted(BACKENDS)
     card = (model / "MODEL.md").read_text()
+    assert "eSpeak" in card and "Real human speech is out\nof domain" in card
+    assert "never checked" in card and "calibrated: multiclass logistic regression" in card
     results = json.loads((recipe / "exp" / SYSTEM / "results.json").read_text())
     assert all(lang in card for lang in languages)
     assert f"| task_full | {results['tasks']['task_full']['cavg']} |" in card
     # Loadable after the recipe's tree is gone: a copy elsewhere identifies alone.
     moved = recipe / "moved_model"
     subprocess.run(["cp", "-r", str(model), str(moved)], check=True)
-    assert len(load_package(moved).backends) == 3
+    assert list(load_package(moved).backend.models) == list(BACKENDS)
 
 
 @pytest.mark.slow
@@ -104,6 +115,7 @@ def test_identify_matches_stage_6_scores(recipe, task):
     for backend in BACKENDS:
         suffix = "score" if backend == "lr" else f"{backend}.score"
         expected = _scores(recipe / "exp" / SYSTEM / "scores" / f"{task}.{suffix}")
+        calibrated = _scores(recipe / "exp" / SYSTEM / "scores" / "calibrated" / f"{task}.{suffix}")
         lid = LanguageIdentifier.from_dir(recipe / "exp" / SYSTEM / "model", backend=backend)
         utts = sorted(expected)
         results = lid.identify_batch([wavs[u] for u in utts])
@@ -114,8 +126,42 @@ def test_identify_matches_stage_6_scores(recipe, task):
             assert abs(post.sum() - 1) < 1e-9 and result.top[0] == (best, post.max())
             unknown = post.max() < lid.unknown_threshold  # the package's dev-chosen default
             assert result.language == ("unknown" if unknown else best)
-            if backend != "cosine":  # log-posteriors: the posteriors are their exp
-                np.testing.assert_allclose(np.log(post), expected[utt], atol=1e-4)
+            # the posteriors are the calibrated ones stage 6 writes (log-posteriors)
+            np.testing.assert_allclose(np.log(post), calibrated[utt], atol=1e-4)
+
+
+@pytest.mark.slow
+def test_package_backend_gives_stage_6_scores_exactly(recipe):
+    """The package's back-end on stage 5's x-vectors and logits writes the very score files of
+    stage 6, raw and calibrated: one saved model, no refit, no second implementation."""
+    import kaldiio
+
+    from apm.metrics.scorefile import write_matrix
+
+    backend = load_package(recipe / "exp" / SYSTEM / "model").backend
+    scores_dir = recipe / "exp" / SYSTEM / "scores"
+    for task in ("dev_full", "task_full", "task_open"):
+        vectors = {}
+        for kind, scp in (("xvector", "xvector.scp"), ("logits", "logits.scp")):
+            table = dict(
+                kaldiio.load_scp_sequential(str(recipe / f"exp/{SYSTEM}/xvectors/{task}/{scp}"))
+            )
+            vectors[kind] = table
+        for name in BACKENDS:
+            suffix = "score" if name == "lr" else f"{name}.score"
+            utts = [
+                ln.split()[0]
+                for ln in (scores_dir / f"{task}.{suffix}").read_text().splitlines()[1:]
+            ]
+            inputs = np.stack([vectors[backend.input(name)][u] for u in utts])
+            raw = backend.scores(name, inputs)
+            out = recipe / "rescored"
+            write_matrix(out / "raw", backend.languages, utts, raw)
+            write_matrix(out / "cal", backend.languages, utts, backend.calibrated(name, raw))
+            assert (out / "raw").read_text() == (scores_dir / f"{task}.{suffix}").read_text()
+            assert (out / "cal").read_text() == (
+                scores_dir / "calibrated" / f"{task}.{suffix}"
+            ).read_text()
 
 
 @pytest.mark.slow
