@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -240,6 +241,8 @@ def test_unknown_threshold_and_table(recipe):
     assert r.returncode == 0, r.stderr
     header, line = r.stdout.splitlines()
     assert header.startswith("# input") and line.split("\t")[0] == wav
+    # mini-OLR has no open-set dev set: identify says the threshold was never checked
+    assert "was never checked on languages the model does not know" in r.stderr
     r = _identify("--model", str(recipe / "nowhere"), wav, cwd=recipe)
     assert r.returncode == 1 and "not a model package" in r.stderr
 
@@ -309,6 +312,53 @@ def test_export_onnx_and_torchscript_match_pytorch(recipe, tmp_path):
             np.testing.assert_allclose(post[0], posteriors, atol=1e-4)
             np.testing.assert_allclose(emb[0], expected.embedding, atol=1e-4)
     assert len(lengths) > 2 and EXAMPLE_FRAMES not in lengths
+
+
+@pytest.mark.slow
+def test_corrupt_package_files_are_clear_errors(recipe, tmp_path):
+    """A damaged package.json or back-end file: an ApmError naming it and how to rebuild
+    the package, not a JSONDecodeError or KeyError traceback."""
+    from apm import LanguageIdentifier
+    from apm.utils import ApmError
+
+    cases = {
+        "package.json": (b'{"format": "apm-mod', r"package.json: corrupt, not JSON"),
+        "backend.json": (b"\x00\xff", r"backend.json: corrupt, not JSON"),
+        "backend.npz": (b"PK\x03\x04", r"backend.npz: does not match .*backend.json"),
+    }
+    for name, (content, message) in cases.items():
+        model = tmp_path / name
+        shutil.copytree(recipe / "exp" / SYSTEM / "model", model)
+        (model / name).write_bytes(content)
+        with pytest.raises(ApmError, match=message + r".*rebuild the package: python -m "
+                           r"apm.bin.package_model"):  # fmt: skip
+            LanguageIdentifier.from_dir(model)
+    r = _identify("--model", str(tmp_path / "package.json"), "x.wav", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "package.json: corrupt" in r.stderr
+
+
+def test_unknown_threshold_is_chosen_on_open_set_dev_sets(tmp_path):
+    """With an open-set dev set among the dev sets, the threshold is chosen on it alone and
+    marked as checked on unknown languages; with closed-set ones only, it says it never was."""
+    from test_backend import make_system
+
+    from apm.backend import BackendConfig, score_system
+    from apm.backend.scoring import load_system_backend
+    from apm.infer.package import NOT_CHECKED, choose_unknown_threshold
+
+    system = make_system(tmp_path)
+    score_system(system, tmp_path / "data", "train", ["task_full", "task_open"],
+                 BackendConfig(), dev_sets=["task_full"])  # fmt: skip
+    fb = load_system_backend(system)
+    data = tmp_path / "data"
+    threshold, source, checked = choose_unknown_threshold(
+        system, data, ["task_full", "task_open"], fb
+    )
+    assert checked and "open-set dev sets task_open (40 utterances)" in source
+    assert NOT_CHECKED not in source and 0 < threshold < 1
+    threshold, source, checked = choose_unknown_threshold(system, data, ["task_full"], fb)
+    assert not checked and source.endswith(NOT_CHECKED) and "dev sets task_full (30" in source
+    assert choose_unknown_threshold(system, data, [], fb)[2] is False
 
 
 def test_equal_error_threshold():
