@@ -184,3 +184,30 @@ def test_fusion_errors(tmp_path):
     (exp / "trained" / "final.pt").write_bytes(b"")
     with pytest.raises(ApmError, match="is a trained system"):
         fuse_systems(exp, ["sys", "sys2"], data, ["task_full"], tasks, name="trained")
+
+
+def test_fuse_step_script_and_report(tmp_path, repo_root, shell_env):
+    """steps/fuse.sh writes exp/fusion, which stage 7's report shows as one more row with
+    its calibrated metrics."""
+    import subprocess
+
+    tasks = _two_systems(tmp_path)
+    script = str(repo_root / "steps/fuse.sh")
+    r = subprocess.run([script, "exp", "sys"], cwd=tmp_path, env=shell_env, capture_output=True,
+                       text=True)  # fmt: skip
+    assert r.returncode == 1 and "Usage:" in r.stderr
+    cmd = [script, "--data", "data", "--dev-sets", "task_full", "--tasks", " ".join(tasks),
+           "exp", "sys", "sys2"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=tmp_path, env=shell_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "exp/log/fuse.log").is_file()
+    cmd = [str(repo_root / "steps/report.sh"), "--data", "data", "--test-sets", " ".join(tasks),
+           "--output", "RESULTS.md", "exp", "sys", "fusion"]  # fmt: skip
+    r = subprocess.run(cmd, cwd=tmp_path, env=shell_env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "| fusion | 0." in md and "Calibrated (multiclass" in md
+    results = json.loads((tmp_path / "exp/fusion/results.json").read_text())
+    entry = results["tasks"]["task_open"]
+    assert entry["open_set"] and entry["cllr"] == entry["uncalibrated_cllr"]  # fused = calibrated
+    assert entry["calibrated_min_cavg"] <= entry["actual_cavg"]
