@@ -74,10 +74,11 @@ def detection_llrs(log_likelihoods: np.ndarray) -> np.ndarray:
 
 def calibration_metrics(ts: TrialScores, calibrated: TrialScores, open_set: bool) -> dict:
     """Cllr (uncalibrated `ts` and `calibrated`), min Cllr, actual and minimum Cavg of the
-    calibrated detection llrs, of one task's trials; Nones when the trials are not a full
-    utterance x language matrix. Known-language utterances only enter Cllr."""
+    calibrated detection llrs, and the identification accuracy (%) of the calibrated scores,
+    of one task's trials; Nones when the trials are not a full utterance x language matrix.
+    Known-language utterances only enter Cllr and the accuracy."""
     none = dict.fromkeys(("uncalibrated_cllr", "cllr", "min_cllr", "actual_cavg",
-                          "calibrated_min_cavg"))  # fmt: skip
+                          "calibrated_min_cavg", "calibrated_accuracy"))  # fmt: skip
     raw, cal = utterance_scores(ts), utterance_scores(calibrated)
     if (ts.n_lang < 2 or ts.utts != calibrated.utts or ts.languages != calibrated.languages
             or not (np.isfinite(raw).all() and np.isfinite(cal).all())):  # fmt: skip
@@ -93,6 +94,12 @@ def calibration_metrics(ts: TrialScores, calibrated: TrialScores, open_set: bool
         "min_cllr": None,
         "actual_cavg": round(float(actual[0]), 4),
         "calibrated_min_cavg": min_cavg(llr_ts, open_set).cavg,
+        # identification by the calibrated posteriors (what identify answers at threshold 0)
+        "calibrated_accuracy": (
+            round(100.0 * float(np.mean(cal[known].argmax(axis=1) == cls[known])), 2)
+            if known.any()
+            else None
+        ),  # fmt: skip
     }
     if len(np.unique(cls[known])) >= 2:
         out["uncalibrated_cllr"] = round(multiclass_cllr(raw[known], ts.utt_cls[known]), 4)

@@ -18,8 +18,9 @@
           # with scores/calibrated/<task>.score (stage 6 with dev sets; apm.metrics.cllr):
           "uncalibrated_cllr", "cllr", "min_cllr",   # multiclass Cllr (bits) of the primary
                                             # scores, of the calibrated ones, and its minimum
-          "actual_cavg", "calibrated_min_cavg"  # Cavg of the calibrated detection llrs at
+          "actual_cavg", "calibrated_min_cavg",  # Cavg of the calibrated detection llrs at
                                             # the Bayes threshold 0, and over all thresholds
+          "calibrated_accuracy"             # % identified by the calibrated posteriors
         }, ...
       },
       "missing_tasks": ["task_noisy"]       # asked for but without scores/<task>.score
