@@ -3,16 +3,17 @@
 set -euo pipefail
 
 help_message="Usage: $0 [options] <exp/system>
-Writes <exp/system>/model/: network weights, the stage 6 back-ends (fitted again on the same
-x-vectors with the configuration stage 6 recorded), languages.txt, feature/VAD/CMN settings,
-package.json and MODEL.md (with the stage 7 results); the default 'unknown' threshold of
-identify is chosen on the stage 6 scores of --dev-sets (none: 0, never unknown).
+Writes <exp/system>/model/: network weights, the back-end stage 6 saved (<exp/system>/backend/,
+copied with its calibration), languages.txt, feature/VAD/CMN settings, package.json and MODEL.md
+(--data-card's description of the training corpus, the stage 7 results); the default 'unknown'
+threshold of identify is chosen on the stage 6 scores of --dev-sets (their open-set ones when
+there are any; none: 0, never unknown).
 Use it with python -m apm.bin.identify.
-Example: $0 --fbank-conf conf/fbank.yaml --data data --train-set train --dev-sets \"dev_full dev_short\" exp/apm_am"
+Example: $0 --fbank-conf conf/fbank.yaml --data data --dev-sets \"dev_full dev_short\" exp/apm_am"
 
 fbank_conf=conf/fbank.yaml  # the stage 2 feature configuration
 data=data                   # directory holding the Kaldi data dirs
-train_set=train             # the set the back-end was trained on (stage 6's back-end training set)
+data_card=                  # markdown file describing the training corpus (MODEL.md); empty: none
 dev_sets=                   # scored dev sets: the default 'unknown' threshold is chosen on them
 
 . "$(cd "$(dirname "$0")" && pwd -P)/../path.sh"  # physical: recipes reach steps/ via a symlink
@@ -24,5 +25,5 @@ if [ $# -ne 1 ]; then
 fi
 system_dir=$1
 
-python -m apm.bin.package_model --fbank-conf "$fbank_conf" --data "$data" --train-set "$train_set" \
-  --dev-sets "$dev_sets" --log-file "$system_dir/log/package.log" "$system_dir"
+python -m apm.bin.package_model --fbank-conf "$fbank_conf" --data "$data" \
+  ${data_card:+--data-card "$data_card"} --dev-sets "$dev_sets" --log-file "$system_dir/log/package.log" "$system_dir"

@@ -104,6 +104,13 @@ def test_backend_registry_adds_a_backend_with_one_class_and_one_line(tmp_path, m
         def __call__(self, z):
             return -np.linalg.norm(z[:, None, :] - self.means[None], axis=2)
 
+        def state(self):
+            return {"means": self.means}
+
+        def load_state(self, arrays):
+            self.means = arrays["means"]
+            return self
+
     monkeypatch.setitem(BACKENDS, "nearest", Nearest)
     (tmp_path / "b.yaml").write_text("primary: nearest\nbackends: [nearest, classifier]\n")
     conf = load_backend_config(tmp_path / "b.yaml")
@@ -316,3 +323,106 @@ def test_logistic_backend_scores_two_languages():
     assert scores.shape == (40, 2)
     assert np.allclose(np.exp(scores).sum(axis=1), 1.0)
     assert (scores.argmax(axis=1) == labels).mean() > 0.8
+
+
+@pytest.mark.parametrize("impl", ["sklearn", "kaldi"])
+@pytest.mark.parametrize("n_lang", [2, 3])
+def test_saved_backend_scores_exactly_as_scikit_learn(tmp_path, impl, n_lang):
+    """The arrays saved by stage 6 score bit for bit as the scikit-learn models they come
+    from (LDA transform, predict_log_proba), once loaded back from disk."""
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.linear_model import LogisticRegression
+
+    from apm.backend.models import CosineBackend, LogisticBackend
+    from apm.backend.store import FittedBackend, load_backend, save_backend
+
+    rng = np.random.default_rng(n_lang)
+    x = np.concatenate([rng.normal(k, 1.0, (30, 8)) for k in range(n_lang)])
+    y = np.repeat(np.arange(n_lang), 30)
+    test = rng.normal(0.5, 1.5, (17, 8))
+    proc = EmbeddingProcessor(100, impl).fit(x, y)
+    z = proc(x)
+    models = {
+        "lr": LogisticBackend(1.0, 1000, "balanced").fit(z, y),
+        "cosine": CosineBackend().fit(z, y),
+    }
+    conf = BackendConfig(backends=["lr", "cosine"], lda_impl=impl)
+    fb = FittedBackend(conf, LANGS[:n_lang], proc, models)
+    save_backend(tmp_path / "b", fb)
+    loaded = load_backend(tmp_path / "b", "rebuild it")
+    for name in ("lr", "cosine"):
+        np.testing.assert_array_equal(loaded.scores(name, test), fb.scores(name, test))
+    ztest = proc(test)
+    if impl == "sklearn":
+        lda = LinearDiscriminantAnalysis(n_components=n_lang - 1, solver="svd").fit(x, y)
+        projected = lda.transform(test) - (lda.transform(x)).mean(axis=0)
+        norm = np.linalg.norm(projected, axis=1, keepdims=True)
+        np.testing.assert_array_equal(ztest, projected * (np.sqrt(n_lang - 1) / norm))
+    reference = LogisticRegression(C=1.0, max_iter=1000, class_weight="balanced").fit(z, y)
+    np.testing.assert_array_equal(loaded.scores("lr", test), reference.predict_log_proba(ztest))
+
+
+def test_calibration_leaves_the_raw_scores_alone(tmp_path):
+    """Dev sets add scores/calibrated/ and a calibration to the saved back-end; the raw score
+    files are the same bytes as without; a rerun without dev sets removes the calibrated
+    files it would leave stale."""
+    from apm.backend.scoring import load_system_backend
+
+    system = make_system(tmp_path)
+    conf = BackendConfig(primary="lr", backends=["lr", "cosine", "classifier"])
+    tasks = ["task_full", "task_open"]
+    score_system(system, tmp_path / "data", "train", tasks, conf)
+    raw = {p.name: p.read_bytes() for p in (system / "scores").glob("*.score")}
+    assert not load_system_backend(system).calibration
+    score_system(system, tmp_path / "data", "train", tasks, conf, dev_sets=["task_full"])
+    assert {p.name: p.read_bytes() for p in (system / "scores").glob("*.score")} == raw
+    fb = load_system_backend(system)
+    assert sorted(fb.calibration) == ["classifier", "cosine", "lr"]
+    assert fb.info["dev_sets"] == ["task_full"] and fb.info["n_dev_utts"]["lr"] == 30
+    calibrated = sorted(p.name for p in (system / "scores" / "calibrated").glob("*.score"))
+    assert calibrated == sorted(raw)
+    s = read_scores(system / "scores" / "calibrated" / "task_open.cosine.score")
+    assert np.allclose(np.exp(s.matrix).sum(axis=1), 1.0, atol=1e-5)  # log-posteriors
+    score_system(system, tmp_path / "data", "train", tasks, conf)
+    assert not list((system / "scores" / "calibrated").glob("*.score"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (
+            lambda d: (d / "backend.json").write_text("{not json"),
+            r"backend.json: corrupt, not JSON",
+        ),
+        (lambda d: (d / "backend.json").unlink(), r"backend.json: not found"),
+        (
+            lambda d: (d / "backend.npz").write_bytes(b"PK\x03\x04junk"),
+            r"backend.npz: does not match",
+        ),
+        (lambda d: (d / "backend.npz").unlink(), r"backend.npz: not found"),
+    ],
+)
+def test_corrupt_saved_backend_is_a_clear_error(tmp_path, damage, message):
+    from apm.backend.scoring import load_system_backend
+
+    system = make_system(tmp_path)
+    score_system(system, tmp_path / "data", "train", ["task_full"], BackendConfig())
+    damage(system / "backend")
+    with pytest.raises(ApmError, match=message + r".*rerun stage 6 \(steps/score.sh"):
+        load_system_backend(system)
+
+
+def test_backend_json_and_npz_must_agree(tmp_path):
+    """A backend.json whose arrays are not in backend.npz (hand-edited, or from another
+    version) names both files instead of a KeyError."""
+    import json
+
+    from apm.backend.scoring import load_system_backend
+
+    system = make_system(tmp_path)
+    score_system(system, tmp_path / "data", "train", ["task_full"], BackendConfig())
+    meta = json.loads((system / "backend" / "backend.json").read_text())
+    meta["backends"] = ["lr", "cosine"]
+    (system / "backend" / "backend.json").write_text(json.dumps(meta))
+    with pytest.raises(ApmError, match=r"backend.json: inconsistent with backend.npz.*'means'"):
+        load_system_backend(system)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -73,8 +74,13 @@ def _identify(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 def test_package_is_self_contained_and_weights_only(recipe):
     model = recipe / "exp" / SYSTEM / "model"
     assert sorted(p.name for p in model.iterdir()) == sorted(FILES)
-    for name in ("model.pt", "backend.pt"):
-        torch.load(model / name, weights_only=True)  # tensors and plain values only
+    torch.load(model / "model.pt", weights_only=True)  # tensors and plain values only
+    with np.load(model / "backend.npz", allow_pickle=False) as arrays:  # float arrays only
+        assert all(arrays[k].dtype == np.float64 for k in arrays.files)
+    for name in ("backend.json", "backend.npz"):  # stage 6's fitted back-end, copied as is
+        assert (model / name).read_bytes() == (
+            recipe / "exp" / SYSTEM / "backend" / name
+        ).read_bytes()
     languages = (recipe / "exp" / SYSTEM / "languages.txt").read_text().split()
     assert (model / "languages.txt").read_text().split() == languages
     settings = json.loads((model / "package.json").read_text())
@@ -83,14 +89,20 @@ def test_package_is_self_contained_and_weights_only(recipe):
     # the default unknown threshold was chosen on the dev sets (run.sh passes them)
     assert "dev sets dev_full dev_short (24 utterances)" in settings["unknown_threshold_source"]
     assert 0 <= settings["unknown_threshold"] < 1
+    # mini-OLR has no open-set dev set: the package says the threshold was never checked
+    assert settings["unknown_threshold_checked_on_unknown_languages"] is False
+    assert "never checked on utterances of languages" in settings["unknown_threshold_source"]
+    assert settings["calibrated_backends"] == sorted(BACKENDS)
     card = (model / "MODEL.md").read_text()
+    assert "eSpeak" in card and "Real human speech is out of domain" in card
+    assert "never checked" in card and "calibrated: multiclass logistic regression" in card
     results = json.loads((recipe / "exp" / SYSTEM / "results.json").read_text())
     assert all(lang in card for lang in languages)
     assert f"| task_full | {results['tasks']['task_full']['cavg']} |" in card
     # Loadable after the recipe's tree is gone: a copy elsewhere identifies alone.
     moved = recipe / "moved_model"
     subprocess.run(["cp", "-r", str(model), str(moved)], check=True)
-    assert len(load_package(moved).backends) == 3
+    assert list(load_package(moved).backend.models) == list(BACKENDS)
 
 
 @pytest.mark.slow
@@ -104,6 +116,7 @@ def test_identify_matches_stage_6_scores(recipe, task):
     for backend in BACKENDS:
         suffix = "score" if backend == "lr" else f"{backend}.score"
         expected = _scores(recipe / "exp" / SYSTEM / "scores" / f"{task}.{suffix}")
+        calibrated = _scores(recipe / "exp" / SYSTEM / "scores" / "calibrated" / f"{task}.{suffix}")
         lid = LanguageIdentifier.from_dir(recipe / "exp" / SYSTEM / "model", backend=backend)
         utts = sorted(expected)
         results = lid.identify_batch([wavs[u] for u in utts])
@@ -114,12 +127,46 @@ def test_identify_matches_stage_6_scores(recipe, task):
             assert abs(post.sum() - 1) < 1e-9 and result.top[0] == (best, post.max())
             unknown = post.max() < lid.unknown_threshold  # the package's dev-chosen default
             assert result.language == ("unknown" if unknown else best)
-            if backend != "cosine":  # log-posteriors: the posteriors are their exp
-                np.testing.assert_allclose(np.log(post), expected[utt], atol=1e-4)
+            # the posteriors are the calibrated ones stage 6 writes (log-posteriors)
+            np.testing.assert_allclose(np.log(post), calibrated[utt], atol=1e-4)
 
 
 @pytest.mark.slow
-def test_cli_accuracy_on_task_full_equals_stage_7(recipe):
+def test_package_backend_gives_stage_6_scores_exactly(recipe):
+    """The package's back-end on stage 5's x-vectors and logits writes the very score files of
+    stage 6, raw and calibrated: one saved model, no refit, no second implementation."""
+    import kaldiio
+
+    from apm.metrics.scorefile import write_matrix
+
+    backend = load_package(recipe / "exp" / SYSTEM / "model").backend
+    scores_dir = recipe / "exp" / SYSTEM / "scores"
+    for task in ("dev_full", "task_full", "task_open"):
+        vectors = {}
+        for kind, scp in (("xvector", "xvector.scp"), ("logits", "logits.scp")):
+            table = dict(
+                kaldiio.load_scp_sequential(str(recipe / f"exp/{SYSTEM}/xvectors/{task}/{scp}"))
+            )
+            vectors[kind] = table
+        for name in BACKENDS:
+            suffix = "score" if name == "lr" else f"{name}.score"
+            utts = [
+                ln.split()[0]
+                for ln in (scores_dir / f"{task}.{suffix}").read_text().splitlines()[1:]
+            ]
+            inputs = np.stack([vectors[backend.input(name)][u] for u in utts])
+            raw = backend.scores(name, inputs)
+            out = recipe / "rescored"
+            write_matrix(out / "raw", backend.languages, utts, raw)
+            write_matrix(out / "cal", backend.languages, utts, backend.calibrated(name, raw))
+            assert (out / "raw").read_text() == (scores_dir / f"{task}.{suffix}").read_text()
+            assert (out / "cal").read_text() == (
+                scores_dir / "calibrated" / f"{task}.{suffix}"
+            ).read_text()
+
+
+@pytest.mark.slow
+def test_cli_accuracy_on_task_full_equals_stage_7_calibrated(recipe):
     r = _identify("--model", f"exp/{SYSTEM}/model", "--wav-scp", "data/task_full/wav.scp",
                   "--format", "json", "--top-k", "2", "--unknown-threshold", "0", cwd=recipe)  # fmt: skip
     assert r.returncode == 0, r.stderr[-2000:]
@@ -131,7 +178,8 @@ def test_cli_accuracy_on_task_full_equals_stage_7(recipe):
     assert all(len(a["top"]) == 2 and a["top"][0][0] == a["language"] for a in answers)
     accuracy = 100 * np.mean([a["language"] == utt2lang[a["input"]] for a in answers])
     results = json.loads((recipe / "exp" / SYSTEM / "results.json").read_text())
-    assert abs(accuracy - results["tasks"]["task_full"]["accuracy"]) < 0.01
+    # identify answers by the calibrated posteriors: stage 7's accuracy of the calibrated scores
+    assert abs(accuracy - results["tasks"]["task_full"]["calibrated_accuracy"]) < 0.01
 
 
 @pytest.mark.slow
@@ -197,6 +245,8 @@ def test_unknown_threshold_and_table(recipe):
     assert r.returncode == 0, r.stderr
     header, line = r.stdout.splitlines()
     assert header.startswith("# input") and line.split("\t")[0] == wav
+    # mini-OLR has no open-set dev set: identify says the threshold was never checked
+    assert "was never checked on languages the model does not know" in r.stderr
     r = _identify("--model", str(recipe / "nowhere"), wav, cwd=recipe)
     assert r.returncode == 1 and "not a model package" in r.stderr
 
@@ -266,6 +316,53 @@ def test_export_onnx_and_torchscript_match_pytorch(recipe, tmp_path):
             np.testing.assert_allclose(post[0], posteriors, atol=1e-4)
             np.testing.assert_allclose(emb[0], expected.embedding, atol=1e-4)
     assert len(lengths) > 2 and EXAMPLE_FRAMES not in lengths
+
+
+@pytest.mark.slow
+def test_corrupt_package_files_are_clear_errors(recipe, tmp_path):
+    """A damaged package.json or back-end file: an ApmError naming it and how to rebuild
+    the package, not a JSONDecodeError or KeyError traceback."""
+    from apm import LanguageIdentifier
+    from apm.utils import ApmError
+
+    cases = {
+        "package.json": (b'{"format": "apm-mod', r"package.json: corrupt, not JSON"),
+        "backend.json": (b"\x00\xff", r"backend.json: corrupt, not JSON"),
+        "backend.npz": (b"PK\x03\x04", r"backend.npz: does not match .*backend.json"),
+    }
+    for name, (content, message) in cases.items():
+        model = tmp_path / name
+        shutil.copytree(recipe / "exp" / SYSTEM / "model", model)
+        (model / name).write_bytes(content)
+        with pytest.raises(ApmError, match=message + r".*rebuild the package: python -m "
+                           r"apm.bin.package_model"):  # fmt: skip
+            LanguageIdentifier.from_dir(model)
+    r = _identify("--model", str(tmp_path / "package.json"), "x.wav", cwd=tmp_path)
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "package.json: corrupt" in r.stderr
+
+
+def test_unknown_threshold_is_chosen_on_open_set_dev_sets(tmp_path):
+    """With an open-set dev set among the dev sets, the threshold is chosen on it alone and
+    marked as checked on unknown languages; with closed-set ones only, it says it never was."""
+    from test_backend import make_system
+
+    from apm.backend import BackendConfig, score_system
+    from apm.backend.scoring import load_system_backend
+    from apm.infer.package import NOT_CHECKED, choose_unknown_threshold
+
+    system = make_system(tmp_path)
+    score_system(system, tmp_path / "data", "train", ["task_full", "task_open"],
+                 BackendConfig(), dev_sets=["task_full"])  # fmt: skip
+    fb = load_system_backend(system)
+    data = tmp_path / "data"
+    threshold, source, checked = choose_unknown_threshold(
+        system, data, ["task_full", "task_open"], fb
+    )
+    assert checked and "open-set dev sets task_open (40 utterances)" in source
+    assert NOT_CHECKED not in source and 0 < threshold < 1
+    threshold, source, checked = choose_unknown_threshold(system, data, ["task_full"], fb)
+    assert not checked and source.endswith(NOT_CHECKED) and "dev sets task_full (30" in source
+    assert choose_unknown_threshold(system, data, [], fb)[2] is False
 
 
 def test_equal_error_threshold():

@@ -123,9 +123,10 @@ recipe_caller_paths() {
 
 # Stages 1-7 on the Kaldi data dirs that stage 0 wrote to $data/<set>. Reads: data exp nj
 # seed skip_bad speed_perturb fbank_conf align_conf ali_from ali_dir systems system_conf_dir
-# resume ngpu jobs backend_conf results command_line dev_sets train_set kaldi_copy, sets (every set: imported,
+# resume ngpu jobs backend_conf results command_line dev_sets train_set kaldi_copy fuse, sets (every set: imported,
 # given features, embedded), scored_sets (the sets with trials: scored and reported);
-# optional: backend_train_set (a set training the back-end, among $sets), oracle_dir.
+# optional: backend_train_set (a set training the back-end, among $sets), oracle_dir,
+# data_card (a markdown description of the training corpus for MODEL.md).
 recipe_stages_1_to_7() {
   local set system
   local watch_sets=()  # stage 1 reads data/<set>: a hand-edited data dir reruns it
@@ -160,15 +161,22 @@ recipe_stages_1_to_7() {
 
   for system in $systems; do
     run_stage 6 "score_$system" steps/score.sh --config "$backend_conf" --data "$data" --skip-bad "$skip_bad" \
-      --train-set "$train_set" ${backend_train_set:+--backend-train-set "$backend_train_set"} "$exp/$system" $scored_sets
+      --train-set "$train_set" ${backend_train_set:+--backend-train-set "$backend_train_set"} \
+      --dev-sets "$dev_sets" "$exp/$system" $scored_sets
   done
 
+  local reported=$systems  # fusion (stage 7, before the report): 2+ systems and dev sets
+  if [ "${fuse:-true}" = true ] && [ "$(echo $systems | wc -w)" -ge 2 ] && [ -n "$dev_sets" ]; then
+    run_stage 7 fuse steps/fuse.sh --data "$data" --dev-sets "$dev_sets" --tasks "$scored_sets" \
+      --skip-bad "$skip_bad" "$exp" $systems
+    reported="$systems fusion"
+  fi
   run_stage 7 report steps/report.sh --data "$data" --test-sets "$scored_sets" --command-line "$command_line" \
-    --skip-bad "$skip_bad" --output "$results" "$exp" $systems
+    --skip-bad "$skip_bad" --output "$results" "$exp" $reported
 
   for system in $systems; do  # after the report: MODEL.md carries the stage 7 results
     run_stage 7 "package_$system" steps/package_model.sh --fbank-conf "$fbank_conf" --data "$data" \
-      --train-set "${backend_train_set:-$train_set}" --dev-sets "$dev_sets" "$exp/$system"
+      ${data_card:+--data-card "$data_card"} --dev-sets "$dev_sets" "$exp/$system"
   done
 }
 

@@ -6,9 +6,13 @@ training languages (`languages.txt`), the class order used for the labels 0..K-1
 
 A back-end is a class with `name`, `input` (`xvector`: it is fitted on and scores the
 processed x-vectors of `EmbeddingProcessor`; `logits`: it scores the network's language
-outputs and needs no training), `from_config(BackendConfig)`, `fit(z, labels)` and
-`__call__(matrix) -> scores`. A new back-end is one such class and one line in `BACKENDS`;
-`backends:` in conf/backend.yaml names it, and its errors list the registered names.
+outputs and needs no training), `from_config(BackendConfig)`, `fit(z, labels)`,
+`__call__(matrix) -> scores`, and `state() -> {name: array}` / `load_state(arrays)`: the
+fitted model as plain float arrays, which stage 6 saves (`apm.backend.store`, no pickle) and
+every scorer (stage 6 itself, the model package) loads. A model scores from those arrays
+only, so a loaded one gives the scores of the fitted one bit for bit. A new back-end is one
+such class and one line in `BACKENDS`; `backends:` in conf/backend.yaml names it, and its
+errors list the registered names.
 """
 
 from __future__ import annotations
@@ -17,9 +21,10 @@ import logging
 from typing import TYPE_CHECKING, ClassVar, Protocol
 
 import numpy as np
-from scipy.special import log_softmax
+from scipy.special import expit, log_softmax
 from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
 from sklearn.linear_model import LogisticRegression
+from sklearn.utils.extmath import softmax
 
 from apm.utils import ApmError
 
@@ -41,6 +46,10 @@ class BackendModel(Protocol):
     def fit(self, x: np.ndarray, labels: np.ndarray) -> BackendModel: ...
 
     def __call__(self, matrix: np.ndarray) -> np.ndarray: ...
+
+    def state(self) -> dict[str, np.ndarray]: ...
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> BackendModel: ...
 
 
 class KaldiLda:
@@ -117,7 +126,10 @@ class EmbeddingProcessor:
     Vectors are scaled to norm sqrt(dim) as Kaldi's `ivector-normalize-length` does, so the
     logistic regression's L2 strength means the same whatever the LDA dimension. `impl`:
     `sklearn` (at most classes - 1 dimensions) or `kaldi` (`KaldiLda`, up to the x-vector
-    size).
+    size). The fitted state (`state()`): `lda_mean` [d], `lda_scalings` [d, r] and `mean`
+    [dim]; the LDA is `((x - lda_mean) @ lda_scalings)[:, :dim]`, scikit-learn's own
+    `transform` (solver svd) computed the same way, so the scores do not depend on whether
+    the model was just fitted or loaded.
     """
 
     def __init__(self, lda_dim: int, impl: str = "sklearn") -> None:
@@ -137,22 +149,48 @@ class EmbeddingProcessor:
                 "x-vector size" if self.impl == "kaldi" else "languages - 1, x-vector size",
             )
         if self.impl == "kaldi":
-            self.lda = KaldiLda(dim)
+            lda = KaldiLda(dim).fit(x, labels)
             log.info("Kaldi LDA to %d dimensions (%d languages)", dim, n_class)
+            self.lda_mean, self.lda_scalings = lda.mean, lda.matrix.T
         else:
-            self.lda = LinearDiscriminantAnalysis(n_components=dim, solver="svd")
-        projected = self.lda.fit(x, labels).transform(x)
-        self.mean = projected.mean(axis=0)
+            lda = LinearDiscriminantAnalysis(n_components=dim, solver="svd").fit(x, labels)
+            self.lda_mean, self.lda_scalings = lda.xbar_, lda.scalings_
+        self.dim = dim
+        self.mean = np.zeros(dim)
+        self.mean = self._project(np.asarray(x, dtype=np.float64)).mean(axis=0)
         return self
 
+    def _project(self, x: np.ndarray) -> np.ndarray:
+        return ((x - self.lda_mean) @ self.lda_scalings)[:, : self.dim] - self.mean
+
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        y = self.lda.transform(x) - self.mean
+        y = self._project(np.asarray(x, dtype=np.float64))
         norm = np.linalg.norm(y, axis=1, keepdims=True)
         return y * (np.sqrt(y.shape[1]) / np.maximum(norm, 1e-12))
 
+    def state(self) -> dict[str, np.ndarray]:
+        return {"lda_mean": self.lda_mean, "lda_scalings": self.lda_scalings, "mean": self.mean}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> EmbeddingProcessor:
+        self.lda_mean, self.lda_scalings = arrays["lda_mean"], arrays["lda_scalings"]
+        self.mean = arrays["mean"]
+        self.dim = len(self.mean)
+        return self
+
+    def affine(self) -> tuple[np.ndarray, np.ndarray]:
+        """(matrix [d, dim], offset [dim]): the projection before length normalisation as
+        x @ matrix + offset (for exported graphs; equal to `_project` up to rounding)."""
+        matrix = self.lda_scalings[:, : self.dim]
+        return matrix, -(self.lda_mean @ matrix) - self.mean
+
 
 class LogisticBackend:
-    """Multinomial logistic regression on processed x-vectors; scores are log-posteriors."""
+    """Multinomial logistic regression on processed x-vectors; scores are log-posteriors.
+
+    Fitted with scikit-learn; state `coef` [K, dim] and `intercept` [K] (two languages:
+    one row, p(second) = sigmoid(coef z + intercept)), scored as scikit-learn's
+    `predict_log_proba` computes it.
+    """
 
     name: ClassVar[str] = "lr"
     input: ClassVar[str] = "xvector"
@@ -162,18 +200,37 @@ class LogisticBackend:
         return cls(conf.lr_c, conf.lr_max_iter, conf.lr_class_weight)
 
     def __init__(self, c: float, max_iter: int, class_weight: str) -> None:
-        self.model = LogisticRegression(
-            C=c, max_iter=max_iter, class_weight=None if class_weight == "none" else class_weight
-        )
+        self.c, self.max_iter = c, max_iter
+        self.class_weight = None if class_weight == "none" else class_weight
 
     def fit(self, x: np.ndarray, labels: np.ndarray) -> LogisticBackend:
-        self.model.fit(x, labels)
-        log.info("logistic regression: training accuracy %.2f%%", 100 * self.model.score(x, labels))
+        model = LogisticRegression(C=self.c, max_iter=self.max_iter, class_weight=self.class_weight)
+        model.fit(x, labels)
+        log.info("logistic regression: training accuracy %.2f%%", 100 * model.score(x, labels))
+        self.coef, self.intercept = model.coef_, model.intercept_
         return self
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        # Not log_softmax(decision_function): for two classes sklearn returns one column.
-        return self.model.predict_log_proba(x)
+        decision = x @ self.coef.T + self.intercept
+        if self.coef.shape[0] == 1:  # scikit-learn's binary model
+            p = expit(decision[:, 0])
+            return np.log(np.stack([1 - p, p], axis=1))
+        return np.log(softmax(decision, copy=False))
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"coef": self.coef, "intercept": self.intercept}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> LogisticBackend:
+        self.coef, self.intercept = arrays["coef"], arrays["intercept"]
+        return self
+
+    def weights(self) -> tuple[np.ndarray, np.ndarray]:
+        """(weight [K, dim], bias [K]) with log_softmax(z @ weight.T + bias) = the scores
+        (the binary model as a zero first row), for exported graphs."""
+        if self.coef.shape[0] == 1:
+            return (np.vstack([np.zeros_like(self.coef), self.coef]),
+                    np.concatenate([[0.0], self.intercept]))  # fmt: skip
+        return self.coef, self.intercept
 
 
 class CosineBackend:
@@ -193,6 +250,13 @@ class CosineBackend:
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         return _unit(x) @ self.means.T
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {"means": self.means}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> CosineBackend:
+        self.means = arrays["means"]
+        return self
 
 
 class ClassifierBackend:
@@ -215,12 +279,17 @@ class ClassifierBackend:
         logits = logits.astype(np.float64)
         return log_softmax(logits, axis=1) if self.use_log_softmax else logits
 
+    def state(self) -> dict[str, np.ndarray]:
+        return {}
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> ClassifierBackend:
+        return self
+
 
 # The registry: a name in `backends:` -> class. A new back-end is one class and one line here.
 BACKENDS: dict[str, type[BackendModel]] = {
     cls.name: cls for cls in (LogisticBackend, CosineBackend, ClassifierBackend)
 }
-INPUTS = ("xvector", "logits")  # what a back-end scores: x-vector.scp or logits.scp
 
 
 def _unit(x: np.ndarray) -> np.ndarray:

@@ -5,7 +5,11 @@ Inputs (docs/recipe.md "Files between stages"): `exp/<system>/languages.txt`,
 `data/<task>/trials`. Outputs: `exp/<system>/scores/<task>.score` (primary back-end) and
 `<task>.<backend>.score` (the others), OLR matrix format with columns in `languages.txt`
 order and one row per trial utterance, sorted; `scores/backend.yaml` records the
-configuration that produced them.
+configuration that produced them. With dev sets (`--dev-sets`), every back-end is also
+calibrated on them (`apm.backend.calibration`) and `scores/calibrated/<same name>` holds the
+calibrated log-posteriors; the raw score files do not depend on it. The fitted back-end,
+calibration included, is saved in `exp/<system>/backend/` (`apm.backend.store`) and the
+scores are computed with that saved copy, as the model package does.
 """
 
 from __future__ import annotations
@@ -19,8 +23,10 @@ import kaldiio
 import numpy as np
 import yaml
 
+from apm.backend.calibration import fit_affine
 from apm.backend.config import BackendConfig
-from apm.backend.models import BACKENDS, INPUTS, EmbeddingProcessor
+from apm.backend.models import BACKENDS, EmbeddingProcessor
+from apm.backend.store import FittedBackend, load_backend, save_backend
 from apm.data.trials import read_trials
 from apm.metrics.languages import read_languages
 from apm.metrics.scorefile import write_matrix
@@ -28,6 +34,8 @@ from apm.metrics.trialscores import format_ids
 from apm.utils import ApmError, atomic_write, read_kv
 
 log = logging.getLogger(__name__)
+
+CALIBRATED = "calibrated"  # scores/calibrated/<task>[.<backend>].score: calibrated log-posteriors
 
 
 def load_vectors(
@@ -117,6 +125,101 @@ def _task_utts(data_dir: Path, task: str, languages: list[str]) -> list[str]:
     return sorted({t.utt for t in trials})
 
 
+def _scores(
+    fb: FittedBackend, system_dir: Path, data_dir: Path, task: str, skip_bad: bool
+) -> dict[str, tuple[list[str], np.ndarray]]:
+    """{back-end: (utterances scored, scores)} of a task's trial utterances."""
+    utts = _task_utts(data_dir, task, fb.languages)
+    xvec_dir = system_dir / "xvectors" / task
+    files = {"xvector": ("xvector.scp", "x-vector"), "logits": ("logits.scp", "logits vector")}
+    loaded = {}
+    scores = {}
+    for name in fb.models:
+        kind = fb.input(name)
+        if kind not in loaded:
+            scp, what = files[kind]
+            loaded[kind] = load_vectors(xvec_dir / scp, utts, skip_bad, what, False)
+            if kind == "logits" and loaded[kind][1].shape[1] != len(fb.languages):
+                raise ApmError(
+                    f"{xvec_dir}/logits.scp: {loaded[kind][1].shape[1]} outputs per utterance "
+                    f"but {len(fb.languages)} languages in {system_dir}/languages.txt"
+                )
+        found, vectors = loaded[kind]
+        scores[name] = (found, fb.scores(name, vectors))
+    kinds = " or ".join(k for k in ("x-vector", "logits")
+                        if k.replace("-", "") in loaded)  # fmt: skip
+    _warn_skipped(task, utts, {b: f for b, (f, _) in scores.items()}, f"{kinds} in {xvec_dir}")
+    return scores
+
+
+def _calibrate(
+    fb: FittedBackend, system_dir: Path, data_dir: Path, dev_sets: list[str], skip_bad: bool
+) -> None:
+    """Fit the calibration of every back-end on the scores of the dev sets' utterances of
+    known languages (those of other languages have no class to calibrate)."""
+    lang_idx = {lang: i for i, lang in enumerate(fb.languages)}
+    dev: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {b: [] for b in fb.models}
+    n_unknown = 0
+    for name in dev_sets:
+        utt2lang = read_kv(data_dir / name / "utt2lang")
+        for backend, (found, matrix) in _scores(fb, system_dir, data_dir, name, skip_bad).items():
+            known = [i for i, u in enumerate(found) if utt2lang.get(u) in lang_idx]
+            labels = np.array([lang_idx[utt2lang[found[i]]] for i in known], dtype=np.int64)
+            dev[backend].append((matrix[known], labels))
+            if backend == fb.config.primary:
+                n_unknown += len(found) - len(known)
+    fb.info["dev_sets"], fb.info["n_dev_utts"] = list(dev_sets), {}
+    for backend, parts in dev.items():
+        matrix = np.concatenate([m for m, _ in parts])
+        labels = np.concatenate([y for _, y in parts])
+        fb.calibration[backend] = fit_affine([matrix], labels, what=f"calibration of {backend}")
+        fb.info["n_dev_utts"][backend] = len(labels)
+        log.info("calibration of %s on %d dev utterances (%s): scale %.3f", backend,
+                 len(labels), " ".join(dev_sets), fb.calibration[backend].scales[0])  # fmt: skip
+    if n_unknown:
+        log.info("calibration: %d dev utterances of languages outside languages.txt not used",
+                 n_unknown)  # fmt: skip
+
+
+def fit_backend(
+    system_dir: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    train_set: str,
+    conf: BackendConfig,
+    dev_sets: list[str] = (),
+    skip_bad: bool = False,
+) -> FittedBackend:
+    """The back-ends of `conf` fitted on `train_set`'s x-vectors, calibrated on `dev_sets`."""
+    system_dir, data_dir = Path(system_dir), Path(data_dir)
+    languages = read_languages(system_dir)
+    models = {b: BACKENDS[b].from_config(conf) for b in conf.backends}
+    processor = None
+    info: dict = {"train_set": train_set, "n_train": 0}
+    if any(m.input == "xvector" for m in models.values()):
+        x, labels = _training_data(system_dir, data_dir, train_set, languages)
+        processor = EmbeddingProcessor(conf.lda_dim, conf.lda_impl).fit(x, labels)
+        z = processor(x)
+        for m in models.values():
+            if m.input == "xvector":
+                m.fit(z, labels)
+        info["n_train"] = len(x)
+    fb = FittedBackend(conf, languages, processor, models, {}, info)
+    if dev_sets:
+        _calibrate(fb, system_dir, data_dir, list(dev_sets), skip_bad)
+    return fb
+
+
+def backend_dir(system_dir: str | os.PathLike) -> Path:
+    """Where stage 6 saves a system's fitted back-end."""
+    return Path(system_dir) / "backend"
+
+
+def load_system_backend(system_dir: str | os.PathLike) -> FittedBackend:
+    """The back-end stage 6 saved for `system_dir`."""
+    return load_backend(backend_dir(system_dir),
+                        f"rerun stage 6 (steps/score.sh ... {system_dir} <tasks>) to write it")  # fmt: skip
+
+
 def score_system(
     system_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
@@ -124,55 +227,29 @@ def score_system(
     tasks: list[str],
     conf: BackendConfig,
     skip_bad: bool = False,
+    dev_sets: list[str] = (),
 ) -> list[Path]:
-    """Train the configured back-ends and write the score files of `tasks`; returns them."""
+    """Fit the configured back-ends (and their calibration on `dev_sets`), save them in
+    `backend/`, and write the score files of `tasks` with the saved copy; returns the raw
+    score files (calibrated ones go to `scores/calibrated/` with the same names)."""
     system_dir, data_dir = Path(system_dir), Path(data_dir)
-    languages = read_languages(system_dir)
-    models = {b: BACKENDS[b].from_config(conf) for b in conf.backends}
-    by_input = {i: [b for b, m in models.items() if m.input == i] for i in INPUTS}
-    if by_input["xvector"]:
-        x, labels = _training_data(system_dir, data_dir, train_set, languages)
-        process = EmbeddingProcessor(conf.lda_dim, conf.lda_impl).fit(x, labels)
-        z = process(x)
-        for b in by_input["xvector"]:
-            models[b].fit(z, labels)
+    save_backend(backend_dir(system_dir), fit_backend(system_dir, data_dir, train_set, conf,
+                                                      dev_sets, skip_bad))  # fmt: skip
+    fb = load_system_backend(system_dir)  # score with exactly what was saved
     written = []
     for task in tasks:
-        utts = _task_utts(data_dir, task, languages)
-        xvec_dir = system_dir / "xvectors" / task
-        scores = {}
-        if by_input["xvector"]:
-            found, x = load_vectors(xvec_dir / "xvector.scp", utts, skip_bad, "x-vector", False)
-            z = process(x)
-            scores.update({b: (found, models[b](z)) for b in by_input["xvector"]})
-        if by_input["logits"]:
-            found, logits = load_vectors(
-                xvec_dir / "logits.scp", utts, skip_bad, "logits vector", False
-            )
-            if logits.shape[1] != len(languages):
-                raise ApmError(
-                    f"{xvec_dir}/logits.scp: {logits.shape[1]} outputs per utterance but "
-                    f"{len(languages)} languages in {system_dir}/languages.txt"
-                )
-            scores.update({b: (found, models[b](logits)) for b in by_input["logits"]})
-        kinds = " or ".join(
-            k for k, used in (("x-vector", by_input["xvector"]), ("logits", by_input["logits"]))
-            if used
-        )  # fmt: skip
-        _warn_skipped(task, utts, {b: f for b, (f, _) in scores.items()}, f"{kinds} in {xvec_dir}")
-        for backend, (found, matrix) in scores.items():
-            path = system_dir / "scores" / conf.score_name(task, backend)
-            write_matrix(path, languages, found, matrix)
+        for backend, (found, matrix) in _scores(fb, system_dir, data_dir, task, skip_bad).items():
+            name = conf.score_name(task, backend)
+            path = system_dir / "scores" / name
+            write_matrix(path, fb.languages, found, matrix)
             log.info("%s: %d utterances scored with %s", path, len(found), backend)
             written.append(path)
+            calibrated = fb.calibrated(backend, matrix)
+            cal_path = system_dir / "scores" / CALIBRATED / name
+            if calibrated is None:
+                cal_path.unlink(missing_ok=True)  # left by a run with dev sets
+            else:
+                write_matrix(cal_path, fb.languages, found, calibrated)
     with atomic_write(system_dir / "scores" / "backend.yaml", encoding="utf-8") as f:
         yaml.safe_dump(asdict(conf), f, sort_keys=False)
     return written
-
-
-def training_data(
-    system_dir: str | os.PathLike, data_dir: str | os.PathLike, train_set: str, languages: list[str]
-) -> tuple[np.ndarray, np.ndarray]:
-    """The x-vectors and label ids (in `languages` order) that stage 6 trains its back-ends
-    on; used to fit the same back-ends again for a model package (`apm.infer.package`)."""
-    return _training_data(Path(system_dir), Path(data_dir), train_set, languages)

@@ -6,6 +6,14 @@ resampled to 16 kHz; multi-channel audio is averaged to mono) or the entries of 
 wav.scp (`<utt> <file>` or `<utt> <command> |`). A bad input gets an error line on stderr
 naming it (and a JSON line with "error" in --format json) and the others are still answered;
 the exit status is 1 when any input failed.
+
+The posteriors are the package's calibrated ones (stage 6 calibrates the back-end on the dev
+sets). The answer is `unknown` when the best posterior is below the threshold. The package's
+default threshold was chosen on dev data; only when that data held languages the model does
+not know (an open-set dev set) was it checked on unknown languages. package.json says which
+(`unknown_threshold_checked_on_unknown_languages`), and otherwise a warning on stderr says
+that speech of another language is likely answered with a known one (mini-OLR packages: never
+checked). A warning also names every input in which the VAD finds no speech.
 """
 
 from __future__ import annotations
@@ -35,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("table", "json"), default="table", help="output format")
     p.add_argument("--unknown-threshold", type=float, default=None,
                    help="answer 'unknown' when the best posterior is below this (default: the "
-                   "package's, 0 = never)")  # fmt: skip
+                   "package's, chosen on dev data, as the description says; 0 = never)")  # fmt: skip
     p.add_argument("--backend", default="", help="back-end of the package (default: its primary)")
     p.add_argument("--device", choices=DEVICES, default="cpu", help="auto: CUDA if present")
     p.add_argument("audio", nargs="*", help="audio files")

@@ -1,4 +1,5 @@
-"""Stage 6: score the test tasks of a system with the back-ends of conf/backend.yaml."""
+"""Stage 6: fit the back-ends of conf/backend.yaml (and their calibration on --dev-sets),
+save them in exp/<system>/backend/, and score the test tasks with the saved copy."""
 
 from __future__ import annotations
 
@@ -21,6 +22,13 @@ def build_parser() -> argparse.ArgumentParser:
         "utt2lang under --data and x-vectors from stage 5, in languages.txt's languages",
     )
     p.add_argument(
+        "--dev-sets",
+        default="",
+        help="scored sets (space separated, each with utt2lang and x-vectors) on which every "
+        "back-end is calibrated (multiclass logistic regression: a scale and an offset per "
+        "language); calibrated log-posteriors go to scores/calibrated/. Empty: no calibration",
+    )
+    p.add_argument(
         "--skip-bad",
         type=str2bool,
         default=False,
@@ -34,7 +42,15 @@ def build_parser() -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> None:
     conf = load_backend_config(args.config)
     train_set = args.backend_train_set or args.train_set
-    score_system(args.system_dir, args.data, train_set, args.tasks, conf, args.skip_bad)
+    score_system(
+        args.system_dir,
+        args.data,
+        train_set,
+        args.tasks,
+        conf,
+        args.skip_bad,
+        args.dev_sets.split(),
+    )
 
 
 if __name__ == "__main__":

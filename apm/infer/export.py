@@ -2,7 +2,8 @@
 
 The exported graph takes the prepared frames of one utterance, `feats` [1, T, F] float32
 (`LanguageIdentifier.features`: fbank, VAD-kept frames, CMN; T dynamic), and returns
-`posteriors` [1, languages] (the package's back-end, languages.txt order) and `embedding`
+`posteriors` [1, languages] (the package's back-end and calibration, languages.txt order,
+as `LanguageIdentifier` gives them) and `embedding`
 [1, E] (the x-vector). It runs the whole input as one segment: for inputs longer than
 `extract.max_chunk_frames` (package.json) the package's own pipeline averages chunks
 instead, so feed those in chunks or use `LanguageIdentifier`. The languages are stored with
@@ -19,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from apm.backend.store import FittedBackend
 from apm.extract.xvectors import load_system
-from apm.infer.package import Backend, load_package
+from apm.infer.package import load_package
 from apm.nnet import ModelOutput
 from apm.utils import ApmError
 
@@ -31,16 +33,32 @@ EXAMPLE_FRAMES = 200
 
 
 class ExportedNetwork(nn.Module):
-    """x-vector network + language classifier + back-end, as one float32 module."""
+    """x-vector network + language classifier + back-end + calibration, as one float32
+    module: the package's posteriors (`FittedBackend.posteriors`)."""
 
-    def __init__(self, system, backend: Backend, cmn: str) -> None:
+    def __init__(self, system, backend: FittedBackend, name: str, cmn: str) -> None:
         super().__init__()
         self.model, self.crit = system.model, system.crit
         self.layer = system.config["extract"]["layer"]
-        self.kind = backend.kind
+        model = backend.models[name]
+        self.kind = model.name
         self.chunk_cmn = cmn == "chunk"
-        for name, value in backend.arrays.items():
-            self.register_buffer(name, torch.from_numpy(np.asarray(value, dtype=np.float32)))
+        arrays: dict[str, np.ndarray] = {}
+        if model.input == "xvector":
+            arrays["lda_matrix"], arrays["lda_offset"] = backend.processor.affine()
+        if self.kind == "lr":
+            arrays["weight"], arrays["bias"] = model.weights()
+        elif self.kind == "cosine":
+            arrays["means"] = model.means
+        elif self.kind != "classifier":
+            raise ApmError(f"back-end '{name}' cannot be exported (lr, cosine, classifier can)")
+        self.log_softmax = self.kind == "lr" or (self.kind == "classifier" and
+                                                 model.use_log_softmax)  # fmt: skip
+        cal = backend.calibration.get(name)
+        arrays["cal_scale"] = np.array(cal.scales[0] if cal is not None else 1.0)
+        arrays["cal_offset"] = cal.offsets if cal is not None else np.zeros(len(backend.languages))
+        for key, value in arrays.items():
+            self.register_buffer(key, torch.from_numpy(np.asarray(value, dtype=np.float32)))
 
     def forward(self, feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.chunk_cmn:
@@ -59,7 +77,9 @@ class ExportedNetwork(nn.Module):
             else:
                 unit = z / torch.clamp(torch.linalg.vector_norm(z, dim=1, keepdim=True), min=1e-12)
                 raw = unit @ self.means.t()
-        return torch.softmax(raw, dim=1), embedding
+        if self.log_softmax:  # the stage 6 scores are log-posteriors
+            raw = torch.log_softmax(raw, dim=1)
+        return torch.softmax(self.cal_scale * raw + self.cal_offset, dim=1), embedding
 
 
 def exported_network(
@@ -68,10 +88,10 @@ def exported_network(
     """The module to export and the package's settings."""
     package = load_package(model_dir)
     name = backend or package.settings["primary"]
-    if name not in package.backends:
-        raise ApmError(f"{model_dir}: no back-end '{name}' (it has {sorted(package.backends)})")
+    if name not in package.backend.models:
+        raise ApmError(f"{model_dir}: no back-end '{name}' (it has {list(package.backend.models)})")
     system = load_system(package.state, torch.device("cpu"))
-    net = ExportedNetwork(system, package.backends[name], package.settings["cmn"]).eval()
+    net = ExportedNetwork(system, package.backend, name, package.settings["cmn"]).eval()
     return net, package.settings
 
 

@@ -4,8 +4,9 @@ The audio goes through exactly what the recipe does to its sets: fbank + energy 
 (stage 2, `apm.features.fbank.fbank_and_vad`), the VAD-kept frames with the system's CMN
 (`apm.features.readers.normalize_voiced`; all frames when fewer than `min_voiced_frames` are
 voiced, as stage 5), the x-vector and language outputs (`apm.extract.xvectors.embed_batch`,
-chunking long utterances), then the package's back-end (stage 6). Audio of any sample rate
-is resampled to 16 kHz and multi-channel audio is averaged to mono.
+chunking long utterances), then the package's back-end: the one stage 6 saved, with its
+calibration (posteriors). Audio of any sample rate is resampled to 16 kHz and multi-channel
+audio is averaged to mono.
 
     from apm import LanguageIdentifier
     lid = LanguageIdentifier.from_dir("exp/apm_am/model")
@@ -46,8 +47,10 @@ class Identification:
     """The answer for one input.
 
     language: the best-scored language, or `unknown` when its posterior is below the
-        threshold; posteriors: {language: posterior} in languages.txt order; scores: the
-        back-end scores (what stage 6 writes in the score files); embedding: the x-vector.
+        threshold; posteriors: {language: posterior} in languages.txt order, calibrated when
+        the package's back-end is (stage 6 with dev sets: their logs are what stage 6 writes
+        in scores/calibrated/); scores: the raw back-end scores (what stage 6 writes in the
+        score files); embedding: the x-vector.
     """
 
     name: str
@@ -126,10 +129,23 @@ class LanguageIdentifier:
         self.settings = package.settings
         self.languages = package.languages
         self.backend_name = backend or self.settings["primary"]
-        if self.backend_name not in package.backends:
+        if self.backend_name not in package.backend.models:
             raise ApmError(f"{model_dir}: no back-end '{self.backend_name}' in the package "
-                           f"(it has {sorted(package.backends)})")  # fmt: skip
-        self.backend = package.backends[self.backend_name]
+                           f"(it has {list(package.backend.models)})")  # fmt: skip
+        self.backend = package.backend
+        self.calibrated = self.backend_name in self.backend.calibration
+        # whether the default threshold was ever checked on languages the model does not know
+        self.threshold_checked = bool(
+            self.settings.get("unknown_threshold_checked_on_unknown_languages", False)
+        )
+        if not self.threshold_checked:
+            log.warning(
+                "%s: the unknown-language threshold (%.4f) was never checked on languages the "
+                "model does not know (no open-set dev set): speech of another language is "
+                "likely answered with one of its %d languages (see MODEL.md)",
+                model_dir, float(self.settings.get("unknown_threshold", 0.0)),
+                len(self.languages),
+            )  # fmt: skip
         self.device = pick_device(device, 0)  # a clear error for cuda without CUDA
         self.system = load_system(package.state, self.device)
         feats = self.settings["features"]
@@ -185,8 +201,9 @@ class LanguageIdentifier:
 
     def decide(self, name: str, xvector: np.ndarray, logits: np.ndarray,
                unknown_threshold: float | None = None) -> Identification:  # fmt: skip
-        scores = self.backend.scores(xvector[None], logits[None])[0]
-        post = self.backend.posteriors(scores[None])[0]
+        inputs = xvector if self.backend.input(self.backend_name) == "xvector" else logits
+        scores = self.backend.scores(self.backend_name, inputs[None])[0]
+        post = self.backend.posteriors(self.backend_name, scores[None])[0]
         order = np.argsort(-post, kind="stable")
         threshold = self.unknown_threshold if unknown_threshold is None else unknown_threshold
         best = int(order[0])

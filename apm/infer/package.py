@@ -1,20 +1,22 @@
 """A self-contained model package of a trained system (`exp/<system>/model/`).
 
-Everything inference needs, loadable without the recipe's `data/` or `exp/` tree and with
-`torch.load(weights_only=True)` (tensors and plain values only, no pickled code):
+Everything inference needs, loadable without the recipe's `data/` or `exp/` tree, with no
+pickled code:
 
   model.pt      the network and the language classifier: {"format", "model", "crit" (state
                 dicts), "config" (the resolved system config), "meta" (languages,
-                num_phones, feat_dim)}, as in `final.pt`
-  backend.pt    the fitted back-ends of stage 6 as float64 tensors (see `Backend`)
+                num_phones, feat_dim)}, as in `final.pt` (`torch.load(weights_only=True)`)
+  backend.json, backend.npz
+                the back-end stage 6 fitted and saved (`apm.backend.store`): LDA, mean,
+                length norm, logistic regression / cosine means, and the calibration
+                learned on the dev sets; copied, never fitted again, so the package scores
+                exactly as stage 6
   package.json  format, primary back-end, features (fbank, VAD), CMN and extraction settings,
-                the default `unknown_threshold`, the back-end config, where it came from
+                the default `unknown_threshold`, where it was chosen and whether it was
+                checked on unknown languages, where the package came from
   languages.txt the languages in score column order
-  MODEL.md      a short model card: training data, languages, Cavg/EER per task (stage 7)
-
-The back-ends are fitted again here from the same x-vectors and configuration as stage 6
-(`apm.backend.scoring.training_data`, `scores/backend.yaml`); sklearn's fits are
-deterministic, and `write_package` checks that the stored arrays reproduce the fitted models.
+  MODEL.md      the model card: training data (the recipe's description of its corpus),
+                languages, calibration, the unknown threshold, Cavg/EER per task (stage 7)
 """
 
 from __future__ import annotations
@@ -28,158 +30,79 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
-from apm.backend.config import BackendConfig
-from apm.backend.models import CosineBackend, EmbeddingProcessor, LogisticBackend
-from apm.backend.scoring import training_data
+from apm.backend.scoring import backend_dir, load_system_backend
+from apm.backend.store import FILES as BACKEND_FILES
+from apm.backend.store import FittedBackend, load_backend
 from apm.features.fbank import FeatureConfig
 from apm.metrics.eer import det_curve
 from apm.metrics.languages import read_languages
 from apm.metrics.scorefile import read_scores
 from apm.nnet import checkpoint
-from apm.utils import ApmError, read_kv
+from apm.utils import ApmError, atomic_dir, read_kv
 from apm.utils.provenance import provenance
 
 log = logging.getLogger(__name__)
 
-FORMAT = "apm-model-package/1"
+FORMAT = "apm-model-package/2"
 SAMPLE_RATE = 16000
-FILES = ("model.pt", "backend.pt", "package.json", "languages.txt", "MODEL.md")
-
-
-@dataclass
-class Backend:
-    """One back-end as arrays, applied exactly as `apm.backend.models` does.
-
-    kind `lr`: z = lennorm(x @ lda_matrix + lda_offset) (LDA, minus the training mean, scaled
-    to norm sqrt(dim)); scores = log_softmax(z @ weight.T + bias) (sklearn's
-    predict_log_proba, a two-language model written with a zero first row). kind `cosine`:
-    scores = unit(z) @ means.T. kind `classifier`: scores = log_softmax(logits) (or the raw
-    logits when `log_softmax` is false). `lr` and `cosine` read the x-vector, `classifier`
-    the network's language outputs.
-    """
-
-    kind: str
-    arrays: dict[str, np.ndarray]
-    log_softmax: bool = True
-
-    def scores(self, xvectors: np.ndarray, logits: np.ndarray) -> np.ndarray:
-        """[N, languages] float64 scores, as stage 6 writes them."""
-        a = self.arrays
-        if self.kind == "classifier":
-            logits = np.asarray(logits, dtype=np.float64)
-            return _log_softmax(logits) if self.log_softmax else logits
-        z = np.asarray(xvectors, dtype=np.float64) @ a["lda_matrix"] + a["lda_offset"]
-        z = z * (np.sqrt(z.shape[1]) / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12))
-        if self.kind == "lr":
-            return _log_softmax(z @ a["weight"].T + a["bias"])
-        return _unit(z) @ a["means"].T
-
-    def posteriors(self, scores: np.ndarray) -> np.ndarray:
-        """Language posteriors: exp of the log-posteriors of `lr` and the log-softmax
-        classifier; softmax of the cosine scores and raw logits."""
-        if self.kind == "lr" or (self.kind == "classifier" and self.log_softmax):
-            return np.exp(scores)
-        return np.exp(_log_softmax(scores))
-
-    def to_state(self) -> dict:
-        return {
-            "kind": self.kind,
-            "log_softmax": self.log_softmax,
-            "arrays": {
-                k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.arrays.items()
-            },
-        }
-
-    @classmethod
-    def from_state(cls, state: dict) -> Backend:
-        arrays = {k: v.numpy().astype(np.float64) for k, v in state["arrays"].items()}
-        return cls(state["kind"], arrays, bool(state["log_softmax"]))
-
-
-def _log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(axis=1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-
-def _unit(x: np.ndarray) -> np.ndarray:
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-
-def _affine(transform, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """(matrix [dim, k], offset [k]) of an affine map given as a function of [n, dim] rows."""
-    offset = np.asarray(transform(np.zeros((1, dim))), dtype=np.float64)[0]
-    matrix = np.asarray(transform(np.eye(dim)), dtype=np.float64) - offset
-    return matrix, offset
-
-
-def fit_backends(
-    x: np.ndarray, labels: np.ndarray, conf: BackendConfig, num_languages: int
-) -> dict[str, Backend]:
-    """Fit the back-ends of `conf` as stage 6 does and return them as arrays; checks that the
-    arrays score the training x-vectors as the fitted models do."""
-    out: dict[str, Backend] = {}
-    if "classifier" in conf.backends:
-        out["classifier"] = Backend("classifier", {}, conf.classifier_log_softmax)
-    if not any(b in conf.backends for b in ("lr", "cosine")):
-        return out
-    process = EmbeddingProcessor(conf.lda_dim, conf.lda_impl).fit(x, labels)
-    z = process(x)
-    matrix, offset = _affine(lambda v: process.lda.transform(v) - process.mean, x.shape[1])
-    projection = {"lda_matrix": matrix, "lda_offset": offset}
-    fitted = {}
-    if "lr" in conf.backends:
-        lr = LogisticBackend(conf.lr_c, conf.lr_max_iter, conf.lr_class_weight).fit(z, labels)
-        weight, bias = lr.model.coef_.astype(np.float64), lr.model.intercept_.astype(np.float64)
-        if weight.shape[0] == 1:  # sklearn's binary model: p(class 1) = sigmoid(w z + b)
-            weight = np.vstack([np.zeros_like(weight), weight])
-            bias = np.concatenate([[0.0], bias])
-        out["lr"] = Backend("lr", {**projection, "weight": weight, "bias": bias})
-        fitted["lr"] = lr
-    if "cosine" in conf.backends:
-        cosine = CosineBackend().fit(z, labels)
-        out["cosine"] = Backend("cosine", {**projection, "means": cosine.means.astype(np.float64)})
-        fitted["cosine"] = cosine
-    dummy = np.zeros((len(x), num_languages))
-    for name, model in fitted.items():
-        diff = np.abs(out[name].scores(x, dummy) - model(z)).max()
-        if not diff < 1e-6:
-            raise ApmError(f"back-end {name}: stored arrays differ from the fitted model by {diff}")
-    return out
+FILES = ("model.pt", *BACKEND_FILES, "package.json", "languages.txt", "MODEL.md")
+REBUILD = ("rebuild the package: python -m apm.bin.package_model --data data --dev-sets "
+           "'<dev sets>' exp/<system> (steps/package_model.sh), after stage 6")  # fmt: skip
+NOT_CHECKED = (
+    "never checked on utterances of languages the model does not know (no open-set dev set): "
+    "such an utterance is likely answered with a known language"
+)
 
 
 def choose_unknown_threshold(
-    system_dir: Path, data_dir: Path, dev_sets: list[str], backend: Backend, languages: list[str]
-) -> tuple[float, str]:
-    """The default `unknown` threshold from the dev sets' stage 6 scores of `backend` (the
-    primary): the equal-error threshold on the best posterior between the utterances the
-    system identifies correctly (kept) and the others (misidentified, or of a language it
-    was not trained on: better answered `unknown`). (0.0, why) when the dev data has none of
-    one kind."""
+    system_dir: Path, data_dir: Path, dev_sets: list[str], fb: FittedBackend
+) -> tuple[float, str, bool]:
+    """(threshold, how it was chosen, whether it was checked on unknown languages): the
+    default `unknown` threshold on the primary back-end's posteriors (calibrated when stage 6
+    calibrated it), from the dev sets' stage 6 scores.
+
+    It is the equal-error threshold on the best posterior between the utterances the system
+    identifies correctly (kept) and the others (of a language it was not trained on, or
+    misidentified: better answered `unknown`). When some dev sets are open-set (their
+    `utt2lang` has languages outside languages.txt) only those are used, and the threshold
+    is checked on unknown languages; otherwise it is chosen on the closed-set dev sets and
+    says it was never checked on unknown languages. 0 (never unknown) when the dev data has
+    no answers of one kind.
+    """
     if not dev_sets:
-        return 0.0, "0 (never unknown): no dev sets were given"
-    conf = BackendConfig(primary=backend.kind)
-    best, right = [], []
+        return 0.0, f"0 (never unknown): no dev sets were given; {NOT_CHECKED}", False
+    primary, languages = fb.config.primary, fb.languages
+    sets = []
     for name in dev_sets:
-        scores = read_scores(system_dir / "scores" / conf.score_name(name, backend.kind))
+        scores = read_scores(system_dir / "scores" / fb.config.score_name(name, primary))
         if scores.languages != languages:
             raise ApmError(f"{scores.path}: header is not the languages {languages}")
         utt2lang = read_kv(data_dir / name / "utt2lang")
-        post = backend.posteriors(scores.matrix)
-        best.append(post.max(axis=1))
-        right.append([languages[k] == utt2lang.get(u)
-                      for u, k in zip(scores.utts, post.argmax(axis=1), strict=True)])  # fmt: skip
-    best_arr, right_arr = np.concatenate(best), np.concatenate(right).astype(bool)
-    where = f"dev sets {' '.join(dev_sets)} ({len(best_arr)} utterances)"
-    if right_arr.all() or not right_arr.any():
-        kind = "wrong" if right_arr.all() else "correct"
-        return 0.0, f"0 (never unknown): the {where} have no {kind} answers"
-    threshold, miss, false_accept = equal_error_threshold(best_arr[right_arr], best_arr[~right_arr])
-    return threshold, (
-        f"equal-error threshold on the best posterior of {where}: it turns {100 * miss:.1f}% "
-        f"of the correct answers into unknown and keeps {100 * false_accept:.1f}% of the wrong "
-        "ones (misidentified or of an untrained language)"
+        truth = [utt2lang.get(u) for u in scores.utts]
+        open_set = any(lang not in languages for lang in truth)
+        sets.append((name, open_set, fb.posteriors(primary, scores.matrix), truth))
+    checked = any(open_set for _, open_set, _, _ in sets)
+    used = [x for x in sets if x[1]] if checked else sets
+    best = np.concatenate([post.max(axis=1) for _, _, post, _ in used])
+    right = np.concatenate([[languages[k] == lang for k, lang in zip(post.argmax(axis=1), truth,
+                                                                     strict=True)]
+                            for _, _, post, truth in used]).astype(bool)  # fmt: skip
+    kind = "open-set dev sets" if checked else "dev sets"
+    where = f"{kind} {' '.join(n for n, *_ in used)} ({len(best)} utterances)"
+    note = "" if checked else f"; {NOT_CHECKED}"
+    if right.all() or not right.any():
+        kind = "wrong" if right.all() else "correct"
+        return 0.0, f"0 (never unknown): the {where} have no {kind} answers{note}", checked
+    threshold, miss, false_accept = equal_error_threshold(best[right], best[~right])
+    return (
+        threshold,
+        (
+            f"equal-error threshold on the best posterior of {where}: it turns {100 * miss:.1f}% "
+            f"of the correct answers into unknown and keeps {100 * false_accept:.1f}% of the wrong "
+            f"ones (misidentified or of an untrained language){note}"
+        ),
+        checked,
     )
 
 
@@ -190,19 +113,6 @@ def equal_error_threshold(keep: np.ndarray, reject: np.ndarray) -> tuple[float, 
     candidates = np.unique(np.concatenate([keep, reject]))
     k = int(np.argmin(np.abs(miss[:-1] - false_accept[:-1])))
     return float(candidates[k]), float(miss[k]), float(false_accept[k])
-
-
-def _backend_config(system_dir: Path, conf_path: str | os.PathLike | None) -> BackendConfig:
-    """The back-end configuration stage 6 recorded (`scores/backend.yaml`), else `conf_path`."""
-    from apm.backend.config import load_backend_config
-
-    recorded = system_dir / "scores" / "backend.yaml"
-    if recorded.is_file():
-        raw = yaml.safe_load(recorded.read_text(encoding="utf-8"))
-        return BackendConfig(**raw).validate(str(recorded))
-    if conf_path is None:
-        raise ApmError(f"{recorded}: not found; run stage 6 (scoring) first or pass --conf")
-    return load_backend_config(conf_path)
 
 
 def _results_table(system_dir: Path) -> str:
@@ -217,32 +127,41 @@ def _results_table(system_dir: Path) -> str:
     rows = []
     for task, r in tasks.items():
         if isinstance(r, dict) and "cavg" in r:
-            cells = [r["cavg"], r.get("eer", "-"), r.get("accuracy", "-")]
+            cells = [r["cavg"], r.get("eer", "-"), r.get("accuracy", "-"), r.get("cllr", "-"),
+                     r.get("actual_cavg", "-")]  # fmt: skip
             rows.append(f"| {task} | " + " | ".join(str(c) for c in cells) + " |")
     if not rows:
         return f"See {path.name} of the system (no per-task Cavg found in it).\n"
-    return ("| task | Cavg | EER % | accuracy % |\n|---|---|---|---|\n" + "\n".join(rows)
-            + "\n")  # fmt: skip
+    return ("| task | Cavg | EER % | accuracy % | Cllr (calibrated) | actual Cavg (calibrated) |\n"
+            "|---|---|---|---|---|---|\n" + "\n".join(rows) + "\n")  # fmt: skip
 
 
-def _model_card(
-    system: str, languages: list[str], train_set: str, n_train: int, settings: dict,
-    results: str, origin: str,
-) -> str:  # fmt: skip
+def _model_card(settings: dict, fb: FittedBackend, data_card: str, results: str) -> str:
     model = settings["config"]["model"]
     loss = settings["config"]["loss"]
-    return f"""# Language identification model: {system}
+    languages = settings["languages"]
+    calibration = settings["calibration"]
+    return f"""# Language identification model: {settings["system"]}
+
+## Training data
+
+{data_card.strip()}
+
+The back-end was trained on set `{fb.info.get("train_set", "?")}` \
+({fb.info.get("n_train", 0)} utterances with x-vectors).
+
+## Model
 
 - **Languages** ({len(languages)}): {", ".join(languages)}
-- **Training data**: set `{train_set}`, {n_train} utterances with x-vectors used by the back-end
 - **Network**: multi-task x-vector, {model}; loss {loss}
 - **Back-end**: primary `{settings["primary"]}`; available {", ".join(settings["backends"])}
+- **Posteriors**: {calibration}
 - **Input**: any audio soundfile reads, downmixed to mono and resampled to {SAMPLE_RATE} Hz;
   fbank {settings["features"]["fbank"]}, energy VAD {settings["features"]["vad"]},
-  CMN `{settings["cmn"]}`
+  CMN `{settings["cmn"]}`. An input in which the VAD finds no speech gets a warning.
 - **Unknown threshold** (default of `identify --unknown-threshold`):
   {settings["unknown_threshold"]:.4f}, {settings["unknown_threshold_source"]}
-- {origin}
+- {settings["origin"]}
 
 ## Results (stage 7)
 
@@ -254,114 +173,124 @@ def _model_card(
 """
 
 
+NO_DATA_CARD = (
+    "No description of the training corpus was given when this package was written "
+    "(`package_model --data-card FILE`): check what the system was trained on before "
+    "trusting it on other speech."
+)
+
+
 def write_package(
     system_dir: str | os.PathLike,
     data_dir: str | os.PathLike,
-    train_set: str,
     out_dir: str | os.PathLike | None = None,
     feature_config: FeatureConfig | None = None,
-    backend_conf: str | os.PathLike | None = None,
     unknown_threshold: float | None = None,
     command: str = "",
     dev_sets: tuple[str, ...] = (),
+    data_card: str | os.PathLike | None = None,
 ) -> Path:
     """Write the package of `system_dir` (default `<system_dir>/model`); returns its path.
 
-    `train_set` is the set the stage 6 back-ends were trained on (its `--backend-train-set`,
-    else `--train-set`); `feature_config` the stage 2 configuration (conf/fbank.yaml).
-    The default `unknown` threshold is `unknown_threshold` when given, else chosen on the
-    stage 6 scores of `dev_sets` (`choose_unknown_threshold`), else 0 (never unknown).
+    The back-end is the one stage 6 saved (`exp/<system>/backend/`), copied as it is;
+    `feature_config` is the stage 2 configuration (conf/fbank.yaml); `data_card` a markdown
+    file describing the training corpus, the first section of MODEL.md. The default
+    `unknown` threshold is `unknown_threshold` when given, else chosen on the stage 6 scores
+    of `dev_sets` (`choose_unknown_threshold`), else 0 (never unknown).
     """
     system_dir, data_dir = Path(system_dir), Path(data_dir)
     out = Path(out_dir) if out_dir is not None else system_dir / "model"
     feature_config = feature_config or FeatureConfig()
     languages = read_languages(system_dir)
     state = checkpoint.load(system_dir / "final.pt")
-    conf = _backend_config(system_dir, backend_conf)
-    n_train = 0
-    x = labels = None
-    if any(b in conf.backends for b in ("lr", "cosine")):
-        x, labels = training_data(system_dir, data_dir, train_set, languages)
-        n_train = len(x)
-    backends = fit_backends(x, labels, conf, len(languages))
+    fb = load_system_backend(system_dir)
+    if fb.languages != languages:
+        raise ApmError(f"{backend_dir(system_dir)}: languages {fb.languages} are not those of "
+                       f"{system_dir}/languages.txt; rerun stage 6")  # fmt: skip
+    if data_card is not None:
+        try:
+            card_text = Path(data_card).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ApmError(f"{data_card}: cannot read the data card ({e})") from None
+    else:
+        card_text = NO_DATA_CARD
     cfg = state["config"]
     if unknown_threshold is not None:
-        threshold_source = "given (--unknown-threshold)"
+        threshold_source, checked = "given (--unknown-threshold)", False
     else:
-        unknown_threshold, threshold_source = choose_unknown_threshold(
-            system_dir, data_dir, list(dev_sets), backends[conf.primary], languages
+        unknown_threshold, threshold_source, checked = choose_unknown_threshold(
+            system_dir, data_dir, list(dev_sets), fb
         )
+    primary = fb.config.primary
+    if primary in fb.calibration:
+        calibration = (f"calibrated: multiclass logistic regression (a scale and an offset per "
+                       f"language) on the dev sets {' '.join(fb.info.get('dev_sets', []))} "
+                       f"({fb.info.get('n_dev_utts', {}).get(primary, '?')} utterances)")  # fmt: skip
+    else:
+        calibration = ("not calibrated (stage 6 had no dev sets): the softmax of the "
+                       "back-end's scores")  # fmt: skip
     settings = {
         "format": FORMAT,
         "system": system_dir.resolve().name,
         "languages": languages,
-        "primary": conf.primary,
-        "backends": sorted(backends),
+        "primary": primary,
+        "backends": list(fb.models),
+        "calibrated_backends": sorted(fb.calibration),
+        "calibration": calibration,
         "sample_rate": SAMPLE_RATE,
         "features": {"fbank": dict(feature_config.fbank), "vad": asdict(feature_config.vad)},
         "cmn": cfg["train"]["cmn"],
         "extract": dict(cfg["extract"]),
         "unknown_threshold": float(unknown_threshold),
         "unknown_threshold_source": threshold_source,
-        "backend_config": asdict(conf),
-        "train_set": train_set,
+        "unknown_threshold_checked_on_unknown_languages": checked,
+        "train_set": fb.info.get("train_set"),
+        "data_card": str(data_card) if data_card is not None else None,
         "origin": provenance(command),
         "config": cfg,
     }
-    tmp = out.with_name(f".{out.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    network = {k: state[k] for k in ("model", "crit", "config", "meta")}
-    torch.save({"format": FORMAT, **network}, tmp / "model.pt")
-    torch.save({"format": FORMAT, **{k: b.to_state() for k, b in backends.items()}},
-               tmp / "backend.pt")  # fmt: skip
-    (tmp / "package.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
-    (tmp / "languages.txt").write_text("\n".join(languages) + "\n", encoding="utf-8")
-    card = _model_card(settings["system"], languages, train_set, n_train, settings,
-                       _results_table(system_dir), settings["origin"])  # fmt: skip
-    (tmp / "MODEL.md").write_text(card, encoding="utf-8")
-    old = out.with_name(f".{out.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if out.exists():
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old.exists():
-        shutil.rmtree(old)
+    with atomic_dir(out) as tmp:
+        network = {k: state[k] for k in ("model", "crit", "config", "meta")}
+        torch.save({"format": FORMAT, **network}, tmp / "model.pt")
+        for name in BACKEND_FILES:
+            shutil.copyfile(backend_dir(system_dir) / name, tmp / name)
+        (tmp / "package.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
+        (tmp / "languages.txt").write_text("\n".join(languages) + "\n", encoding="utf-8")
+        card = _model_card(settings, fb, card_text, _results_table(system_dir))
+        (tmp / "MODEL.md").write_text(card, encoding="utf-8")
     log.info("%s: model package of %s (%d languages, back-ends %s)", out, system_dir,
-             len(languages), ", ".join(sorted(backends)))  # fmt: skip
+             len(languages), ", ".join(fb.models))  # fmt: skip
     return out
 
 
 @dataclass
 class Package:
     state: dict  # model.pt
-    backends: dict[str, Backend]
+    backend: FittedBackend  # backend.json + backend.npz
     settings: dict  # package.json
     languages: list[str]
 
 
 def load_package(model_dir: str | os.PathLike) -> Package:
-    """Read a package written by `write_package` (tensors only: weights_only=True)."""
+    """Read a package written by `write_package` (no pickle: model.pt with
+    weights_only=True, the back-end as JSON + numpy arrays)."""
     model_dir = Path(model_dir)
     missing = [f for f in FILES if not (model_dir / f).is_file()]
     if missing:
         raise ApmError(f"{model_dir}: not a model package (missing {', '.join(missing)}); "
-                       "write one with python -m apm.bin.package_model")  # fmt: skip
-    settings = json.loads((model_dir / "package.json").read_text(encoding="utf-8"))
-    if settings.get("format") != FORMAT:
-        raise ApmError(f"{model_dir}/package.json: format {settings.get('format')!r}, "
-                       f"this code reads {FORMAT!r}")  # fmt: skip
-    rebuild = ("rebuild the package: steps/package_model.sh --data data --train-set train "
-               f"--dev-sets 'dev_full dev_short' {model_dir.parent}")  # fmt: skip
-    state = checkpoint.load(model_dir / "model.pt", rebuild)
+                       f"{REBUILD}")  # fmt: skip
+    path = model_dir / "package.json"
     try:
-        raw = torch.load(model_dir / "backend.pt", map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ApmError(f"{model_dir}: unreadable package file ({e})") from e
-    backends = {k: Backend.from_state(v) for k, v in raw.items() if k != "format"}
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ApmError(f"{path}: corrupt, not JSON ({e}); {REBUILD}") from None
+    if not isinstance(settings, dict) or settings.get("format") != FORMAT:
+        found = settings.get("format") if isinstance(settings, dict) else type(settings).__name__
+        raise ApmError(f"{path}: format {found!r}, this code reads {FORMAT!r}; {REBUILD}")
+    state = checkpoint.load(model_dir / "model.pt", REBUILD)
+    backend = load_backend(model_dir, REBUILD)
     languages = (model_dir / "languages.txt").read_text(encoding="utf-8").split()
-    if languages != state["meta"]["languages"]:
-        raise ApmError(f"{model_dir}/languages.txt does not match the network's languages")
-    return Package(state, backends, settings, languages)
+    if languages != state["meta"]["languages"] or languages != backend.languages:
+        raise ApmError(f"{model_dir}/languages.txt does not match the network's or the "
+                       f"back-end's languages; {REBUILD}")  # fmt: skip
+    return Package(state, backend, settings, languages)

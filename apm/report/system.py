@@ -14,7 +14,13 @@
              n_unknown_utts, cavg, cavg_threshold, min_cavg, min_cavg_threshold, eer (%),
              accuracy (%), per_language {lang: {n_utts, accuracy, eer, cost}},
              confusion {rows, columns, counts},
-          "extra_backends": {"cosine": {cavg, min_cavg, eer, accuracy}, ...}
+          "extra_backends": {"cosine": {cavg, min_cavg, eer, accuracy}, ...},
+          # with scores/calibrated/<task>.score (stage 6 with dev sets; apm.metrics.cllr):
+          "uncalibrated_cllr", "cllr", "min_cllr",   # multiclass Cllr (bits) of the primary
+                                            # scores, of the calibrated ones, and its minimum
+          "actual_cavg", "calibrated_min_cavg",  # Cavg of the calibrated detection llrs at
+                                            # the Bayes threshold 0, and over all thresholds
+          "calibrated_accuracy"             # % identified by the calibrated posteriors
         }, ...
       },
       "missing_tasks": ["task_noisy"]       # asked for but without scores/<task>.score
@@ -35,8 +41,10 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from apm.backend.scoring import CALIBRATED
 from apm.data.trials import read_trials
 from apm.metrics import align_trials, det_curve, evaluate_task, read_languages, read_scores
+from apm.metrics.cllr import calibration_metrics
 from apm.metrics.trialscores import TrialScores, format_ids
 from apm.report.plots import plot_confusion, plot_det
 from apm.utils import ApmError, atomic_write, read_kv
@@ -136,6 +144,12 @@ def evaluate_system(
         open_set = _open_set(ts, data_dir / task / "utt2lang", languages)
         entry = evaluate_task(ts, open_set)
         entry["n_utts_total"] = _task_size(trials)
+        calibrated = scores_dir / CALIBRATED / f"{task}.score"
+        if calibrated.is_file():
+            cal_ts = align_trials(
+                trials, read_scores(calibrated), trials_path, skip_bad, warn=False
+            )
+            entry.update(calibration_metrics(ts, cal_ts, open_set))
         entry["extra_backends"] = {}
         for backend, path in files.items():
             # warned for the primary back-end already; the others skip the same utterances
@@ -172,6 +186,23 @@ def render_system_md(results: dict) -> str:
             f"{r['min_cavg']:.4f} | {r['eer']:.2f} | {_num(r['accuracy'])} | "
             f"{r['n_utts']} ({r['n_unknown_utts']}) | {r['n_trials_skipped']} |"
         )
+    calibrated = {t: r for t, r in results["tasks"].items() if r.get("cllr") is not None}
+    if calibrated:
+        out += [
+            "",
+            "Calibrated scores (`scores/calibrated/`, multiclass logistic-regression calibration "
+            "on the dev sets): multiclass Cllr in bits (log2 of the languages = uninformative) "
+            "before and after calibration, min Cllr (best scale and offsets on the task "
+            "itself), actual Cavg (Bayes decisions at llr 0) and min Cavg of the same llrs.",
+            "",
+            "| task | Cllr uncalibrated | Cllr | min Cllr | actual Cavg | min Cavg |",
+            "|---|---|---|---|---|---|",
+        ]
+        for task, r in calibrated.items():
+            out.append(
+                f"| {task} | {r['uncalibrated_cllr']:.4f} | {r['cllr']:.4f} | "
+                f"{r['min_cllr']:.4f} | {r['actual_cavg']:.4f} | {r['calibrated_min_cavg']:.4f} |"
+            )
     for task, r in results["tasks"].items():
         out += ["", f"## {task}", "", "| language | utts | accuracy % | EER % | C_L |",
                 "|---|---|---|---|---|"]  # fmt: skip

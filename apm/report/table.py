@@ -75,7 +75,8 @@ def render_results_table(
 ) -> str:
     """Markdown table; a cell joins `metrics` (key, decimals) with " / " over its results.
 
-    A cell with several results shows mean ± sample std; an absent or empty one `missing`.
+    A cell with several results shows mean ± sample std; an absent or empty one `missing`;
+    a metric a result lacks (e.g. Cllr without calibration) `n/a`.
     Open-set task columns are labelled "(open-set)".
     """
     head = [f"{t} (open-set)" if t in open_set else t for t in tasks]
@@ -85,7 +86,7 @@ def render_results_table(
         for task in tasks:
             results = cells.get(row, {}).get(task) or []
             out.append(
-                " / ".join(_stat([r[k] for r in results], d) for k, d in metrics)
+                " / ".join(_stat([r.get(k) for r in results], d) for k, d in metrics)
                 if results
                 else MISSING
             )
@@ -115,6 +116,21 @@ def render_results_md(table: ResultsTable, provenance: str = "") -> str:
             rows, table.tasks, cells, table.open_set, (("min_cavg", 4), ("accuracy", 2))
         ),
     ]
+    if any(r.get("cllr") is not None for s in rows for r in table.cells[s].values()):
+        out += [
+            "Calibrated (multiclass logistic-regression calibration on the dev sets, "
+            "`scores/calibrated/`): Cllr / min Cllr (multiclass, bits; log2 of the number of "
+            "languages is uninformative) / actual Cavg (Bayes decisions) / min Cavg of the "
+            "calibrated scores. The tables above are of the uncalibrated scores.",
+            "",
+            render_results_table(
+                rows,
+                table.tasks,
+                cells,
+                table.open_set,
+                (("cllr", 3), ("min_cllr", 3), ("actual_cavg", 4), ("calibrated_min_cavg", 4)),
+            ),  # fmt: skip
+        ]
     fewer = [
         f"- {s}: {task} scored on {r['n_utts']} of {r['n_utts_total']} utterances"
         for s in rows

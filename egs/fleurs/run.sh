@@ -15,8 +15,9 @@ Stages (default: all, 0..7):
   3  virtual phoneme alignment of the training set (PocketSphinx all-phone)
   4  multi-task x-vector training, one run per system (<system-conf-dir>/<system>.yaml)
   5  embedding extraction
-  6  back-end scoring of dev, test (closed-set) and test_open (open-set)
-  7  metrics and report: Cavg, EER; exp/RESULTS.md; each system's model package
+  6  back-end scoring of dev, test (closed-set) and test_open (open-set), calibrated on dev
+  7  fusion of the systems on dev (exp/fusion); metrics and report: Cavg, EER, Cllr;
+     exp/RESULTS.md; each system's model package
 
 --fleurs-root is the directory lhotse's downloader writes (<root>/<lang>/{train,dev,test}/*.wav,
 <root>/metadata/<lang>/{train,dev,test}.tsv), e.g. from
@@ -50,6 +51,7 @@ resume=true                 # stage 4: continue killed training runs (false: ret
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 jobs=auto                   # stages 4-5: systems trained/extracted at once, sharing the cores (auto: nproc; 1 with --ngpu > 0)
 backend_conf=conf/backend.yaml  # back-end configuration
+fuse=true                   # stage 7: fuse the systems' scores (2+ systems) on dev into exp/fusion
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go
 results=                    # the table gathering all systems (stage 7; default: <exp>/RESULTS.md)

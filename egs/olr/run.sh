@@ -16,9 +16,11 @@ Stages (default: all, 0..7):
   3  virtual phoneme alignment of the training set (PocketSphinx all-phone by default)
   4  multi-task x-vector training, one run per system (conf/<system>.yaml)
   5  embedding extraction for the training and test sets
-  6  back-end scoring per test task (OLR matrix score files)
-  7  metrics and report: Cavg, EER per task; results.md, plots, RESULTS.md;
-     then each system's model package exp/<system>/model (python -m apm.bin.identify)
+  6  back-end scoring per test task (OLR matrix score files); the back-end is saved in
+     exp/<system>/backend and calibrated on the dev sets (scores/calibrated/)
+  7  fusion of the systems on the dev sets (exp/fusion, with 2+ systems); metrics and report:
+     Cavg, EER, Cllr per task; results.md, plots, RESULTS.md; then each system's model
+     package exp/<system>/model (python -m apm.bin.identify)
 
 Examples:
   ./run.sh                                   # the whole recipe on mini-OLR
@@ -49,6 +51,7 @@ resume=true                 # stage 4: continue killed training runs (false: ret
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 jobs=auto                   # stages 4-5: systems trained/extracted at once, sharing the cores (auto: nproc; 1 with --ngpu > 0)
 backend_conf=conf/backend.yaml  # back-end configuration
+fuse=true                   # stage 7: fuse the systems' scores (2+ systems, dev sets) into exp/fusion, a row of RESULTS.md
 backend_train_set=          # set whose x-vectors train LDA/LR (empty: --train-set; AP20 baseline: its enroll set, imported and embedded with the others, not scored, no trials needed)
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go
@@ -73,6 +76,8 @@ fi
 if [ "$dev_sets" = auto ]; then
   if [ -n "$olr_root" ]; then dev_sets=""; else dev_sets=$(python -m mini_olr.tasks dev); fi
 fi
+data_card=  # the training corpus described in every model package's MODEL.md
+if [ -z "$olr_root" ]; then data_card=local/mini_olr/data_card.md; fi  # synthetic speech
 scored_sets=$(echo $dev_sets $test_sets)  # scored and reported in stages 6-7
 sets="$train_set $scored_sets"  # imported, given features and embedded (stages 0-2, 5)
 import_opts=()
