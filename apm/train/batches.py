@@ -97,8 +97,8 @@ def gather(
     raw: dict[int, np.ndarray] | None = None,
 ) -> dict[str, torch.Tensor]:
     """Chunks `[starts, starts + length)` of `utts`, padded (masked) where an utterance ends:
-    index arithmetic on a corpus held in memory, else each utterance read and prepared (once
-    per batch). `raw` gives other raw features (augmented) for some rows."""
+    index arithmetic on a corpus held in memory, else each chunk read and prepared
+    (`Corpus.chunk`). `raw` gives other raw features (augmented) for some rows."""
     valid = np.minimum(corpus.lengths[utts] - starts, length)
     frame = np.arange(length)
     mask = frame[None, :] < valid[:, None]
@@ -108,17 +108,15 @@ def gather(
         return finish_batch(corpus.feats[rows], mask, corpus.langs[utts], phones, cmn)
     feats = np.zeros((len(utts), length, corpus.feat_dim), dtype=np.float32)
     phones = np.zeros((len(utts), length), dtype=np.int64) if corpus.has_phones else None
-    read: dict[int, tuple] = {}
     for k, (u, s, n) in enumerate(zip(utts.tolist(), starts.tolist(), valid.tolist(), strict=True)):
         if raw and k in raw:
             frames, labels = corpus.utterance(u, raw[k])
+            frames, labels = frames[s : s + n], (None if labels is None else labels[s : s + n])
         else:
-            if u not in read:
-                read[u] = corpus.utterance(u)
-            frames, labels = read[u]
-        feats[k, :n] = frames[s : s + n]
+            frames, labels = corpus.chunk(u, s, n)
+        feats[k, :n] = frames
         if phones is not None:
-            phones[k, :n] = labels[s : s + n]
+            phones[k, :n] = labels
     return finish_batch(feats, mask, corpus.langs[utts], phones, cmn)
 
 

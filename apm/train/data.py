@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from lhotse.features.io import get_reader
 from lhotse.serialization import deserialize_item
 
 from apm.features.readers import (
@@ -88,7 +89,11 @@ class Corpus:
     offsets: np.ndarray | None = None
     feats: np.ndarray | None = None
     phones: np.ndarray | None = None
+    voiced: list[np.ndarray] | None = None  # not cached: each cut's VAD decisions, bit-packed
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    # not cached, `cmn: utterance`: the voiced-frame means of the utterances read so far (one
+    # [1, F] vector each, per process), so that later chunks read only their own frames
+    means: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def cached(self) -> bool:
@@ -121,6 +126,56 @@ class Corpus:
                 "set was indexed; the features or VAD changed during training: rerun stage 4"
             )
         return frames, phones
+
+    def chunk(self, i: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prepared frames `start:start + n` of utterance `i` and their phone ids (or None):
+        the same values as slicing `utterance(i)`. Not cached, only the stored frames that
+        the chunk spans are read (after one full read per utterance and process for the
+        utterance mean), unless `cmn: sliding` (which needs the frames around) or the cut is
+        a part of its feature matrix."""
+        if self.cached:
+            a = self.offsets[i] + start
+            return self.feats[a : a + n], (None if self.phones is None else self.phones[a : a + n])
+        cut = self.cut(i)
+        if self.cmn == "sliding" or not _whole_matrix(cut):
+            frames, phones = self.utterance(i)
+            return frames[start : start + n], (
+                None if phones is None else phones[start : start + n]
+            )
+        rows = np.flatnonzero(np.unpackbits(self.voiced[i], count=cut.num_frames))
+        rows = rows[start : start + n]
+        first, last = int(rows[0]), int(rows[-1]) + 1
+        f = cut.features
+        raw = get_reader(f.storage_type)(f.storage_path).read(
+            f.storage_key, left_offset_frames=first, right_offset_frames=last
+        )
+        raw = np.asarray(raw, dtype=np.float32)
+        if raw.shape != (last - first, self.feat_dim) or not np.isfinite(raw).all():
+            raise ApmError(
+                f"cut {cut.id}: frames {first}-{last} of its features read as {raw.shape} "
+                f"(finite: {np.isfinite(raw).all()}); recompute them (stage 2)"
+            )
+        frames = raw[rows - first]
+        if self.cmn == "utterance":
+            frames = frames - self._mean(i, cut)
+        phones = None
+        if self.has_phones:
+            ali = load_label(cut, "ali")
+            phones = load_alignment(cut.id, {cut.id: ali}, cut.num_frames, self.num_phones)[rows]
+        return frames, phones
+
+    def _mean(self, i: int, cut) -> np.ndarray:
+        if i not in self.means:
+            raw = load_cut_features(cut)
+            keep = np.unpackbits(self.voiced[i], count=cut.num_frames).astype(bool)
+            self.means[i] = raw[keep].mean(axis=0, keepdims=True)  # as select_and_normalize
+        return self.means[i]
+
+
+def _whole_matrix(cut) -> bool:
+    """Whether the cut spans its whole feature matrix (frame t of the cut is row t)."""
+    f = cut.features
+    return f is not None and f.num_frames == cut.num_frames and abs(f.start - cut.start) < 1e-6
 
 
 def prepare_utterance(
@@ -223,7 +278,7 @@ def load_corpus(
     else:
         cuts = labelled_cuts(fbank_dir, ali_dir, skipped if skip_unaligned else None)
     store = None if shar else CutStore()
-    ids, langs, lengths, dims, feats, phones = [], [], [], set(), [], []
+    ids, langs, lengths, dims, feats, phones, voiced = [], [], [], set(), [], [], []
     for cut in progress(cuts, desc=f"indexing {fbank_dir}", unit="cut", leave=False):
         lang = cut_language(cut)
         if cache:
@@ -231,7 +286,8 @@ def load_corpus(
             frames, labels_ = prepare_utterance(cut, x, cmn, num_phones, ali_dir is not None)
             kept = len(frames)
         else:
-            kept = int((load_label(cut, "vad") > 0.5).sum())
+            keep = load_label(cut, "vad") > 0.5
+            kept = int(keep.sum())
             if ali_dir is not None:  # checked now, not in the middle of training
                 load_alignment(cut.id, {cut.id: load_label(cut, "ali")}, cut.num_frames,
                                num_phones)  # fmt: skip
@@ -244,6 +300,8 @@ def load_corpus(
                 phones.append(labels_)
         if store is not None:
             store.append(cut)
+        if not cache:
+            voiced.append(np.packbits(keep))
         ids.append(cut.id)
         langs.append(lang)
         lengths.append(kept)
@@ -263,6 +321,7 @@ def load_corpus(
         cmn=cmn,
         has_phones=ali_dir is not None,
         cuts=store,
+        voiced=None if cache else voiced,
         skipped=skipped,
     )
     if cache:
