@@ -31,8 +31,8 @@ def _cfg(**train):
     return resolve_config(toy_config(**train), "toy", seed=3)
 
 
-def _load(source, ali, cache=True):
-    return load_corpus(source, ali, cmn="utterance", min_utt_frames=40, cache=cache)
+def _load(source, ali, cache=True, cmn="utterance"):
+    return load_corpus(source, ali, cmn=cmn, min_utt_frames=40, cache=cache)
 
 
 def _equal(a: dict, b: dict) -> bool:
@@ -41,15 +41,17 @@ def _equal(a: dict, b: dict) -> bool:
     )
 
 
-def test_streamed_batches_are_the_memory_batches(toy):
-    memory, streamed = _load(toy.fbank_dir, toy.ali_dir), _load(toy.fbank_dir, toy.ali_dir, False)
+@pytest.mark.parametrize("cmn", ["utterance", "sliding", "chunk"])
+def test_streamed_batches_are_the_memory_batches(toy, cmn):
+    memory = _load(toy.fbank_dir, toy.ali_dir, cmn=cmn)
+    streamed = _load(toy.fbank_dir, toy.ali_dir, False, cmn)
     assert streamed.ids == memory.ids and not streamed.cached and memory.cached
     assert np.array_equal(streamed.lengths, memory.lengths)
     split = split_validation(memory, 0.2, 3)
     for a, b in zip(split, split_validation(streamed, 0.2, 3), strict=True):
         assert np.array_equal(a, b)
     train, valid = split
-    cfg = _cfg(batch_size=6, specaugment={})["train"]
+    cfg = _cfg(batch_size=6, specaugment={}, cmn=cmn)["train"]
     plan = plan_epoch(memory, train, cfg, 3, 1)
     for rank, world in ((0, 1), (1, 2)):
         m = ChunkBatches(memory, plan, cfg, 3, 1, rank, world)

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+from lhotse.cut import Cut
 from lhotse.features.io import get_reader
 from lhotse.serialization import deserialize_item
 
@@ -99,7 +100,7 @@ class Corpus:
     def cached(self) -> bool:
         return self.feats is not None
 
-    def cut(self, i: int):
+    def cut(self, i: int) -> Cut:
         if self.cuts is None:
             raise ApmError(
                 f"utterance {self.ids[i]}: read from Shar shards, which hold features only; "
@@ -108,7 +109,9 @@ class Corpus:
             )
         return self.cuts[i]
 
-    def utterance(self, i: int, feats: np.ndarray | None = None):
+    def utterance(
+        self, i: int, feats: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """(prepared frames, phone ids or None) of utterance `i`: from memory, or read and
         prepared from its cut; with `feats` (e.g. augmented raw fbank), prepared from those."""
         if feats is None and self.cached:
