@@ -145,8 +145,25 @@ class Corpus:
             return frames[start : start + n], (
                 None if phones is None else phones[start : start + n]
             )
-        rows = np.flatnonzero(np.unpackbits(self.voiced[i], count=cut.num_frames))
-        rows = rows[start : start + n]
+        voiced = np.unpackbits(self.voiced[i], count=cut.num_frames).astype(bool)
+        rows = np.flatnonzero(voiced)[start : start + n]
+        if self.cmn == "utterance" and i not in self.means:
+            # first chunk of the utterance in this process: read it whole for the mean
+            whole = load_cut_features(cut)
+            self.means[i] = whole[voiced].mean(axis=0, keepdims=True)  # as select_and_normalize
+            frames = whole[rows]
+        else:
+            frames = self._read_rows(cut, rows)
+        if self.cmn == "utterance":
+            frames = frames - self.means[i]
+        phones = None
+        if self.has_phones:
+            ali = load_label(cut, "ali")
+            phones = load_alignment(cut.id, {cut.id: ali}, cut.num_frames, self.num_phones)[rows]
+        return frames, phones
+
+    def _read_rows(self, cut: Cut, rows: np.ndarray) -> np.ndarray:
+        """Stored feature rows `rows` (ascending) of `cut`, reading only the span they cover."""
         first, last = int(rows[0]), int(rows[-1]) + 1
         f = cut.features
         raw = get_reader(f.storage_type)(f.storage_path).read(
@@ -158,21 +175,7 @@ class Corpus:
                 f"cut {cut.id}: frames {first}-{last} of its features read as {raw.shape} "
                 f"(finite: {np.isfinite(raw).all()}); recompute them (stage 2)"
             )
-        frames = raw[rows - first]
-        if self.cmn == "utterance":
-            frames = frames - self._mean(i, cut)
-        phones = None
-        if self.has_phones:
-            ali = load_label(cut, "ali")
-            phones = load_alignment(cut.id, {cut.id: ali}, cut.num_frames, self.num_phones)[rows]
-        return frames, phones
-
-    def _mean(self, i: int, cut) -> np.ndarray:
-        if i not in self.means:
-            raw = load_cut_features(cut)
-            keep = np.unpackbits(self.voiced[i], count=cut.num_frames).astype(bool)
-            self.means[i] = raw[keep].mean(axis=0, keepdims=True)  # as select_and_normalize
-        return self.means[i]
+        return raw[rows - first]
 
 
 def _whole_matrix(cut) -> bool:
