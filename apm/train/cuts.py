@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def scp_entries(path: str | os.PathLike, what: str) -> dict[str, tuple[str, int]
                     f"{path}:{number}: expected 'key ark:offset', got {line.strip()!r}; write "
                     "the table to an ark first (e.g. Kaldi copy-vector ark:... ark,scp:...)"
                 )
-            out[fields[0]] = (m["ark"], int(m["offset"]))
+            out[fields[0]] = (sys.intern(m["ark"]), int(m["offset"]))
     return out
 
 
@@ -105,13 +106,6 @@ def load_label(cut, name: str, frames: int | None = None) -> np.ndarray:
     if abs(stored - frames) > FRAME_TOLERANCE:
         fit_frame_count(np.zeros(stored), frames, cut.id)  # raises, naming the cut
     return fit_frame_count(np.asarray(cut.load_custom(name)).reshape(-1), frames, cut.id)
-
-
-def attach_labels(cut, entries: dict[str, tuple[str, int]], name: str, values: np.ndarray):
-    """`cut` with custom field `name` pointing at its `entries` (scp) ark entry, whose already
-    read `values` give the length."""
-    ark, offset = entries[cut.id]
-    return cut.with_custom(name, label_field(ark, offset, len(np.asarray(values).reshape(-1))))
 
 
 def export_labels(cuts: Iterable, name: str, ark: str | os.PathLike) -> int:

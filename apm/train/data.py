@@ -14,6 +14,7 @@ read and prepared by `apm.features.readers`, as extraction prepares them.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 import os
@@ -33,36 +34,42 @@ from apm.features.readers import (
     is_speed_perturbed,
     load_alignment,
     load_cut_features,
-    read_cuts,
     read_phones,
     select_and_normalize,
 )
 from apm.train.cuts import (
     KaldiArkReader,
-    attach_labels,
     is_shar_dir,
+    label_field,
     load_label,
     read_shar,
     scp_entries,
 )
 from apm.utils.errors import ApmError
+from apm.utils.frames import fit_frame_count
 from apm.utils.log import progress
 
 log = logging.getLogger(__name__)
 
 
 class CutStore:
-    """Cuts by index, each kept as its compact JSON (well under 1 kB) and parsed on access, so
-    that the index of a large set stays small. Picklable into DataLoader workers."""
+    """Cuts by index, kept small for a large set: each cut's manifest line as stage 2 wrote it
+    (parsed on access) and its label fields as (name, ark, byte offset, length), attached on
+    access. Picklable into DataLoader workers."""
 
     def __init__(self) -> None:
         self._lines: list[bytes] = []
+        self._labels: list[tuple] = []
 
-    def append(self, cut) -> None:
-        self._lines.append(json.dumps(cut.to_dict(), separators=(",", ":")).encode("utf-8"))
+    def append(self, line: str, labels: tuple[tuple[str, str, int, int], ...]) -> None:
+        self._lines.append(line.encode("utf-8"))
+        self._labels.append(labels)
 
-    def __getitem__(self, i: int):
-        return deserialize_item(json.loads(self._lines[i]))
+    def __getitem__(self, i: int) -> Cut:
+        cut = deserialize_item(json.loads(self._lines[i]))
+        for name, ark, offset, length in self._labels[i]:
+            cut = cut.with_custom(name, label_field(ark, offset, length))
+        return cut
 
     def __len__(self) -> int:
         return len(self._lines)
@@ -185,15 +192,26 @@ def _whole_matrix(cut) -> bool:
 
 
 def prepare_utterance(
-    cut, feats: np.ndarray, cmn: str, num_phones: int, with_phones: bool
+    cut: Cut,
+    feats: np.ndarray,
+    cmn: str,
+    num_phones: int,
+    with_phones: bool,
+    values: dict[str, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """The VAD-kept, mean-normalised frames of one cut's raw `feats` and, `with_phones`, their
-    phone ids (the cut's `vad`/`ali` fields, fitted to the frames): what training trains on."""
-    keep = load_label(cut, "vad", len(feats)) > 0.5
+    phone ids (the cut's `vad`/`ali` fields, or their already read `values`, fitted to the
+    frames): what training trains on."""
+
+    def label(name: str) -> np.ndarray:
+        if values is None:
+            return load_label(cut, name, len(feats))
+        return fit_frame_count(values[name], len(feats), cut.id)
+
+    keep = label("vad") > 0.5
     phones = None
     if with_phones:
-        ali = load_label(cut, "ali", len(feats))
-        phones = load_alignment(cut.id, {cut.id: ali}, len(feats), num_phones)[keep]
+        phones = load_alignment(cut.id, {cut.id: label("ali")}, len(feats), num_phones)[keep]
     return select_and_normalize(feats, keep, cmn), phones
 
 
@@ -211,6 +229,19 @@ def report_skipped(
             log.warning("skipped %d %s cuts, e.g. %s", len(which), reason, which[:3])
 
 
+def _manifest(fbank_dir: Path) -> Iterator[tuple[str, Cut]]:
+    """(JSON line, cut) of every cut of stage 2's manifest, read lazily."""
+    path = fbank_dir / CUTS
+    if not path.is_file():
+        raise ApmError(f"{path}: not found; run stage 2 (features) for this set first")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                yield line, deserialize_item(json.loads(line))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ApmError(f"{path}:{number}: not a lhotse cut ({err}); rerun stage 2") from err
+
+
 class _Labels:
     """Attaches a cut's `vad` and `ali` fields from the Kaldi scp files of the set."""
 
@@ -219,8 +250,9 @@ class _Labels:
         self.ali = scp_entries(ali_dir / "ali.scp", "alignment (ali.scp)") if ali_dir else None
         self.ali_dir, self.skip_unaligned = ali_dir, skip_unaligned
 
-    def __call__(self, cut, skipped: dict):
-        """The cut with its fields, or None when it is unaligned and skipped (counted)."""
+    def __call__(self, cut: Cut, skipped: dict) -> tuple[Cut, dict, tuple] | None:
+        """(the cut with its fields, their values as read, the fields as (name, ark, offset,
+        length)), or None when the cut is unaligned and skipped (counted)."""
         if self.ali is not None and cut.id not in self.ali:
             if not self.skip_unaligned:
                 raise ApmError(
@@ -232,25 +264,35 @@ class _Labels:
         if cut.id not in self.vad:
             raise ApmError(f"cut {cut.id}: missing from vad.scp; rerun the feature stage (stage 2)")
         tables = [("vad", self.vad)] + ([("ali", self.ali)] if self.ali is not None else [])
+        values, fields = {}, []
         for name, entries in tables:
             ark, offset = entries[cut.id]
-            cut = attach_labels(cut, entries, name, KaldiArkReader(ark).read(str(offset)))
-        return cut
+            values[name] = KaldiArkReader(ark).read(str(offset))
+            fields.append((name, ark, offset, len(values[name])))
+            cut = cut.with_custom(name, label_field(ark, offset, len(values[name])))
+        return cut, values, tuple(fields)
+
+
+def _labelled(
+    fbank_dir: Path, ali_dir: Path | None, skipped: dict | None
+) -> Iterator[tuple[str, Cut, dict, tuple]]:
+    labels = _Labels(fbank_dir, ali_dir, skipped is not None)
+    counts = skipped if skipped is not None else {"unaligned": []}
+    for line, cut in _manifest(fbank_dir):
+        found = labels(cut, counts)
+        if found is not None:
+            yield (line, *found)
 
 
 def labelled_cuts(
     fbank_dir: str | os.PathLike, ali_dir: str | os.PathLike | None, skipped: dict | None = None
-) -> Iterator:
+) -> Iterator[Cut]:
     """The cuts of stage 2's `fbank_dir` with their `vad` (and, with `ali_dir`, `ali`) fields
     attached from the scp files, lazily; unaligned cuts are counted in `skipped["unaligned"]`
     and left out when `skipped` is given, else an error."""
-    fbank_dir = Path(fbank_dir)
-    labels = _Labels(fbank_dir, Path(ali_dir) if ali_dir else None, skipped is not None)
-    counts = skipped if skipped is not None else {"unaligned": []}
-    for cut in read_cuts(fbank_dir):
-        cut = labels(cut, counts)
-        if cut is not None:
-            yield cut
+    ali = Path(ali_dir) if ali_dir else None
+    for _, cut, _, _ in _labelled(Path(fbank_dir), ali, skipped):
+        yield cut
 
 
 def load_corpus(
@@ -280,23 +322,27 @@ def load_corpus(
                            "with train.data: memory")  # fmt: skip
     skipped: dict[str, list[str]] = {"short": [], "unaligned": []}
     if shar:
-        cuts = read_shar(fbank_dir)
+        cuts = ((None, cut, None, ()) for cut in read_shar(fbank_dir))
     else:
-        cuts = labelled_cuts(fbank_dir, ali_dir, skipped if skip_unaligned else None)
+        cuts = _labelled(fbank_dir, ali_dir, skipped if skip_unaligned else None)
     store = None if shar else CutStore()
     ids, langs, lengths, dims, feats, phones, voiced = [], [], [], set(), [], [], []
-    for cut in progress(cuts, desc=f"indexing {fbank_dir}", unit="cut", leave=False):
+    for line, cut, values, fields in progress(
+        cuts, desc=f"indexing {fbank_dir}", unit="cut", leave=False
+    ):
         lang = cut_language(cut)
         if cache:
             x = load_cut_features(cut)
-            frames, labels_ = prepare_utterance(cut, x, cmn, num_phones, ali_dir is not None)
+            frames, labels_ = prepare_utterance(
+                cut, x, cmn, num_phones, ali_dir is not None, values
+            )
             kept = len(frames)
         else:
-            keep = load_label(cut, "vad") > 0.5
+            keep = fit_frame_count(values["vad"], cut.num_frames, cut.id) > 0.5
             kept = int(keep.sum())
             if ali_dir is not None:  # checked now, not in the middle of training
-                load_alignment(cut.id, {cut.id: load_label(cut, "ali")}, cut.num_frames,
-                               num_phones)  # fmt: skip
+                ali = fit_frame_count(values["ali"], cut.num_frames, cut.id)
+                load_alignment(cut.id, {cut.id: ali}, cut.num_frames, num_phones)
         if kept < min_utt_frames:
             skipped["short"].append(cut.id)
             continue
@@ -305,7 +351,7 @@ def load_corpus(
             if labels_ is not None:
                 phones.append(labels_)
         if store is not None:
-            store.append(cut)
+            store.append(line, fields)
         if not cache:
             voiced.append(np.packbits(keep))
         ids.append(cut.id)
