@@ -10,13 +10,15 @@ import numpy as np
 import pytest
 import torch
 
+from apm.bin.export_shar import build_parser
+from apm.bin.export_shar import run as run_export
 from apm.features.readers import read_alignment_scp, read_scp
 from apm.nnet import checkpoint
 from apm.train.batches import ChunkBatches, plan_epoch, validation_batches
 from apm.train.config import resolve_config
 from apm.train.cuts import export_labels, export_shar, label_field, load_label, read_shar
 from apm.train.data import labelled_cuts, load_corpus, split_validation
-from apm.train.job import TrainJob, run_training
+from apm.train.job import TrainJob, input_signature, run_training
 from apm.train.toy import make_toy_corpus, toy_config
 from apm.train.trainer import Trainer
 from apm.utils.errors import ApmError
@@ -90,6 +92,7 @@ def test_labels_travel_as_custom_fields_and_export_to_kaldi(toy, tmp_path):
         load_label(cuts[0].with_custom("ali", long), "ali")
 
 
+@pytest.mark.slow
 def test_shar_shards_train_as_the_feature_store(toy, tmp_path):
     shards = export_shar(labelled_cuts(toy.fbank_dir, toy.ali_dir), tmp_path / "shar", 10)
     assert len(shards) == 3
@@ -99,6 +102,24 @@ def test_shar_shards_train_as_the_feature_store(toy, tmp_path):
     assert {c.id for c in read_shar(tmp_path / "shar")} == set(store.ids)
     with pytest.raises(ApmError, match="train.data: memory"):
         _load(tmp_path / "shar", toy.ali_dir, cache=False)
+    # Stage 4 trains from the shards; their labels go back to Kaldi tables unchanged.
+    job = TrainJob(_cfg(epochs=1, batch_size=8), tmp_path / "shar", tmp_path / "exp", toy.ali_dir)
+    assert run_training(job).is_file()
+    assert job_inputs(job) != job_inputs(
+        TrainJob(job.config, toy.fbank_dir, job.exp_dir, toy.ali_dir)
+    )
+    export = build_parser().parse_args(["--to-kaldi", str(tmp_path / "shar"), str(tmp_path / "k")])
+    run_export(export)
+    back, ali = (
+        read_alignment_scp(tmp_path / "k/ali.scp"),
+        read_alignment_scp(toy.ali_dir / "ali.scp"),
+    )
+    assert sorted(back) == sorted(store.ids)
+    assert all(np.array_equal(back[u], ali[u]) for u in store.ids)
+    vad = read_scp(tmp_path / "k/vad.scp", "vad")
+    assert np.array_equal(
+        vad[store.ids[0]], read_scp(toy.fbank_dir / "vad.scp", "vad")[store.ids[0]]
+    )
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -111,6 +132,10 @@ def test_dataloader_from_a_step_gives_the_remaining_batches(toy, tmp_path, worke
     got = list(trainer._batches(0, start=3))
     assert len(got) == len(data) - 3 > 0
     assert all(_equal(a, data[i]) for i, a in enumerate(got, start=3))
+
+
+def job_inputs(job: TrainJob) -> str:
+    return input_signature(job.fbank_dir, job.ali_dir)
 
 
 def _env():

@@ -3,8 +3,8 @@ phone labels) as lhotse Shar shards, for nodes without the feature store.
 
 Train from the shards by passing their directory as the training set (stage 4,
 `train.data: memory`: Shar is read sequentially and held in memory; batches and resume are
-then exactly those of the feature store). --import-labels DIR writes the shards' vad/ali back
-as Kaldi vad.scp/ali.scp instead (interop).
+then exactly those of the feature store). With --to-kaldi, SOURCE is a Shar directory whose
+vad/ali fields are written back as Kaldi OUT_DIR/vad.scp and ali.scp (interop).
 """
 
 import argparse

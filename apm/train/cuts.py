@@ -6,10 +6,11 @@ Stage 2 writes the VAD decisions to `vad.scp` and stage 3 the frame phone ids to
 `TemporalArray` custom fields, `cut.custom["vad"]` and `cut.custom["ali"]`, read with
 `cut.load_custom(name)`:
 
- - imported from the scp files (`attach_labels`), a field points into the Kaldi ark at its
+ - imported from the scp files (`label_field`, `apm.train.data.labelled_cuts`), a field
+   points into the Kaldi ark at its
    byte offset, read by the `apm_kaldi_ark` storage reader registered here (a binary int32
-   vector in one `np.frombuffer`, `apm.features.readers.read_int32_vector`; anything else, such
-   as VAD float vectors, through kaldiio);
+   vector in one `np.frombuffer`, `apm.features.readers.read_int32_vector`; anything else,
+   such as VAD float vectors, through kaldiio);
  - read from Shar shards (`read_shar`), the fields are the arrays the shards hold.
 `export_labels` writes the fields back as Kaldi ark/scp pairs.
 

@@ -78,6 +78,9 @@ def input_signature(fbank_dir: Path, ali_dir: Path | None, cache: Path | None = 
         fbank_dir / "cuts.jsonl.gz",
         *sorted(p for p in (fbank_dir / "storage").rglob("*") if p.is_file()),
         fbank_dir / "vad.scp",
+        # a training set given as Shar shards (apm.bin.export_shar)
+        *sorted(fbank_dir.glob("cuts.*.jsonl*")),
+        *sorted(fbank_dir.glob("*.*.tar")),
     ]
     if ali_dir is not None:
         files += [ali_dir / "ali.scp", ali_dir / "phones.txt"]
