@@ -18,6 +18,7 @@ import gzip
 import json
 import logging
 import os
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,26 +54,51 @@ log = logging.getLogger(__name__)
 
 
 class CutStore:
-    """Cuts by index, kept small for a large set: each cut's manifest line as stage 2 wrote it
-    (parsed on access) and its label fields as (name, ark, byte offset, length), attached on
-    access. Picklable into DataLoader workers."""
+    """Cuts by index, kept small for a large set (about 0.6 kB a cut): each cut's manifest
+    line as stage 2 wrote it (parsed on access) and each of its label fields as (ark, byte
+    offset, length) (attached on access); besides, each cut's VAD decisions, bit-packed.
+    Flat buffers, no object per cut; picklable into DataLoader workers."""
 
     def __init__(self) -> None:
-        self._lines: list[bytes] = []
-        self._labels: list[tuple] = []
+        self._text = bytearray()  # the manifest lines, one after the other
+        self._ends = array("q")  # end of line i in _text
+        self._fields = array("q")  # per cut and label name: ark index, offset, length
+        self._names: tuple[str, ...] | None = None
+        self._arks: list[str] = []
+        self._ark_index: dict[str, int] = {}
+        self._bits = bytearray()  # packed VAD decisions, cut after cut
+        self._bit_ends = array("q")
 
-    def append(self, line: str, labels: tuple[tuple[str, str, int, int], ...]) -> None:
-        self._lines.append(line.encode("utf-8"))
-        self._labels.append(labels)
+    def append(self, line: str, fields: tuple[tuple[str, str, int, int], ...], voiced) -> None:
+        if self._names is None:  # the same label tables for every cut of a set
+            self._names = tuple(name for name, *_ in fields)
+        self._text += line.encode("utf-8")
+        self._ends.append(len(self._text))
+        for _, ark, offset, length in fields:
+            if ark not in self._ark_index:
+                self._ark_index[ark] = len(self._arks)
+                self._arks.append(ark)
+            self._fields.extend((self._ark_index[ark], offset, length))
+        self._bits += np.packbits(voiced).tobytes()
+        self._bit_ends.append(len(self._bits))
 
     def __getitem__(self, i: int) -> Cut:
-        cut = deserialize_item(json.loads(self._lines[i]))
-        for name, ark, offset, length in self._labels[i]:
-            cut = cut.with_custom(name, label_field(ark, offset, length))
+        start = self._ends[i - 1] if i else 0
+        cut = deserialize_item(json.loads(bytes(self._text[start : self._ends[i]])))
+        k = 3 * len(self._names) * i
+        for j, name in enumerate(self._names):
+            ark, offset, length = self._fields[k + 3 * j : k + 3 * j + 3]
+            cut = cut.with_custom(name, label_field(self._arks[ark], offset, length))
         return cut
 
+    def voiced(self, i: int, num_frames: int) -> np.ndarray:
+        """The VAD decisions (bool, one per feature frame) of cut `i`, as indexed."""
+        start = self._bit_ends[i - 1] if i else 0
+        bits = np.frombuffer(self._bits, np.uint8, self._bit_ends[i] - start, start)
+        return np.unpackbits(bits, count=num_frames).astype(bool)
+
     def __len__(self) -> int:
-        return len(self._lines)
+        return len(self._ends)
 
 
 @dataclass
@@ -97,7 +123,6 @@ class Corpus:
     offsets: np.ndarray | None = None
     feats: np.ndarray | None = None
     phones: np.ndarray | None = None
-    voiced: list[np.ndarray] | None = None  # not cached: each cut's VAD decisions, bit-packed
     skipped: dict[str, list[str]] = field(default_factory=dict)
     # not cached, `cmn: utterance`: the voiced-frame means of the utterances read so far (one
     # [1, F] vector each, per process), so that later chunks read only their own frames
@@ -152,7 +177,7 @@ class Corpus:
             return frames[start : start + n], (
                 None if phones is None else phones[start : start + n]
             )
-        voiced = np.unpackbits(self.voiced[i], count=cut.num_frames).astype(bool)
+        voiced = self.cuts.voiced(i, cut.num_frames)
         rows = np.flatnonzero(voiced)[start : start + n]
         if self.cmn == "utterance" and i not in self.means:
             # first chunk of the utterance in this process: read it whole for the mean
@@ -326,7 +351,7 @@ def load_corpus(
     else:
         cuts = _labelled(fbank_dir, ali_dir, skipped if skip_unaligned else None)
     store = None if shar else CutStore()
-    ids, langs, lengths, dims, feats, phones, voiced = [], [], [], set(), [], [], []
+    ids, langs, lengths, dims, feats, phones = [], [], [], set(), [], []
     for line, cut, values, fields in progress(
         cuts, desc=f"indexing {fbank_dir}", unit="cut", leave=False
     ):
@@ -351,9 +376,7 @@ def load_corpus(
             if labels_ is not None:
                 phones.append(labels_)
         if store is not None:
-            store.append(line, fields)
-        if not cache:
-            voiced.append(np.packbits(keep))
+            store.append(line, fields, keep if not cache else np.zeros(0, dtype=bool))
         ids.append(cut.id)
         langs.append(lang)
         lengths.append(kept)
@@ -373,7 +396,6 @@ def load_corpus(
         cmn=cmn,
         has_phones=ali_dir is not None,
         cuts=store,
-        voiced=None if cache else voiced,
         skipped=skipped,
     )
     if cache:
