@@ -124,9 +124,6 @@ class Corpus:
     feats: np.ndarray | None = None
     phones: np.ndarray | None = None
     skipped: dict[str, list[str]] = field(default_factory=dict)
-    # not cached, `cmn: utterance`: the voiced-frame means of the utterances read so far (one
-    # [1, F] vector each, per process), so that later chunks read only their own frames
-    means: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
     def cached(self) -> bool:
@@ -164,10 +161,11 @@ class Corpus:
 
     def chunk(self, i: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Prepared frames `start:start + n` of utterance `i` and their phone ids (or None):
-        the same values as slicing `utterance(i)`. Not cached, only the stored frames that
-        the chunk spans are read (after one full read per utterance and process for the
-        utterance mean), unless `cmn: sliding` (which needs the frames around) or the cut is
-        a part of its feature matrix."""
+        the same values as slicing `utterance(i)`. Not cached, the VAD decisions come from the
+        index and only the stored frames that the chunk spans are read, except that
+        `cmn: utterance` reads the whole utterance for its mean and `cmn: sliding` (which
+        needs the frames around), like a cut that is part of its feature matrix, is prepared
+        whole."""
         if self.cached:
             a = self.offsets[i] + start
             return self.feats[a : a + n], (None if self.phones is None else self.phones[a : a + n])
@@ -179,15 +177,14 @@ class Corpus:
             )
         voiced = self.cuts.voiced(i, cut.num_frames)
         rows = np.flatnonzero(voiced)[start : start + n]
-        if self.cmn == "utterance" and i not in self.means:
-            # first chunk of the utterance in this process: read it whole for the mean
+        if self.cmn == "utterance":  # the mean over all voiced frames needs them all
             whole = load_cut_features(cut)
-            self.means[i] = whole[voiced].mean(axis=0, keepdims=True)  # as select_and_normalize
-            frames = whole[rows]
+            if whole.shape != (cut.num_frames, self.feat_dim):
+                raise ApmError(f"cut {cut.id}: features of shape {whole.shape}, the manifest "
+                               f"says {cut.num_frames} x {self.feat_dim}; rerun stage 2")  # fmt: skip
+            frames = whole[rows] - whole[voiced].mean(axis=0, keepdims=True)  # as prepared
         else:
             frames = self._read_rows(cut, rows)
-        if self.cmn == "utterance":
-            frames = frames - self.means[i]
         phones = None
         if self.has_phones:
             ali = load_label(cut, "ali")
