@@ -25,7 +25,7 @@ TFLOP/s; n/a elsewhere).
 bare steps with the masked BatchNorm as it was (one elementwise autograd op at a time,
 `masked_batchnorm_reference`) against the fused node, and, with --data stream, the loader
 alone (batches built in this process, no training) reading ali.scp through kaldiio (element by
-element) against `read_alignment_scp` (np.frombuffer):
+element) against `read_int32_vector` (np.frombuffer):
 
     .venv/bin/python local/bench_train.py --threads 1 --ab-before [--data stream]
 
@@ -40,16 +40,16 @@ import tempfile
 import time
 from pathlib import Path
 
+import kaldiio
 import numpy as np
 import torch
 
-import apm.train.stream
-from apm.features.readers import read_alignment_scp, read_scp
+import apm.train.cuts
+from apm.features.readers import read_int32_vector
 from apm.nnet import MaskedBatchNorm1d
 from apm.train.config import load_system_config
 from apm.train.data import load_corpus
 from apm.train.job import input_signature
-from apm.train.stream import load_stream_corpus
 from apm.train.toy import make_toy_corpus
 from apm.train.trainer import Trainer
 from apm.utils.dist import init_distributed
@@ -100,15 +100,18 @@ def old_bn_bare_steps(trainer: Trainer, epoch: int) -> tuple[float, int]:
 
 def loader_only(trainer: Trainer, epoch: int, kaldiio_reader: bool) -> tuple[float, int]:
     """Seconds and valid frames of building epoch `epoch`'s streamed batches in this process
-    (one loader worker), alignments read by kaldiio or by `read_alignment_scp`."""
-    reader = (lambda path: read_scp(path, "alignment")) if kaldiio_reader else read_alignment_scp
-    apm.train.stream.read_alignment_scp = reader
+    (one loader worker), alignments read by kaldiio or by `read_int32_vector`."""
+
+    def by_kaldiio(ark, offset, key="?"):
+        return kaldiio.load_mat(f"{ark}:{offset}")
+
+    apm.train.cuts.read_int32_vector = by_kaldiio if kaldiio_reader else read_int32_vector
     try:
         start = time.perf_counter()
         frames = sum(int(b["mask"].sum()) for b in trainer._batches(epoch))
         return time.perf_counter() - start, frames
     finally:
-        apm.train.stream.read_alignment_scp = read_alignment_scp
+        apm.train.cuts.read_int32_vector = read_int32_vector
 
 
 def peak_flops(device: torch.device) -> float | None:
@@ -172,10 +175,8 @@ def main() -> None:
                 num_phones=40,
             )
             fbank, ali = toy.fbank_dir, toy.ali_dir
-        if t["data"] == "stream":
-            corpus = load_stream_corpus(fbank, ali, min_utt_frames=t["min_utt_frames"])
-        else:
-            corpus = load_corpus(fbank, ali, cmn=t["cmn"], min_utt_frames=t["min_utt_frames"])
+        corpus = load_corpus(fbank, ali, cmn=t["cmn"], min_utt_frames=t["min_utt_frames"],
+                             cache=t["data"] == "memory")  # fmt: skip
         pool = np.arange(len(corpus.ids))
         trainer = Trainer(cfg, corpus, pool, pool[:0], tmp, env)
         trainer.train_epoch()  # warm-up (and compilation)
@@ -191,7 +192,7 @@ def main() -> None:
                     old_bn_bare_steps(trainer, epoch)
                 )
                 ab.setdefault("bare, masked BN fused (now)", []).append(bare_steps(trainer, epoch))
-                if trainer.streamed:
+                if not trainer.corpus.cached:
                     ab.setdefault("loader, ali via kaldiio (before)", []).append(
                         loader_only(trainer, epoch, kaldiio_reader=True)
                     )

@@ -88,7 +88,6 @@ def child(args: argparse.Namespace) -> None:
 
     from apm.train.config import resolve_config
     from apm.train.data import load_corpus, split_validation
-    from apm.train.stream import load_stream_corpus
     from apm.train.trainer import Trainer
     from apm.utils.dist import init_distributed
 
@@ -110,10 +109,8 @@ def child(args: argparse.Namespace) -> None:
     env = init_distributed("cpu", t["threads"])
     start = time.perf_counter()
     fbank, ali = args.set / "fbank", args.set / "ali"
-    if args.data == "stream":
-        corpus = load_stream_corpus(fbank, ali, min_utt_frames=t["min_utt_frames"])
-    else:
-        corpus = load_corpus(fbank, ali, cmn=t["cmn"], min_utt_frames=t["min_utt_frames"])
+    corpus = load_corpus(fbank, ali, cmn=t["cmn"], min_utt_frames=t["min_utt_frames"],
+                         cache=args.data == "memory")  # fmt: skip
     loaded = time.perf_counter() - start
     pool, _ = split_validation(corpus, 0.0, 0)
     trainer = Trainer(cfg, corpus, pool, pool[:0], args.set, env)

@@ -298,28 +298,59 @@ def _augmented_system(work: dict, data: str) -> dict:
     return resolve_config(raw, "toy", seed=1)
 
 
-def test_streamed_training_trains_on_augmented_features(work, tmp_path, monkeypatch):
-    """train.data: stream with an augment section: the readers take their features from the
-    Augmenter (with the set's recorded stage-2 feature config), and training completes."""
+@pytest.mark.parametrize("data", ["memory", "stream"])
+def test_training_augments_chunks_on_every_path(work, tmp_path, monkeypatch, data):
+    """An augment section trains on augmented chunks whichever way the set is held: the
+    chunks drawn for augmentation take their audio from the Augmenter (with the set's
+    recorded stage-2 feature config), and training completes."""
     from apm.train.job import TrainJob, run_training
 
     calls = []
-    original = Augmenter.__call__
+    original = Augmenter.audio
 
-    def counting(self, cut, epoch=0):
+    def counting(self, cut, plan):
         calls.append(cut.id)
-        return original(self, cut, epoch)
+        return original(self, cut, plan)
 
-    monkeypatch.setattr(Augmenter, "__call__", counting)
-    cfg = _augmented_system(work, "stream")
+    monkeypatch.setattr(Augmenter, "audio", counting)
+    cfg = _augmented_system(work, data)
     final = run_training(TrainJob(cfg, work["tmp"] / "fbank/train", tmp_path / "exp", None))
     assert final.is_file() and calls
     assert cfg["augment"]["prob"] == 0.5
 
 
-def test_augmentation_needs_the_streamed_path(work):
-    with pytest.raises(ApmError, match="needs train.data: stream"):
-        _augmented_system(work, "memory")
+def test_augmented_chunks_depend_on_batch_and_row_not_on_processes_or_workers(work):
+    """Per chunk, the draw is keyed by (seed, epoch, batch, row of the global batch): a rank's
+    rows of the global batch, batches built in DataLoader workers and a second build are all
+    equal; about `prob` of the chunks differ from the clean batch."""
+    import torch
+
+    from apm.train.batches import ChunkBatches, plan_epoch
+    from apm.train.data import load_corpus
+
+    cfg = _augmented_system(work, "stream")
+    tcfg = {**cfg["train"], "batch_size": 8}
+    corpus = load_corpus(work["tmp"] / "fbank/train", None, cmn="utterance", min_utt_frames=20,
+                         cache=False)  # fmt: skip
+    pool = np.arange(len(corpus.ids))
+    plan = plan_epoch(corpus, pool, tcfg, 1, 0)
+    aug = Augmenter(resolve_augment(cfg["augment"]), work["features"], 1)
+    data = ChunkBatches(corpus, plan, tcfg, 1, 0, augmenter=aug)
+    clean = ChunkBatches(corpus, plan, tcfg, 1, 0)
+    whole = [data[i] for i in range(2)]
+    changed = 0
+    for i, batch in enumerate(whole):
+        for rank in range(2):
+            part = ChunkBatches(corpus, plan, tcfg, 1, 0, rank, 2, aug)[i]
+            assert torch.equal(part["feats"], batch["feats"][rank::2]), (i, rank)
+        ref = clean[i]["feats"]
+        changed += sum(not torch.equal(a, b) for a, b in zip(batch["feats"], ref, strict=True))
+    assert 0 < changed < 16
+    loader = torch.utils.data.DataLoader(data, batch_size=None, sampler=range(2), num_workers=2)
+    for a, b in zip(loader, whole, strict=True):
+        assert torch.equal(a["feats"], b["feats"])
+    other_epoch = ChunkBatches(corpus, plan, tcfg, 1, 1, augmenter=aug)[0]
+    assert not torch.equal(other_epoch["feats"], whole[0]["feats"])
 
 
 def test_stage_2_records_its_feature_config(work, tmp_path):

@@ -3,7 +3,7 @@
 The `augment:` section of a system config (conf/<system>.yaml), off by default:
 
     augment:
-      prob: 0.6                  # chance that a training cut is augmented, drawn per epoch
+      prob: 0.6                  # chance that a training chunk is augmented
       reverb_prob: 0.25          # of augmented cuts: reverberation instead of additive noise
       rirs: data/augment/rirs.jsonl.gz           # RIR recordings (steps/prepare_augment.sh)
       noise:  {manifest: data/augment/noise.jsonl.gz,  snr: [0, 15]}
@@ -20,7 +20,9 @@ range) MUSAN speech recordings, each at its own SNR as Kaldi's background noises
 the fbank of the augmented audio of a stage-2 feature cut (which keeps its recording), with the
 stored features' frame count so the clean audio's VAD and phone alignments still apply. The
 draw depends only on (seed, epoch, cut id), so it is the same in every process and worker.
-A cut left clean reads its stored features. `plan(cut, epoch)` says what a cut gets; noise is
+A cut left clean reads its stored features. `plan(cut, epoch)` says what a cut gets;
+`draw_plan(cut, rng)` draws it from any generator: training draws one per chunk, keyed by
+(seed, epoch, batch, row), on every data path (`apm.train.batches.ChunkBatches`). Noise is
 added as Kaldi's wav-reverberate does (a random span of the source, repeated when shorter than
 the cut, scaled once so its energy over the cut gives the SNR against the whole clean cut);
 reverberation is lhotse's `ReverbWithImpulseResponse`, which aligns the RIR's direct path (its
@@ -256,19 +258,17 @@ class Augmenter:
             return load_cut_features(cut)
         return self.fbank(cut, self.audio(cut, plan))
 
-    def draw(self, cut: Cut, rng: np.random.Generator) -> np.ndarray:
-        """The features of `cut` for a streamed training reader (`apm.train.stream.FeatureFn`):
-        the draw is keyed by `rng`, the reader's generator, so it is as reproducible as the
-        rest of the reader's epoch."""
-        return self(cut, int(rng.integers(2**31)))
-
     def for_epoch(self, epoch: int) -> Callable[[Cut], np.ndarray]:
         """The `(cut) -> features` callable of one epoch (picklable for DataLoader workers)."""
         return functools.partial(self, epoch=epoch)
 
     def plan(self, cut: Cut, epoch: int) -> Plan | None:
         """What `cut` gets in `epoch`, or None when it stays clean."""
-        rng = cut_rng(self.seed, epoch, cut.id)
+        return self.draw_plan(cut, cut_rng(self.seed, epoch, cut.id))
+
+    def draw_plan(self, cut: Cut, rng: np.random.Generator) -> Plan | None:
+        """What `cut` gets, drawn with `rng` (training draws one per chunk, keyed by seed,
+        epoch, batch and row: `apm.train.batches.ChunkBatches`), or None when it stays clean."""
         if not self.cfg.enabled or rng.uniform() >= self.cfg.prob:
             return None
         if self.cfg.reverb_prob > 0 and rng.uniform() < self.cfg.reverb_prob:

@@ -1,10 +1,19 @@
-"""Chunk sampling: the plan of an epoch and the batches built from it.
+"""Chunk sampling: the plan of an epoch and the batches built from it, for every data path.
 
 An epoch is planned in full from `(seed, epoch)` alone: the chunk length of every batch, and
-the utterance and start frame of every chunk. Batches are then pure functions of the plan, so
-training is reproducible whatever the number of DataLoader workers, and a resumed run replays
-exactly the epochs it missed. With N processes (DDP), process r takes chunks r, r+N, ... of
-every batch: `batch_size` is the global batch.
+the utterance and start frame of every chunk. `ChunkBatches` (a map-style dataset: batch i of
+the plan) is the one training dataset, whether the frames are held in memory or read from the
+feature store (`apm.train.data`): the same plan gives the same batches on either path. Batches
+are pure functions of (plan, seed, epoch, batch index), so training is reproducible whatever
+the number of DataLoader workers, and a run resumed at step k of an epoch builds exactly
+batches k, k+1, ... (`DataLoader(batch_size=None, sampler=range(k, N))`). With N processes
+(DDP), process r takes chunks r, r+N, ... of every batch (`batch_size` is the global batch):
+every process gets every batch, with equal row counts.
+
+Augmentation is drawn per chunk from (seed, epoch, batch, row of the global batch): MUSAN
+noise/music/babble or RIR reverberation (`apm.features.augment.Augmenter`, the chunk's
+utterance recomputed from its audio) and SpecAugment masks, the same for any worker or
+process count.
 
 An epoch draws as many chunks as the training frames hold (total frames / mean chunk length).
 Utterances are drawn in proportion to their number of frames, or, with `language_balanced`,
@@ -21,6 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from apm.features.augment import Augmenter
 from apm.features.readers import chunk_cmn
 from apm.train.data import Corpus
 
@@ -79,15 +89,35 @@ def plan_epoch(
 
 
 def gather(
-    corpus: Corpus, utts: np.ndarray, starts: np.ndarray, length: int, cmn: str
+    corpus: Corpus,
+    utts: np.ndarray,
+    starts: np.ndarray,
+    length: int,
+    cmn: str,
+    raw: dict[int, np.ndarray] | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Chunks `[starts, starts + length)` of `utts`, padded (masked) where an utterance ends."""
+    """Chunks `[starts, starts + length)` of `utts`, padded (masked) where an utterance ends:
+    index arithmetic on a corpus held in memory, else each chunk read and prepared
+    (`Corpus.chunk`). `raw` gives other raw features (augmented) for some rows."""
     valid = np.minimum(corpus.lengths[utts] - starts, length)
     frame = np.arange(length)
     mask = frame[None, :] < valid[:, None]
-    rows = np.where(mask, corpus.offsets[utts][:, None] + starts[:, None] + frame[None, :], 0)
-    phones = corpus.phones[rows] if corpus.phones is not None else None
-    return finish_batch(corpus.feats[rows], mask, corpus.langs[utts], phones, cmn)
+    if corpus.cached and not raw:
+        rows = np.where(mask, corpus.offsets[utts][:, None] + starts[:, None] + frame[None, :], 0)
+        phones = corpus.phones[rows] if corpus.phones is not None else None
+        return finish_batch(corpus.feats[rows], mask, corpus.langs[utts], phones, cmn)
+    feats = np.zeros((len(utts), length, corpus.feat_dim), dtype=np.float32)
+    phones = np.zeros((len(utts), length), dtype=np.int64) if corpus.has_phones else None
+    for k, (u, s, n) in enumerate(zip(utts.tolist(), starts.tolist(), valid.tolist(), strict=True)):
+        if raw and k in raw:
+            frames, labels = corpus.utterance(u, raw[k])
+            frames, labels = frames[s : s + n], (None if labels is None else labels[s : s + n])
+        else:
+            frames, labels = corpus.chunk(u, s, n)
+        feats[k, :n] = frames
+        if phones is not None:
+            phones[k, :n] = labels
+    return finish_batch(feats, mask, corpus.langs[utts], phones, cmn)
 
 
 def finish_batch(
@@ -126,7 +156,8 @@ def spec_augment_masks(
 
 
 class ChunkBatches(torch.utils.data.Dataset):
-    """The batches of one epoch plan, as seen by process `rank` of `world`."""
+    """Batch `i` of one epoch plan, as seen by process `rank` of `world`; with `augmenter`,
+    chunks are augmented as drawn per (seed, epoch, batch, row)."""
 
     def __init__(
         self,
@@ -137,19 +168,37 @@ class ChunkBatches(torch.utils.data.Dataset):
         epoch: int,
         rank: int = 0,
         world: int = 1,
+        augmenter: Augmenter | None = None,
     ) -> None:
         self.corpus, self.plan, self.cfg = corpus, plan, train_cfg
         self.seed, self.epoch, self.rank, self.world = seed, epoch, rank, world
+        self.augmenter = augmenter if augmenter is not None and augmenter.cfg.enabled else None
 
     def __len__(self) -> int:
         return len(self.plan)
+
+    def augmented(self, i: int, utts: np.ndarray, rows: np.ndarray) -> dict[int, np.ndarray]:
+        """{position in `utts`: augmented raw fbank} of the chunks of batch `i` drawn for
+        augmentation; `rows` are their rows in the global batch (the draw's key)."""
+        out: dict[int, np.ndarray] = {}
+        if self.augmenter is None:
+            return out
+        for k, (u, row) in enumerate(zip(utts.tolist(), rows.tolist(), strict=True)):
+            rng = np.random.default_rng([self.seed, 5, self.epoch, i, row])
+            cut = self.corpus.cut(u)
+            plan = self.augmenter.draw_plan(cut, rng)
+            if plan is not None:
+                out[k] = self.augmenter.fbank(cut, self.augmenter.audio(cut, plan))
+        return out
 
     def __getitem__(self, i: int) -> dict:
         length = int(self.plan.lengths[i])
         spec = self.cfg["specaugment"]
         mine = slice(self.rank, None, self.world)
         utts, starts = self.plan.utts[i], self.plan.starts[i]
-        batch = gather(self.corpus, utts[mine], starts[mine], length, self.cfg["cmn"])
+        rows = np.arange(len(utts))[mine]
+        raw = self.augmented(i, utts[mine], rows)
+        batch = gather(self.corpus, utts[mine], starts[mine], length, self.cfg["cmn"], raw)
         if spec is not None:
             # Drawn for the global batch, then sliced: the same masks for any process count.
             rng = np.random.default_rng([self.seed, 3, self.epoch, i])

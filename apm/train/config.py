@@ -53,12 +53,13 @@ TRAIN_DEFAULTS: dict[str, Any] = {
     "valid_fraction": 0.05,  # utterances per language held out for validation
     "average_last": 3,  # final.pt averages the last N epoch checkpoints
     "bn_recalibration_batches": 50,  # then re-estimates BatchNorm statistics on N batches
-    # memory: every VAD-kept frame in one array (fastest for small corpora); stream: features
-    # read from disk while training, memory bounded by stream_buffer/stream_pool
-    # (apm.train.stream; its batches depend on the process count and num_workers).
+    # Where chunks are read from; both give the same batches (apm.train.data). memory: every
+    # VAD-kept frame loaded once into one array (fastest, RAM grows with the corpus); stream:
+    # each chunk's utterance read from the feature store when a batch needs it (RAM flat).
     "data": "memory",
-    "stream_buffer": 2000,  # stream: cuts (metadata) each reader shuffles within
-    "stream_pool": 256,  # stream: prepared utterances each reader draws chunks from
+    # Steps between mid-epoch checkpoints (checkpoints/running.pt); 0: at epoch ends only. A
+    # run resumed from one is tensor-identical to an uninterrupted run.
+    "checkpoint_interval": 0,
     "amp": "bf16",  # none | bf16 | fp16: autocast dtype on CUDA (ignored on CPU)
     "compile": False,  # torch.compile the model on CUDA (skipped, with a log line, on CPU)
     "num_workers": 0,  # DataLoader workers building batches (0: in the training process)
@@ -105,8 +106,12 @@ TRAIN_INTS = {
     "num_workers": 0,
     "threads": 0,
     "log_interval": 1,
-    "stream_buffer": 1,
-    "stream_pool": 1,
+    "checkpoint_interval": 0,
+}
+# Keys that meant something once and no longer do: an error saying why, not silently ignored.
+RETIRED_TRAIN_KEYS = {
+    "stream_buffer": "the streamed reader's shuffle buffer",
+    "stream_pool": "the streamed reader's pool of prepared utterances",
 }
 TRAIN_FLOATS = {  # key: (minimum, maximum, strict)
     "lr": (0.0, None, True),
@@ -118,6 +123,16 @@ TRAIN_FLOATS = {  # key: (minimum, maximum, strict)
     "valid_fraction": (0.0, None, False),
 }
 EXTRACT_INTS = {"max_chunk_frames": 1, "min_voiced_frames": 1, "threads": 0}
+
+
+def _check_retired(raw_train: dict, where: str) -> None:
+    for key, meaning in RETIRED_TRAIN_KEYS.items():
+        if key in raw_train:
+            raise ApmError(
+                f"{where}: train.{key} ({meaning}) is no longer used: memory and streamed "
+                "training now build the same batches from one epoch plan, reading each "
+                f"chunk's utterance directly (apm.train.batches); remove train.{key}"
+            )
 
 
 def _check_train(train: dict, where: str) -> None:
@@ -161,6 +176,8 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
     for section in ("model", "loss"):
         if not isinstance(raw.get(section), dict):
             raise ApmError(f"{where}: missing section '{section}'")
+    if isinstance(raw.get("train"), dict):
+        _check_retired(raw["train"], where)
     cfg = {
         "model": resolve_model_config(raw["model"], f"{where}: model"),
         "loss": merge_section(raw["loss"], LOSS_DEFAULTS, f"{where}: loss"),
@@ -173,11 +190,6 @@ def resolve_config(raw: dict, where: str, seed: int | None = None) -> dict:
         build_loss(cfg["loss"], embed_dim=8, num_langs=2)
     except ApmError as e:
         raise ApmError(f"{where}: {e}") from None
-    if cfg["augment"]["prob"] > 0 and cfg["train"]["data"] != "stream":
-        raise ApmError(
-            f"{where}: augment.prob > 0 needs train.data: stream (augmented features are "
-            "computed from the audio while training; the memory path holds stored features)"
-        )
     for key, minimum in EXTRACT_INTS.items():
         cfg["extract"][key] = check_int(
             cfg["extract"][key], key, "extract", minimum=minimum, path=where

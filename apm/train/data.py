@@ -1,142 +1,240 @@
-"""A training set (lhotse cuts + `vad.scp`) and its alignments, held in memory
-(`train.data: memory`; `apm.train.stream` streams it instead).
+"""A training set: lhotse cuts with their VAD and frame phone labels (`apm.train.cuts`),
+indexed once, read by one pipeline (`apm.train.batches`) whichever way it is held.
 
-Training sets of an LID recipe are small enough (hours of speech, 40-dim frames) to keep every
-VAD-kept frame in one array: chunk sampling is then index arithmetic, with no per-step I/O.
-Frames are read and prepared by `apm.features.readers`, as extraction prepares them.
+`train.data` says where the prepared frames of a chunk come from; the batches are the same:
+ - `memory`: every VAD-kept, mean-normalised frame is read once at the start and held in one
+   array (eager): chunk sampling is then index arithmetic, with no per-step I/O. Training sets
+   of an LID recipe (hours of speech, 40-dim frames) fit.
+ - `stream`: only an index is held (ids, languages, VAD-kept frame counts, the cuts as compact
+   JSON); each chunk's utterance is read from the feature store and prepared when a batch
+   needs it, so memory stays flat in corpus size.
+Augmented chunks (`augment:`) are always computed from the audio, on either path. Frames are
+read and prepared by `apm.features.readers`, as extraction prepares them.
 """
 
 from __future__ import annotations
 
+import gzip
+import json
 import logging
 import os
-from collections.abc import Mapping
+from array import array
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
+from lhotse.cut import Cut
+from lhotse.features.io import get_reader
+from lhotse.serialization import deserialize_item
 
 from apm.features.readers import (
+    CUTS,
     base_id,
     cut_language,
     is_speed_perturbed,
     load_alignment,
     load_cut_features,
-    read_alignment_scp,
-    read_cuts,
     read_phones,
-    read_scp,
     select_and_normalize,
-    voiced_mask,
+)
+from apm.train.cuts import (
+    KaldiArkReader,
+    is_shar_dir,
+    label_field,
+    load_label,
+    read_shar,
+    scp_entries,
 )
 from apm.utils.errors import ApmError
+from apm.utils.frames import fit_frame_count
 from apm.utils.log import progress
-
-if TYPE_CHECKING:
-    from apm.train.stream import StreamCorpus
 
 log = logging.getLogger(__name__)
 
 
+class CutStore:
+    """Cuts by index, kept small for a large set (about 0.6 kB a cut): each cut's manifest
+    line as stage 2 wrote it (parsed on access) and each of its label fields as (ark, byte
+    offset, length) (attached on access); besides, each cut's VAD decisions, bit-packed.
+    Flat buffers, no object per cut; picklable into DataLoader workers."""
+
+    def __init__(self) -> None:
+        self._text = bytearray()  # the manifest lines, one after the other
+        self._ends = array("q")  # end of line i in _text
+        self._fields = array("q")  # per cut and label name: ark index, offset, length
+        self._names: tuple[str, ...] | None = None
+        self._arks: list[str] = []
+        self._ark_index: dict[str, int] = {}
+        self._bits = bytearray()  # packed VAD decisions, cut after cut
+        self._bit_ends = array("q")
+
+    def append(self, line: str, fields: tuple[tuple[str, str, int, int], ...], voiced) -> None:
+        if self._names is None:  # the same label tables for every cut of a set
+            self._names = tuple(name for name, *_ in fields)
+        self._text += line.encode("utf-8")
+        self._ends.append(len(self._text))
+        for _, ark, offset, length in fields:
+            if ark not in self._ark_index:
+                self._ark_index[ark] = len(self._arks)
+                self._arks.append(ark)
+            self._fields.extend((self._ark_index[ark], offset, length))
+        self._bits += np.packbits(voiced).tobytes()
+        self._bit_ends.append(len(self._bits))
+
+    def __getitem__(self, i: int) -> Cut:
+        start = self._ends[i - 1] if i else 0
+        cut = deserialize_item(json.loads(bytes(self._text[start : self._ends[i]])))
+        k = 3 * len(self._names) * i
+        for j, name in enumerate(self._names):
+            ark, offset, length = self._fields[k + 3 * j : k + 3 * j + 3]
+            cut = cut.with_custom(name, label_field(self._arks[ark], offset, length))
+        return cut
+
+    def voiced(self, i: int, num_frames: int) -> np.ndarray:
+        """The VAD decisions (bool, one per feature frame) of cut `i`, as indexed."""
+        start = self._bit_ends[i - 1] if i else 0
+        bits = np.frombuffer(self._bits, np.uint8, self._bit_ends[i] - start, start)
+        return np.unpackbits(bits, count=num_frames).astype(bool)
+
+    def __len__(self) -> int:
+        return len(self._ends)
+
+
 @dataclass
 class Corpus:
-    """VAD-kept frames of a set of utterances, concatenated.
+    """The usable utterances of a training set.
 
-    Utterance `i` owns rows `offsets[i]:offsets[i + 1]` of `feats` (and of `phones`, the frame
-    phone ids, when alignments were loaded).
+    Utterance `i` has `lengths[i]` VAD-kept frames and its cut is `cuts[i]` (None for a set
+    read from Shar shards, which holds features only). Held in memory (`cached`), its prepared
+    frames are rows `offsets[i]:offsets[i + 1]` of `feats` (and of `phones`, the frame phone
+    ids, when alignments were loaded).
     """
 
     ids: list[str]
     langs: np.ndarray
-    offsets: np.ndarray
-    feats: np.ndarray
-    phones: np.ndarray | None
+    lengths: np.ndarray
     languages: list[str]
     num_phones: int
+    feat_dim: int
+    cmn: str
+    has_phones: bool
+    cuts: CutStore | None
+    offsets: np.ndarray | None = None
+    feats: np.ndarray | None = None
+    phones: np.ndarray | None = None
     skipped: dict[str, list[str]] = field(default_factory=dict)
 
     @property
-    def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets)
+    def cached(self) -> bool:
+        return self.feats is not None
 
-    @property
-    def feat_dim(self) -> int:
-        return int(self.feats.shape[1])
+    def cut(self, i: int) -> Cut:
+        if self.cuts is None:
+            raise ApmError(
+                f"utterance {self.ids[i]}: read from Shar shards, which hold features only; "
+                "augmentation and train.data: stream need the feature store and audio "
+                "(data/fbank/<set>)"
+            )
+        return self.cuts[i]
 
+    def utterance(
+        self, i: int, feats: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(prepared frames, phone ids or None) of utterance `i`: from memory, or read and
+        prepared from its cut; with `feats` (e.g. augmented raw fbank), prepared from those."""
+        if feats is None and self.cached:
+            a, b = self.offsets[i], self.offsets[i + 1]
+            return self.feats[a:b], (self.phones[a:b] if self.phones is not None else None)
+        cut = self.cut(i)
+        raw = load_cut_features(cut) if feats is None else feats
+        if raw.shape[1] != self.feat_dim:
+            raise ApmError(f"cut {cut.id}: {raw.shape[1]}-dim features, the set has "
+                           f"{self.feat_dim}; recompute them (stage 2)")  # fmt: skip
+        frames, phones = prepare_utterance(cut, raw, self.cmn, self.num_phones, self.has_phones)
+        if len(frames) != self.lengths[i]:
+            raise ApmError(
+                f"cut {cut.id}: {len(frames)} voiced frames now, {self.lengths[i]} when the "
+                "set was indexed; the features or VAD changed during training: rerun stage 4"
+            )
+        return frames, phones
 
-def open_alignments(ali_dir: str | os.PathLike | None) -> tuple[Mapping | None, int]:
-    """(lazy ali.scp table, phone inventory size) of `ali_dir`; (None, 0) without one."""
-    if ali_dir is None:
-        return None, 0
-    table = read_alignment_scp(Path(ali_dir) / "ali.scp")
-    return table, max(read_phones(Path(ali_dir) / "phones.txt").values()) + 1
+    def chunk(self, i: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Prepared frames `start:start + n` of utterance `i` and their phone ids (or None):
+        the same values as slicing `utterance(i)`. Not cached, the VAD decisions come from the
+        index and only the stored frames that the chunk spans are read, except that
+        `cmn: utterance` reads the whole utterance for its mean and `cmn: sliding` (which
+        needs the frames around), like a cut that is part of its feature matrix, is prepared
+        whole."""
+        if self.cached:
+            a = self.offsets[i] + start
+            return self.feats[a : a + n], (None if self.phones is None else self.phones[a : a + n])
+        cut = self.cut(i)
+        if self.cmn == "sliding" or not _whole_matrix(cut):
+            frames, phones = self.utterance(i)
+            return frames[start : start + n], (
+                None if phones is None else phones[start : start + n]
+            )
+        voiced = self.cuts.voiced(i, cut.num_frames)
+        rows = np.flatnonzero(voiced)[start : start + n]
+        if self.cmn == "utterance":  # the mean over all voiced frames needs them all
+            whole = load_cut_features(cut)
+            if whole.shape != (cut.num_frames, self.feat_dim):
+                raise ApmError(f"cut {cut.id}: features of shape {whole.shape}, the manifest "
+                               f"says {cut.num_frames} x {self.feat_dim}; rerun stage 2")  # fmt: skip
+            frames = whole[rows] - whole[voiced].mean(axis=0, keepdims=True)  # as prepared
+        else:
+            frames = self._read_rows(cut, rows)
+        phones = None
+        if self.has_phones:
+            ali = load_label(cut, "ali")
+            phones = load_alignment(cut.id, {cut.id: ali}, cut.num_frames, self.num_phones)[rows]
+        return frames, phones
 
-
-def is_aligned(
-    cut_id: str, ali_table: Mapping | None, ali_dir, skip_unaligned: bool, skipped: dict
-) -> bool:
-    """Whether the cut has its alignment (always, without alignments). A cut without one is an
-    error, or skipped and counted in `skipped["unaligned"]` with `skip_unaligned`."""
-    if ali_table is None or cut_id in ali_table:
-        return True
-    if not skip_unaligned:
-        raise ApmError(
-            f"cut {cut_id}: no alignment in {ali_dir}/ali.scp; rerun stage 3 for it "
-            "or pass --skip-unaligned true to train without it"
+    def _read_rows(self, cut: Cut, rows: np.ndarray) -> np.ndarray:
+        """Stored feature rows `rows` (ascending) of `cut`, reading only the span they cover."""
+        first, last = int(rows[0]), int(rows[-1]) + 1
+        f = cut.features
+        raw = get_reader(f.storage_type)(f.storage_path).read(
+            f.storage_key, left_offset_frames=first, right_offset_frames=last
         )
-    skipped["unaligned"].append(cut_id)
-    return False
+        raw = np.asarray(raw, dtype=np.float32)
+        if raw.shape != (last - first, self.feat_dim) or not np.isfinite(raw).all():
+            raise ApmError(
+                f"cut {cut.id}: frames {first}-{last} of its features read as {raw.shape} "
+                f"(finite: {np.isfinite(raw).all()}); recompute them (stage 2)"
+            )
+        return raw[rows - first]
 
 
-def load_corpus(
-    fbank_dir: str | os.PathLike,
-    ali_dir: str | os.PathLike | None,
-    *,
+def _whole_matrix(cut) -> bool:
+    """Whether the cut spans its whole feature matrix (frame t of the cut is row t)."""
+    f = cut.features
+    return f is not None and f.num_frames == cut.num_frames and abs(f.start - cut.start) < 1e-6
+
+
+def prepare_utterance(
+    cut: Cut,
+    feats: np.ndarray,
     cmn: str,
-    min_utt_frames: int,
-    skip_unaligned: bool = False,
-) -> Corpus:
-    """Load a training set: VAD-kept, mean-normalised frames, language ids and, with `ali_dir`,
-    frame phone labels.
+    num_phones: int,
+    with_phones: bool,
+    values: dict[str, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """The VAD-kept, mean-normalised frames of one cut's raw `feats` and, `with_phones`, their
+    phone ids (the cut's `vad`/`ali` fields, or their already read `values`, fitted to the
+    frames): what training trains on."""
 
-    Utterances with fewer than `min_utt_frames` kept frames are skipped and counted. A cut
-    without an alignment is an error, or skipped and counted with `skip_unaligned`.
-    """
-    fbank_dir = Path(fbank_dir)
-    cuts = read_cuts(fbank_dir)
-    vad_table = read_scp(fbank_dir / "vad.scp", "VAD (vad.scp)")
-    ali_table, num_phones = open_alignments(ali_dir)
-    ids, langs, feats, phones = [], [], [], []
-    skipped: dict[str, list[str]] = {"short": [], "unaligned": []}
-    for cut in progress(cuts, desc=f"loading {fbank_dir}", unit="cut", leave=False):
-        if not is_aligned(cut.id, ali_table, ali_dir, skip_unaligned, skipped):
-            continue
-        lang = cut_language(cut)
-        x = load_cut_features(cut)
-        keep = voiced_mask(cut.id, vad_table, len(x))
-        if keep.sum() < min_utt_frames:
-            skipped["short"].append(cut.id)
-            continue
-        frames, labels = prepare_utterance(cut.id, x, keep, ali_table, num_phones, cmn)
-        if labels is not None:
-            phones.append(labels)
-        ids.append(cut.id)
-        langs.append(lang)
-        feats.append(frames)
-    report_skipped(fbank_dir, len(ids), skipped, min_utt_frames)
-    languages = sorted(set(langs))
-    lang_index = {lang: i for i, lang in enumerate(languages)}
-    return Corpus(
-        ids=ids,
-        langs=np.array([lang_index[lang] for lang in langs], dtype=np.int64),
-        offsets=np.concatenate([[0], np.cumsum([len(f) for f in feats])]).astype(np.int64),
-        feats=np.concatenate(feats).astype(np.float32, copy=False),
-        phones=np.concatenate(phones) if ali_table is not None else None,
-        languages=languages,
-        num_phones=num_phones,
-        skipped=skipped,
-    )
+    def label(name: str) -> np.ndarray:
+        if values is None:
+            return load_label(cut, name, len(feats))
+        return fit_frame_count(values[name], len(feats), cut.id)
+
+    keep = label("vad") > 0.5
+    phones = None
+    if with_phones:
+        phones = load_alignment(cut.id, {cut.id: label("ali")}, len(feats), num_phones)[keep]
+    return select_and_normalize(feats, keep, cmn), phones
 
 
 def report_skipped(
@@ -153,26 +251,159 @@ def report_skipped(
             log.warning("skipped %d %s cuts, e.g. %s", len(which), reason, which[:3])
 
 
-def prepare_utterance(
-    cut_id: str,
-    feats: np.ndarray,
-    keep: np.ndarray,
-    ali_table: Mapping | None,
-    num_phones: int,
+def _manifest(fbank_dir: Path) -> Iterator[tuple[str, Cut]]:
+    """(JSON line, cut) of every cut of stage 2's manifest, read lazily."""
+    path = fbank_dir / CUTS
+    if not path.is_file():
+        raise ApmError(f"{path}: not found; run stage 2 (features) for this set first")
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            try:
+                yield line, deserialize_item(json.loads(line))
+            except (ValueError, KeyError, TypeError) as err:
+                raise ApmError(f"{path}:{number}: not a lhotse cut ({err}); rerun stage 2") from err
+
+
+class _Labels:
+    """Attaches a cut's `vad` and `ali` fields from the Kaldi scp files of the set."""
+
+    def __init__(self, fbank_dir: Path, ali_dir: Path | None, skip_unaligned: bool) -> None:
+        self.vad = scp_entries(fbank_dir / "vad.scp", "VAD (vad.scp)")
+        self.ali = scp_entries(ali_dir / "ali.scp", "alignment (ali.scp)") if ali_dir else None
+        self.ali_dir, self.skip_unaligned = ali_dir, skip_unaligned
+
+    def __call__(self, cut: Cut, skipped: dict) -> tuple[Cut, dict, tuple] | None:
+        """(the cut with its fields, their values as read, the fields as (name, ark, offset,
+        length)), or None when the cut is unaligned and skipped (counted)."""
+        if self.ali is not None and cut.id not in self.ali:
+            if not self.skip_unaligned:
+                raise ApmError(
+                    f"cut {cut.id}: no alignment in {self.ali_dir}/ali.scp; rerun stage 3 for "
+                    "it or pass --skip-unaligned true to train without it"
+                )
+            skipped["unaligned"].append(cut.id)
+            return None
+        if cut.id not in self.vad:
+            raise ApmError(f"cut {cut.id}: missing from vad.scp; rerun the feature stage (stage 2)")
+        tables = [("vad", self.vad)] + ([("ali", self.ali)] if self.ali is not None else [])
+        values, fields = {}, []
+        for name, entries in tables:
+            ark, offset = entries[cut.id]
+            values[name] = KaldiArkReader(ark).read(str(offset))
+            fields.append((name, ark, offset, len(values[name])))
+            cut = cut.with_custom(name, label_field(ark, offset, len(values[name])))
+        return cut, values, tuple(fields)
+
+
+def _labelled(
+    fbank_dir: Path, ali_dir: Path | None, skipped: dict | None
+) -> Iterator[tuple[str, Cut, dict, tuple]]:
+    labels = _Labels(fbank_dir, ali_dir, skipped is not None)
+    counts = skipped if skipped is not None else {"unaligned": []}
+    for line, cut in _manifest(fbank_dir):
+        found = labels(cut, counts)
+        if found is not None:
+            yield (line, *found)
+
+
+def labelled_cuts(
+    fbank_dir: str | os.PathLike, ali_dir: str | os.PathLike | None, skipped: dict | None = None
+) -> Iterator[Cut]:
+    """The cuts of stage 2's `fbank_dir` with their `vad` (and, with `ali_dir`, `ali`) fields
+    attached from the scp files, lazily; unaligned cuts are counted in `skipped["unaligned"]`
+    and left out when `skipped` is given, else an error."""
+    ali = Path(ali_dir) if ali_dir else None
+    for _, cut, _, _ in _labelled(Path(fbank_dir), ali, skipped):
+        yield cut
+
+
+def load_corpus(
+    fbank_dir: str | os.PathLike,
+    ali_dir: str | os.PathLike | None,
+    *,
     cmn: str,
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """The VAD-kept (`keep`), mean-normalised frames of one utterance's raw `feats` and, with
-    an alignment table, their phone ids: what both training data paths train on."""
-    phones = None
-    if ali_table is not None:
-        phones = load_alignment(cut_id, ali_table, len(feats), num_phones)[keep]
-    return select_and_normalize(feats, keep, cmn), phones
+    min_utt_frames: int,
+    skip_unaligned: bool = False,
+    cache: bool = True,
+) -> Corpus:
+    """Index a training set and, with `cache` (`train.data: memory`), load its prepared frames:
+    VAD-kept, mean-normalised frames, language ids and, with `ali_dir`, frame phone labels.
+
+    `fbank_dir` is stage 2's output (cuts, feature store, vad.scp; labels from `ali_dir`/ali.scp)
+    or a directory of Shar shards (`apm.train.cuts.export_shar`, labels inside; held in memory).
+    Utterances with fewer than `min_utt_frames` kept frames are skipped and counted. A cut
+    without an alignment is an error, or skipped and counted with `skip_unaligned`.
+    """
+    fbank_dir = Path(fbank_dir)
+    ali_dir = Path(ali_dir) if ali_dir is not None else None
+    shar = not (fbank_dir / CUTS).is_file() and is_shar_dir(fbank_dir)
+    num_phones = max(read_phones(ali_dir / "phones.txt").values()) + 1 if ali_dir else 0
+    if shar:
+        if not cache:
+            raise ApmError(f"{fbank_dir}: Shar shards are read sequentially; train from them "
+                           "with train.data: memory")  # fmt: skip
+    skipped: dict[str, list[str]] = {"short": [], "unaligned": []}
+    if shar:
+        cuts = ((None, cut, None, ()) for cut in read_shar(fbank_dir))
+    else:
+        cuts = _labelled(fbank_dir, ali_dir, skipped if skip_unaligned else None)
+    store = None if shar else CutStore()
+    ids, langs, lengths, dims, feats, phones = [], [], [], set(), [], []
+    for line, cut, values, fields in progress(
+        cuts, desc=f"indexing {fbank_dir}", unit="cut", leave=False
+    ):
+        lang = cut_language(cut)
+        if cache:
+            x = load_cut_features(cut)
+            frames, labels_ = prepare_utterance(
+                cut, x, cmn, num_phones, ali_dir is not None, values
+            )
+            kept = len(frames)
+        else:
+            keep = fit_frame_count(values["vad"], cut.num_frames, cut.id) > 0.5
+            kept = int(keep.sum())
+            if ali_dir is not None:  # checked now, not in the middle of training
+                ali = fit_frame_count(values["ali"], cut.num_frames, cut.id)
+                load_alignment(cut.id, {cut.id: ali}, cut.num_frames, num_phones)
+        if kept < min_utt_frames:
+            skipped["short"].append(cut.id)
+            continue
+        if cache:
+            feats.append(frames)
+            if labels_ is not None:
+                phones.append(labels_)
+        if store is not None:
+            store.append(line, fields, keep if not cache else np.zeros(0, dtype=bool))
+        ids.append(cut.id)
+        langs.append(lang)
+        lengths.append(kept)
+        dims.add(cut.num_features)
+    report_skipped(fbank_dir, len(ids), skipped, min_utt_frames)
+    if len(dims) != 1:
+        raise ApmError(f"{fbank_dir}: cuts have feature dimensions {sorted(dims)}; rerun stage 2")
+    languages = sorted(set(langs))
+    lang_index = {lang: i for i, lang in enumerate(languages)}
+    corpus = Corpus(
+        ids=ids,
+        langs=np.array([lang_index[lang] for lang in langs], dtype=np.int64),
+        lengths=np.array(lengths, dtype=np.int64),
+        languages=languages,
+        num_phones=num_phones,
+        feat_dim=dims.pop(),
+        cmn=cmn,
+        has_phones=ali_dir is not None,
+        cuts=store,
+        skipped=skipped,
+    )
+    if cache:
+        corpus.offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        corpus.feats = np.concatenate(feats).astype(np.float32, copy=False)
+        corpus.phones = np.concatenate(phones) if ali_dir is not None else None
+    return corpus
 
 
-def split_validation(
-    corpus: Corpus | StreamCorpus, fraction: float, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of training and validation utterances (the same for both data paths).
+def split_validation(corpus: Corpus, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of training and validation utterances (the same for either `train.data`).
 
     Per language, `fraction` of the original utterances (at least one where the language has
     two or more) go to validation; speed-perturbed copies of a held-out utterance are dropped

@@ -6,6 +6,8 @@ Layout of the experiment directory:
   languages.txt        training languages, one per line: the class order of the classifier
   phones.txt           copy of the alignment's phone table (with a phone branch)
   checkpoints/epoch_<N>.pt   after every epoch, atomically (resume point)
+  checkpoints/running.pt     every `train.checkpoint_interval` steps within an epoch (resume
+                       point inside the epoch; ignored once a later epoch checkpoint exists)
   final.pt             average of the last `train.average_last` epoch checkpoints, BatchNorm
                        statistics re-estimated on `train.bn_recalibration_batches` batches
   train_log.jsonl      one record per epoch (losses, accuracies, margins, confidences, lr)
@@ -28,7 +30,6 @@ from apm.nnet import checkpoint
 from apm.train.config import AMP_ALIASES, dump_config
 from apm.train.data import Corpus, load_corpus, split_validation
 from apm.train.monitor import Monitor, plot_curves, write_history
-from apm.train.stream import StreamCorpus, load_stream_corpus, stored_features
 from apm.train.trainer import Trainer
 from apm.utils.dist import DistEnv, barrier, init_distributed, shutdown
 from apm.utils.done import cached_signature, mark_done, recorded, signature
@@ -38,8 +39,10 @@ from apm.utils.io import atomic_write
 log = logging.getLogger(__name__)
 
 # Keys that change how fast a run goes, not what it computes: a resumed run may change them
-# (streamed batches depend on num_workers: not a runtime key with `data: stream`).
-RUNTIME_KEYS = ("num_workers", "threads", "log_interval", "compile", "pin_memory")
+# (`data` too: memory and stream give the same batches).
+RUNTIME_KEYS = ("num_workers", "threads", "log_interval", "compile", "pin_memory", "data",
+                "checkpoint_interval")  # fmt: skip
+RUNNING = "running.pt"  # the mid-epoch checkpoint
 # (path, size, mtime_ns) -> input signature, so that a resumed start skips re-reading the store
 SIGNATURE_CACHE = "inputs.sha256.cache.json"
 OUTPUTS = ("checkpoints", "final.pt", "train_log.jsonl", "train_curves.png", "tensorboard")
@@ -57,9 +60,8 @@ class TrainJob:
 
 
 def _comparable(cfg: dict) -> dict:
-    runtime = set(RUNTIME_KEYS) - (
-        {"num_workers"} if cfg["train"].get("data") == "stream" else set()
-    )
+    # stream_buffer/stream_pool: keys of the old streamed reader, in older config.yaml files
+    runtime = {*RUNTIME_KEYS, "stream_buffer", "stream_pool"}
     train = {k: v for k, v in cfg["train"].items() if k not in runtime}
     train["amp"] = AMP_ALIASES.get(train.get("amp"), train.get("amp"))  # older boolean configs
     return {"model": cfg["model"], "loss": cfg["loss"], "train": train, "seed": cfg["seed"],
@@ -76,6 +78,9 @@ def input_signature(fbank_dir: Path, ali_dir: Path | None, cache: Path | None = 
         fbank_dir / "cuts.jsonl.gz",
         *sorted(p for p in (fbank_dir / "storage").rglob("*") if p.is_file()),
         fbank_dir / "vad.scp",
+        # a training set given as Shar shards (apm.bin.export_shar)
+        *sorted(fbank_dir.glob("cuts.*.jsonl*")),
+        *sorted(fbank_dir.glob("*.*.tar")),
     ]
     if ali_dir is not None:
         files += [ali_dir / "ali.scp", ali_dir / "phones.txt"]
@@ -144,19 +149,44 @@ def _alignment_dir(job: TrainJob) -> Path | None:
 
 
 def _resume(trainer: Trainer, job: TrainJob) -> None:
+    """Load the latest resume point: the last epoch checkpoint, or the mid-epoch checkpoint
+    when it is of the epoch after it."""
     found = checkpoint.list_checkpoints(job.exp_dir) if job.resume else {}
+    running = checkpoint.checkpoint_dir(job.exp_dir) / RUNNING
+    last = list(found)[-1] if found else 0
+    if job.resume and running.is_file():
+        state = checkpoint.load(running)
+        if state["epoch"] == last:
+            trainer.load_state(state, str(running))
+            log.info("resuming epoch %d at step %d (%s)", last + 1, trainer.step, running)
+            return
     if found:
-        last = list(found)[-1]
         trainer.load_state(checkpoint.load(found[last]), str(found[last]))
         log.info("resuming after epoch %d (%s)", last, found[last])
+
+
+def _save_running(job: TrainJob, env: DistEnv):
+    """The trainer's `on_step`: a mid-epoch checkpoint every `train.checkpoint_interval`
+    steps (none with 0)."""
+    interval = job.config["train"]["checkpoint_interval"]
+
+    def save(trainer: Trainer) -> None:
+        if trainer.step % interval:
+            return
+        if env.is_main:
+            checkpoint.save(checkpoint.checkpoint_dir(job.exp_dir) / RUNNING, trainer.state())
+        barrier(env)
+
+    return save if interval else None
 
 
 def _train_epochs(trainer: Trainer, job: TrainJob, env: DistEnv) -> None:
     epochs = job.config["train"]["epochs"]
     monitor = Monitor(job.exp_dir, trainer.epoch * trainer.steps_per_epoch, env.is_main)
+    on_step = _save_running(job, env)
     try:
         while trainer.epoch < epochs:
-            record = trainer.run_epoch(monitor)
+            record = trainer.run_epoch(monitor, on_step)
             if env.is_main:
                 path = checkpoint.checkpoint_dir(job.exp_dir) / f"epoch_{trainer.epoch}.pt"
                 checkpoint.save(path, trainer.state())
@@ -201,29 +231,26 @@ def _write_final(trainer: Trainer, job: TrainJob) -> None:
     )
 
 
-def _load_data(job: TrainJob) -> Corpus | StreamCorpus:
-    """The training set in memory, or indexed for streaming (`train.data`)."""
+def _load_data(job: TrainJob) -> Corpus:
+    """The training set, held in memory or indexed for reading while training (`train.data`)."""
     tcfg = job.config["train"]
-    if tcfg["data"] == "stream":
-        augment = resolve_augment(job.config.get("augment"), str(job.exp_dir / "config.yaml"))
-        features = stored_features
-        if augment.enabled:  # the stage-2 feature config of the set recomputes fbank
-            features = Augmenter(augment, stored_feature_config(job.fbank_dir),
-                                 job.config["seed"]).draw  # fmt: skip
-        return load_stream_corpus(
-            job.fbank_dir,
-            _alignment_dir(job),
-            min_utt_frames=tcfg["min_utt_frames"],
-            skip_unaligned=job.skip_unaligned,
-            features=features,
-        )
     return load_corpus(
         job.fbank_dir,
         _alignment_dir(job),
         cmn=tcfg["cmn"],
         min_utt_frames=tcfg["min_utt_frames"],
         skip_unaligned=job.skip_unaligned,
+        cache=tcfg["data"] == "memory",
     )
+
+
+def _augmenter(job: TrainJob) -> Augmenter | None:
+    """The chunk augmenter of an `augment:` section with prob > 0 (with the stage-2 feature
+    config of the set, which recomputes fbank), else None."""
+    augment = resolve_augment(job.config.get("augment"), str(job.exp_dir / "config.yaml"))
+    if not augment.enabled:
+        return None
+    return Augmenter(augment, stored_feature_config(job.fbank_dir), job.config["seed"])
 
 
 def run_training(job: TrainJob) -> Path:
@@ -247,7 +274,9 @@ def run_training(job: TrainJob) -> Path:
             corpus.num_phones,
             int(corpus.lengths[train_pool].sum()),
         )
-        trainer = Trainer(job.config, corpus, train_pool, valid_pool, job.exp_dir, env)
+        trainer = Trainer(
+            job.config, corpus, train_pool, valid_pool, job.exp_dir, env, _augmenter(job)
+        )
         _resume(trainer, job)
         _train_epochs(trainer, job, env)
         final = job.exp_dir / "final.pt"

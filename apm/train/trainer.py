@@ -2,8 +2,11 @@
 
 Reproducibility: the model is initialised from the seed, every batch is a function of
 (seed, epoch, batch index) (`apm.train.batches`), and a checkpoint stores the model, loss,
-optimiser, LR scheduler, grad scaler and RNG states. A run resumed from epoch N's checkpoint
-therefore computes the same weights as a run that was never interrupted (bit for bit on CPU).
+optimiser, LR scheduler, grad scaler and RNG states, the steps done in the running epoch and
+its metric sums so far. A run resumed from a checkpoint, at an epoch end or mid-epoch
+(`train.checkpoint_interval`), therefore computes the same weights as a run that was never
+interrupted (bit for bit on CPU), with any `train.num_workers`: the DataLoader's sampler is
+`range(step, steps_per_epoch)` over the epoch's map-style dataset.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import math
 import os
 import random
 import time
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -20,12 +24,12 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
+from apm.features.augment import Augmenter
 from apm.losses import LossOutput, build_loss
 from apm.nnet import ModelOutput, build_model
 from apm.train.batches import ChunkBatches, batches_per_epoch, plan_epoch, validation_batches
 from apm.train.data import Corpus
 from apm.train.monitor import EpochMetrics, Monitor
-from apm.train.stream import StreamBatches, StreamCorpus, stream_validation_batches
 from apm.utils.dist import DistEnv, all_reduce_sum
 from apm.utils.errors import ApmError
 from apm.utils.io import atomic_write
@@ -118,20 +122,22 @@ def use_compile(requested: bool, device: torch.device) -> bool:
 
 
 class Trainer:
-    """Model + loss + optimiser over a training set, for one process of `env`: a `Corpus`
-    held in memory or a `StreamCorpus` read while training."""
+    """Model + loss + optimiser over a training set (held in memory or read while training,
+    `apm.train.data`), for one process of `env`; `augmenter` augments training chunks."""
 
     def __init__(
         self,
         cfg: dict,
-        corpus: Corpus | StreamCorpus,
+        corpus: Corpus,
         train_pool: np.ndarray,
         valid_pool: np.ndarray,
         exp_dir: str | os.PathLike,
         env: DistEnv,
+        augmenter: Augmenter | None = None,
     ) -> None:
         self.cfg, self.tcfg, self.seed = cfg, cfg["train"], cfg["seed"]
         self.corpus, self.train_pool, self.valid_pool = corpus, train_pool, valid_pool
+        self.augmenter = augmenter
         self.exp_dir, self.env = Path(exp_dir), env
         seed_everything(self.seed)
         self.model = build_model(cfg["model"], corpus.feat_dim, corpus.num_phones)
@@ -162,6 +168,10 @@ class Trainer:
             self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
         self.epoch = 0  # epochs completed
+        self.step = 0  # steps done in the running epoch (a mid-epoch checkpoint's resume point)
+        self.metrics: EpochMetrics | None = None  # the running epoch's sums
+        self.seconds = 0.0  # training time of the running epoch so far
+        self.last_seconds = 0.0  # training time of the last epoch completed
         self.history: list[dict] = []
 
     @property
@@ -186,8 +196,13 @@ class Trainer:
 
     def state(self) -> dict:
         """Everything a resumed run needs (checkpoint contents)."""
+        running = None
+        if self.step:
+            running = {"step": self.step, "seconds": self.seconds,
+                       "sums": self.metrics.sums.cpu(), "per_lang": self.metrics.per_lang.cpu()}  # fmt: skip
         return {
             "epoch": self.epoch,
+            "running_epoch": running,
             "model": self.model.state_dict(),
             "crit": self.crit.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -212,32 +227,34 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         self.epoch, self.history = state["epoch"], state["history"]
+        running = state.get("running_epoch")
+        self.step, self.metrics, self.seconds = 0, None, 0.0
+        if running:
+            self.step, self.seconds = running["step"], running["seconds"]
+            self.metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
+            self.metrics.sums.copy_(running["sums"])
+            self.metrics.per_lang.copy_(running["per_lang"])
 
-    @property
-    def streamed(self) -> bool:
-        return isinstance(self.corpus, StreamCorpus)
-
-    def _dataset(self, epoch: int, cfg: dict, rank: int, world: int, num_batches: int | None):
-        if self.streamed:
-            return StreamBatches(
-                self.corpus, self.train_pool, cfg, self.seed, epoch, rank, world, num_batches
-            )
+    def _dataset(self, epoch: int, cfg: dict, rank: int, world: int, augment: bool = True):
         plan = plan_epoch(self.corpus, self.train_pool, cfg, self.seed, epoch)
-        return ChunkBatches(self.corpus, plan, cfg, self.seed, epoch, rank, world)
+        augmenter = self.augmenter if augment else None
+        return ChunkBatches(self.corpus, plan, cfg, self.seed, epoch, rank, world, augmenter)
 
-    def _batches(self, epoch: int, cfg: dict | None = None, num_batches: int | None = None):
-        """The batches of `epoch` for this process, built in DataLoader workers or here."""
-        cfg = self.tcfg if cfg is None else cfg
-        data = self._dataset(epoch, cfg, self.env.rank, self.env.world, num_batches)
+    def _batches(self, epoch: int, start: int = 0) -> Iterable[dict]:
+        """Batches `start`, `start + 1`, ... of `epoch` for this process, built in DataLoader
+        workers (each builds whole batches of the map-style dataset) or here."""
+        data = self._dataset(epoch, self.tcfg, self.env.rank, self.env.world)
+        steps = range(start, len(data))
         if self.tcfg["num_workers"] == 0:
-            if self.streamed:
-                return iter(data)
-            return (data[i] for i in range(len(data)))
+            return (data[i] for i in steps)
         return torch.utils.data.DataLoader(
             data,
             batch_size=None,
+            sampler=steps,
             num_workers=self.tcfg["num_workers"],
             pin_memory=self.tcfg["pin_memory"] and self.env.device.type == "cuda",
+            # its own generator: creating the loader draws no number from the global RNG
+            generator=torch.Generator().manual_seed(self.seed),
         )
 
     def _to_device(self, batch: dict) -> dict:
@@ -293,24 +310,30 @@ class Trainer:
         self.scheduler.step()
         return out, res
 
-    def train_epoch(self, monitor: Monitor | None = None) -> dict:
-        """Train one epoch (the next one); returns the epoch's train metrics."""
+    def train_epoch(
+        self, monitor: Monitor | None = None, on_step: Callable[[Trainer], None] | None = None
+    ) -> dict:
+        """Train the next epoch, or the rest of it after a mid-epoch checkpoint; returns the
+        epoch's train metrics. `on_step(self)` runs after every step but the last."""
         epoch, steps = self.epoch, self.steps_per_epoch
-        metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
+        if self.metrics is None:
+            self.metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
         self.net.train()
         bar = progress(
             total=steps,
+            initial=self.step,
             desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}",
             unit="batch",
             disable=not self.env.is_main,
             leave=False,
         )
-        for i, batch in enumerate(self._batches(epoch)):
+        start = time.perf_counter() - self.seconds
+        for i, batch in enumerate(self._batches(epoch, self.step), start=self.step):
             self.crit.set_epoch(epoch + i / steps)
             batch = self._to_device(batch)
             out, res = self.train_step(batch, i)
             with torch.no_grad():
-                metrics.add(res, self.crit.scores(out), out.phone_logits, batch)
+                self.metrics.add(res, self.crit.scores(out), out.phone_logits, batch)
             bar.update()
             if (i + 1) % self.tcfg["log_interval"] == 0:
                 loss = res.loss.item()
@@ -319,9 +342,14 @@ class Trainer:
                     lr = self.scheduler.get_last_lr()[0]
                     margin = self.crit.classifier.margin
                     monitor.step(epoch * steps + i + 1, loss, lr, margin)
+            self.step, self.seconds = i + 1, time.perf_counter() - start
+            if on_step is not None and self.step < steps:
+                on_step(self)
         bar.close()
-        self.epoch += 1
-        return metrics.summary(self.env, self.corpus.languages)
+        summary = self.metrics.summary(self.env, self.corpus.languages)
+        self.last_seconds = self.seconds
+        self.epoch, self.step, self.metrics, self.seconds = self.epoch + 1, 0, None, 0.0
+        return summary
 
     @torch.no_grad()
     def validate(self) -> dict | None:
@@ -331,8 +359,7 @@ class Trainer:
         metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
         self.net.eval()
         mine = self.valid_pool[self.env.rank :: self.env.world]
-        batches = stream_validation_batches if self.streamed else validation_batches
-        for batch in batches(self.corpus, mine, self.tcfg):
+        for batch in validation_batches(self.corpus, mine, self.tcfg):
             batch = self._to_device(batch)
             out, res = self._forward(batch, self.net)
             metrics.add(res, self.crit.scores(out), out.phone_logits, batch)
@@ -356,21 +383,21 @@ class Trainer:
             bn.reset_running_stats()
             bn.momentum = None  # cumulative average
         cfg = {**self.tcfg, "specaugment": None}
-        data = self._dataset(self.tcfg["epochs"], cfg, 0, 1, max_batches)
+        data = self._dataset(self.tcfg["epochs"], cfg, 0, 1, augment=False)
         self.net.train()
         used = min(max_batches, len(data))
-        batches = iter(data) if self.streamed else (data[i] for i in range(used))
-        for _, batch in zip(range(used), batches, strict=False):
-            self._forward(self._to_device(batch), self.net)
+        for i in range(used):
+            self._forward(self._to_device(data[i]), self.net)
         for bn, momentum in zip(norms, momenta, strict=True):
             bn.momentum = momentum
         return used
 
-    def run_epoch(self, monitor: Monitor | None = None) -> dict:
-        """Train and validate the next epoch; append and return its record."""
-        start = time.perf_counter()
-        train = self.train_epoch(monitor)
-        seconds = time.perf_counter() - start
+    def run_epoch(
+        self, monitor: Monitor | None = None, on_step: Callable[[Trainer], None] | None = None
+    ) -> dict:
+        """Train (the rest of) and validate the next epoch; append and return its record."""
+        train = self.train_epoch(monitor, on_step)
+        seconds = self.last_seconds
         record = {
             "epoch": self.epoch,
             "lr": self.scheduler.get_last_lr()[0],
