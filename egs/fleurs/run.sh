@@ -49,6 +49,7 @@ system_conf_dir=            # where the system configs live (default: conf/<conf
 resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 jobs=auto                   # stages 4-5: systems trained/extracted at once, sharing the cores (auto: nproc; 1 with --ngpu > 0)
+extract_nj=1                # stage 5: jobs per system through $decode_cmd (cmd.sh), each every N-th utterance
 backend_conf=conf/backend.yaml  # back-end configuration
 data=data                   # where data dirs, manifests, features, alignments go
 exp=exp                     # where systems, logs and stage records go
@@ -56,6 +57,7 @@ results=                    # the table gathering all systems (stage 7; default:
 
 . ./path.sh
 . utils/parse_options.sh
+. ./cmd.sh  # where jobs run: train_cmd, decode_cmd, cuda_cmd (local by default)
 . utils/stage.sh
 
 recipe_check_options
