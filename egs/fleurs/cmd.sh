@@ -12,4 +12,4 @@ cmd_backend=${APM_CMD_BACKEND:-local}
 
 export train_cmd="dispatch.sh $cmd_backend --mem 2G"   # stages 1-3: manifests, features, alignment
 export decode_cmd="dispatch.sh $cmd_backend --mem 4G"  # stage 5: x-vector extraction
-export cuda_cmd="dispatch.sh $cmd_backend --mem 8G"    # stage 4: training (--gpu N added with --ngpu N)
+export cuda_cmd="dispatch.sh $cmd_backend --mem 4G"    # stage 4: training (--gpu N added with --ngpu N)
