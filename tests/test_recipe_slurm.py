@@ -76,7 +76,7 @@ def test_recipe_on_slurm_matches_local(slurm, tmp_path):
     data, exp = tmp_path / "data", tmp_path / "exp"
     recipe = [str(REPO / "egs/olr/run.sh"), "--corpus-size", "tiny", "--data", str(data),
               "--exp", str(exp), "--system-conf-dir", str(tmp_path / "conf"),
-              "--systems", SYSTEM]  # fmt: skip
+              "--systems", SYSTEM, "--test-sets", "task_short", "--dev-sets", ""]  # fmt: skip
     r = _run([*recipe, "--stop-stage", "0"], tmp_path, slurm)  # stage 0 once, for both runs
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     shutil.copytree(data, tmp_path / "data0", symlinks=True)
@@ -122,7 +122,7 @@ def test_recipe_on_slurm_matches_local(slurm, tmp_path):
     wav = Path((data / "task_short/wav.scp").read_text().split()[1])
     good = wav.read_bytes()
     wav.write_bytes(b"not a wav file")
-    r = _run([*recipe, "--stage", "2", "--stop-stage", "2"], tmp_path, slurm,
+    r = _run([*recipe, "--stage", "2", "--stop-stage", "2", "--force", "true"], tmp_path, slurm,
              APM_CMD_BACKEND="slurm")  # fmt: skip
     assert r.returncode != 0 and "stage 2 (fbank) failed" in r.stderr, r.stderr[-3000:]
     assert f"JOB=1: exit code 1; log: {exp}/log/2/fbank.1.log" in r.stderr + r.stdout
