@@ -5,6 +5,7 @@ steps' job split (stage 1 probing jobs merge to the same manifests as one proces
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -70,7 +71,10 @@ def test_cli_reports_an_unknown_backend_without_traceback(tmp_path):
 def test_local_runs_every_task_and_names_the_failed_ones(tmp_path):
     r = _dispatch("local", "JOB=1:4", "log/t.JOB.log", "echo task JOB; [ JOB != 3 ]", cwd=tmp_path)
     assert r.returncode == 1
-    assert "1 of 4 jobs failed" in r.stderr and f"JOB=3: exit code 1; log: {tmp_path}/log/t.3.log" in r.stderr
+    assert (
+        "1 of 4 jobs failed" in r.stderr
+        and f"JOB=3: exit code 1; log: {tmp_path}/log/t.3.log" in r.stderr
+    )
     for task in range(1, 5):  # all ran, each in its own log, framed
         lines = (tmp_path / f"log/t.{task}.log").read_text().splitlines()
         assert lines[0] == f"# echo task {task}; [ {task} != 3 ]" and f"task {task}" in lines
@@ -127,7 +131,13 @@ def test_hostlist_and_torchrun_under_slurm():
     assert alone[1:3] == ["-m", "torch.distributed.run"] and "--standalone" in alone
     env = {"SLURM_JOB_ID": "1234", "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "gpu[07-08]"}
     cmd = torchrun_command(4, env)
-    assert cmd[:5] == ["srun", "--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
+    assert cmd[:5] == [
+        "srun",
+        "--nodes=2",
+        "--ntasks=2",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+    ]
     for opt in ("--nnodes=2", "--nproc_per_node=4", "--rdzv_backend=c10d",
                 "--rdzv_endpoint=gpu07:21234", "--rdzv_id=1234"):  # fmt: skip
         assert opt in cmd
@@ -142,6 +152,71 @@ def test_split_is_contiguous_and_complete():
 
 
 def test_spec_names_and_queue_dir(tmp_path):
-    spec = Spec(log="exp/log/2/fbank.JOB.log", command=["true"], var="JOB", last=2, cwd=str(tmp_path))
+    spec = Spec(
+        log="exp/log/2/fbank.JOB.log", command=["true"], var="JOB", last=2, cwd=str(tmp_path)
+    )
     assert spec.name == "fbank" and spec.queue_dir == tmp_path / "exp/log/2/q"
     assert spec.rc_path(2) == tmp_path / "exp/log/2/q/fbank.2.rc"
+
+
+def _tree(root: Path) -> dict[str, bytes]:
+    return {
+        str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_steps_split_into_jobs_give_the_one_process_bytes(tmp_path):
+    """Stages 1-2 as --nj 3 jobs through the local dispatcher (steps/*.sh, as run.sh runs
+    them) write the same files as one process with --nj 3 workers (no --cmd); a failed job
+    is named with its log, and the rerun redoes only what is missing."""
+    from apm.data.toy import make_toy_corpus
+
+    tmp_path = make_toy_corpus(tmp_path / "olr", {"train": 2, "test": 1}, seconds=(0.8, 1.2))
+    (tmp_path / "fbank.yaml").write_text("fbank:\n  num_mel_bins: 40\ncuts_per_job: 5\n")
+    env = dict(os.environ, PATH=f"{REPO / '.venv/bin'}:{REPO / 'utils'}:{os.environ['PATH']}",
+               PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")  # fmt: skip
+    sets = ["train", "test"]
+
+    def run(*cmd: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+        )
+
+    def stages(split: bool) -> None:
+        if split:  # the steps: jobs through --cmd, then the merge
+            for step, args in (("make_manifests.sh", [".", "m"]), ("make_fbank.sh", ["m", "f"])):
+                r = run(str(REPO / "steps" / step), "--nj", "3", "--cmd", "dispatch.sh local",
+                        "--log-dir", "log", *(["--config", "fbank.yaml"] if "fbank" in step else []),
+                        *args, *sets)  # fmt: skip
+                assert r.returncode == 0, r.stdout + r.stderr
+        else:  # one process, its own worker pool
+            py = str(REPO / ".venv/bin/python")
+            for r in (run(py, "-m", "apm.bin.make_manifests", "--nj", "3", ".", "m", *sets),
+                      run(py, "-m", "apm.bin.make_fbank", "--nj", "3", "--config", "fbank.yaml",
+                          "m", "f", *sets)):  # fmt: skip
+                assert r.returncode == 0, r.stdout + r.stderr
+
+    stages(split=False)
+    one = {"m": _tree(tmp_path / "m"), "f": _tree(tmp_path / "f")}
+    shutil.rmtree(tmp_path / "m")
+    shutil.rmtree(tmp_path / "f")
+    stages(split=True)
+    assert {"m": _tree(tmp_path / "m"), "f": _tree(tmp_path / "f")} == one
+    assert len(list((tmp_path / "log").glob("fbank.*.log"))) == 3
+    assert "opened" in (tmp_path / "log/manifests.2.log").read_text()
+
+    # a broken recording fails the feature job that holds it: named, with its log
+    shutil.rmtree(tmp_path / "f/test")
+    wav = tmp_path / (tmp_path / "test/wav.scp").read_text().split()[1]
+    good = wav.read_bytes()
+    wav.write_bytes(b"broken")
+    r = run(str(REPO / "steps/make_fbank.sh"), "--nj", "3", "--cmd", "dispatch.sh local",
+            "--log-dir", "log", "--config", "fbank.yaml", "m", "f", *sets)  # fmt: skip
+    assert r.returncode != 0 and "JOB=1: exit code 1; log: " in r.stderr, r.stderr
+    assert "cannot load audio" in (tmp_path / "log/fbank.1.log").read_text()
+    wav.write_bytes(good)
+    r = run(str(REPO / "steps/make_fbank.sh"), "--nj", "3", "--cmd", "dispatch.sh local",
+            "--log-dir", "log", "--config", "fbank.yaml", "m", "f", *sets)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert _tree(tmp_path / "f") == one["f"]

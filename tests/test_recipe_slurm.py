@@ -127,7 +127,10 @@ def test_recipe_on_slurm_matches_local(slurm, tmp_path):
     assert r.returncode != 0 and "stage 2 (fbank) failed" in r.stderr, r.stderr[-3000:]
     assert f"JOB=1: exit code 1; log: {exp}/log/2/fbank.1.log" in r.stderr + r.stdout
     assert "cannot load audio" in (exp / "log/2/fbank.1.log").read_text()
-    assert re.search(r"Name=fbank JobState=FAILED .*ArrayTaskId=1 ", (Path(slurm["APM_SLURM_DIR"]) / "jobcomp.txt").read_text())
+    assert re.search(
+        r"Name=fbank JobState=FAILED .*ArrayTaskId=1 ",
+        (Path(slurm["APM_SLURM_DIR"]) / "jobcomp.txt").read_text(),
+    )
     wav.write_bytes(good)
     r = _run([*recipe, "--stage", "2", "--stop-stage", "2"], tmp_path, slurm,
              APM_CMD_BACKEND="slurm")  # fmt: skip
@@ -150,6 +153,6 @@ def test_cancelled_task_fails_the_call_and_keeps_the_others(slurm, tmp_path):
     subprocess.run(["scancel", f"{job}_2"], env=env, check=True, timeout=30)
     _, err = call.communicate(timeout=120)
     assert call.returncode == 1 and "1 of 2 jobs failed" in err, err
-    assert f"JOB=2: " in err and f"log: {log}" in err
+    assert "JOB=2: " in err and f"log: {log}" in err
     assert "Received signal 15" in log.read_text() or "did not finish" in err
     assert (tmp_path / "out.1").read_text() == "out 1\n", "the finished task's output is kept"

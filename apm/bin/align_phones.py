@@ -64,12 +64,15 @@ def run(args: argparse.Namespace) -> None:
                        args.job)  # fmt: skip
         return
     cfg = load_align_config(args.config)
-    if args.cmd and args.ali_from == "pocketsphinx" and decode_jobs_left(
-        args.fbank_dir, args.ali_dir, cfg, args.nj
+    if (
+        args.cmd
+        and args.ali_from == "pocketsphinx"
+        and decode_jobs_left(args.fbank_dir, args.ali_dir, cfg, args.nj)
     ):
         log_dir = args.log_dir or str(Path(args.ali_dir) / "log")
         run_jobs(args.cmd, args.nj, f"{log_dir}/align.JOB.log", "apm.bin.align_phones",
-                 without_options(sys.argv[1:], JOB_OPTIONS))  # fmt: skip
+                 without_options(sys.argv[1:], JOB_OPTIONS),
+                 job=lambda j: run(argparse.Namespace(**{**vars(args), "job": j})))  # fmt: skip
     align_phones(
         args.fbank_dir,
         args.ali_dir,

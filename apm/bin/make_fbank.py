@@ -40,7 +40,8 @@ def run(args: argparse.Namespace) -> None:
                                                       args.skip_bad):  # fmt: skip
         log_dir = args.log_dir or str(Path(args.out) / "log")
         run_jobs(args.cmd, args.nj, f"{log_dir}/fbank.JOB.log", "apm.bin.make_fbank",
-                 without_options(sys.argv[1:], JOB_OPTIONS))  # fmt: skip
+                 without_options(sys.argv[1:], JOB_OPTIONS),
+                 job=lambda j: run(argparse.Namespace(**{**vars(args), "job": j})))  # fmt: skip
     make_fbank(
         args.manifests,
         args.out,

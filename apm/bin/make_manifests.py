@@ -32,12 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run(args: argparse.Namespace) -> None:
     perturb = args.perturb_sets.split() if args.speed_perturb else []
-    if args.cmd and args.job is None and sets_to_do(args.data, args.out, args.sets, args.skip_bad, perturb):
+    if (
+        args.cmd
+        and args.job is None
+        and sets_to_do(args.data, args.out, args.sets, args.skip_bad, perturb)
+    ):
         log_dir = args.log_dir or str(Path(args.out) / "log")
         run_jobs(args.cmd, args.nj, f"{log_dir}/manifests.JOB.log", "apm.bin.make_manifests",
-                 without_options(sys.argv[1:], JOB_OPTIONS))  # fmt: skip
+                 without_options(sys.argv[1:], JOB_OPTIONS),
+                 job=lambda j: run(argparse.Namespace(**{**vars(args), "job": j})))  # fmt: skip
     make_manifests(
-        args.data, args.out, args.sets, nj=args.nj, skip_bad=args.skip_bad, perturb_sets=perturb,
+        args.data,
+        args.out,
+        args.sets,
+        nj=args.nj,
+        skip_bad=args.skip_bad,
+        perturb_sets=perturb,
         job=args.job,
     )
 

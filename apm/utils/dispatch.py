@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import shlex
@@ -39,9 +40,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+import traceback
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import IO
 
 from apm.utils.errors import ApmError
 
@@ -180,7 +183,9 @@ def add_job_options(parser: argparse.ArgumentParser, name: str) -> None:
         "process",
     )  # fmt: skip
     parser.add_argument(
-        "--log-dir", default="", help=f"the jobs' logs <log-dir>/{name}.JOB.log (default: <out>/log)"
+        "--log-dir",
+        default="",
+        help=f"the jobs' logs <log-dir>/{name}.JOB.log (default: <out>/log)",
     )
 
 
@@ -197,14 +202,32 @@ def without_options(argv: Sequence[str], names: Sequence[str]) -> list[str]:
     return out
 
 
-def run_jobs(cmd: str, nj: int, log: str, module: str, argv: Sequence[str]) -> None:
+def run_jobs(
+    cmd: str, nj: int, log: str, module: str, argv: Sequence[str],
+    job: Callable[[int], None] | None = None,
+) -> None:  # fmt: skip
     """`python -m <module> <argv> --job JOB` for JOB = 1..nj through the dispatcher command
     line `cmd` (cmd.sh's $train_cmd, e.g. `dispatch.sh slurm --mem 2G`), each logging to
-    `log` (a path with JOB); ApmError when any failed (the dispatcher named them above)."""
+    `log` (a path with JOB); ApmError when any failed, naming them.
+
+    With the local backend and `job` (the calling tool's own job function, run(J) doing what
+    that command line does) each task is a fork of this process instead of a new Python:
+    the same tasks, logs (headed by that command line), limits and failure report, without
+    importing torch and lhotse again per job."""
     words = shlex.split(cmd)
     if not words:
         raise ApmError("--cmd is empty: give a dispatcher, e.g. 'dispatch.sh local'")
-    job = [sys.executable, "-m", module, *argv, "--job", "JOB"]
+    command = [sys.executable, "-m", module, *argv, "--job", "JOB"]
+    if (
+        job is not None
+        and len(words) > 1
+        and Path(words[0]).name == "dispatch.sh"
+        and words[1] == "local"
+    ):
+        backend, spec = parse_args([*words[1:], f"JOB=1:{nj}", log, *command])
+        report(backend, spec, run_local(spec, forked=job))
+        return
+    job = command
     try:
         done = subprocess.run([*words, f"JOB=1:{nj}", log, *job])
     except OSError as e:
@@ -299,16 +322,58 @@ def cores() -> int:
         return os.cpu_count() or 1
 
 
-def run_local(spec: Spec) -> dict[int, int | None]:
+class _Fork:
+    """A task run as a fork of this process: `fn(task)` with stdout and stderr on `out`;
+    exit status 0, or 1 after an error (an ApmError as the CLIs print it)."""
+
+    def __init__(self, fn: Callable[[int], None], task: int, out: IO[str]) -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:  # the child
+            code = 1
+            try:
+                os.dup2(out.fileno(), 1)
+                os.dup2(out.fileno(), 2)
+                signal.signal(signal.SIGINT, signal.SIG_DFL)
+                fn(task)
+                code = 0
+            except ApmError as e:
+                logging.getLogger("dispatch").error("%s", e)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:  # noqa: BLE001 (reported in the task's log)
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                logging.shutdown()
+                os._exit(code)
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+
+def run_local(spec: Spec, forked: Callable[[int], None] | None = None) -> dict[int, int | None]:
     """Every task as a child process, at most --max-jobs-run (default: cores / threads) at
-    once; {task: exit code}. One task alone also writes its output to the console."""
+    once; {task: exit code}. One task alone also writes its output to the console.
+    `forked`: each task is a fork running forked(task) instead of the command (run_jobs)."""
     limit = spec.max_jobs_run or max(1, cores() // max(spec.num_threads, 1))
     pending, running, codes = list(reversed(spec.tasks)), {}, {}
-    tee = len(spec.tasks) == 1
+    tee = len(spec.tasks) == 1 and forked is None
     while pending or running:
         while pending and len(running) < limit:
             task = pending.pop()
-            running[task] = _start_local(spec, task, tee)
+            if forked is None:
+                running[task] = _start_local(spec, task, tee)
+            else:
+                out = _open_log(spec, task)
+                running[task] = (_Fork(forked, task, out), out, time.time(), None)
         time.sleep(0.05)
         for task, (child, out, start, pump) in list(running.items()):
             if child.poll() is None:
@@ -324,12 +389,17 @@ def run_local(spec: Spec) -> dict[int, int | None]:
     return codes
 
 
-def _start_local(spec: Spec, task: int, tee: bool):
+def _open_log(spec: Spec, task: int) -> IO[str]:
     log = spec.log_path(task)
     log.parent.mkdir(parents=True, exist_ok=True)
     out = open(log, "w", encoding="utf-8")  # noqa: SIM115 (closed when the task ends)
     out.write(_header(spec, task))
     out.flush()
+    return out
+
+
+def _start_local(spec: Spec, task: int, tee: bool):
+    out = _open_log(spec, task)
     cmd = ["bash", "-c", spec.shell_command(task)]
     if not tee:
         child = subprocess.Popen(cmd, cwd=spec.cwd, stdout=out, stderr=subprocess.STDOUT,
@@ -376,7 +446,9 @@ def sbatch_command(spec: Spec, script: Path) -> list[str]:
     """The `sbatch --wait` command line of `spec` (an array job when it has a range)."""
     cmd = ["sbatch", "--wait", "--parsable", f"--job-name={spec.name}", "--export=ALL",
            f"--chdir={spec.cwd}"]  # fmt: skip
-    out = spec.queue_dir / f"{spec.name}.%a.out" if spec.var else spec.queue_dir / f"{spec.name}.out"
+    out = (
+        spec.queue_dir / f"{spec.name}.%a.out" if spec.var else spec.queue_dir / f"{spec.name}.out"
+    )
     cmd.append(f"--output={out}")
     if spec.var is not None:
         limit = f"%{spec.max_jobs_run}" if spec.max_jobs_run else ""
@@ -449,16 +521,22 @@ def run_scheduler(spec: Spec, backend: str) -> dict[int, int | None]:
 
 def dispatch(backend: str, spec: Spec) -> None:
     """Run every task of `spec` on `backend`; ApmError naming each failed task and its log."""
-    if backend == "local":
-        codes = run_local(spec)
-    else:
-        codes = run_scheduler(spec, backend)
+    report(backend, spec, run_local(spec) if backend == "local" else run_scheduler(spec, backend))
+
+
+def report(backend: str, spec: Spec, codes: Mapping[int, int | None]) -> None:
+    """ApmError naming each failed task (exit code, or not finished) with its log and its
+    last lines; nothing when all succeeded."""
     failed = {t: c for t, c in codes.items() if c != 0}
     if not failed:
         return
     lines = [f"{backend}: {len(failed)} of {len(codes)} jobs failed:"]
     for task, code in failed.items():
-        what = f"exit code {code}" if code is not None else "did not finish (killed by the scheduler, or never ran)"
+        what = (
+            f"exit code {code}"
+            if code is not None
+            else "did not finish (killed by the scheduler, or never ran)"
+        )
         label = f"{spec.var}={task}" if spec.var else "the job"
         lines.append(f"  {label}: {what}; log: {spec.log_path(task)}")
         if code is None and backend != "local":
