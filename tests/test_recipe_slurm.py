@@ -156,3 +156,24 @@ def test_cancelled_task_fails_the_call_and_keeps_the_others(slurm, tmp_path):
     assert "JOB=2: " in err and f"log: {log}" in err
     assert "Received signal 15" in log.read_text() or "did not finish" in err
     assert (tmp_path / "out.1").read_text() == "out 1\n", "the finished task's output is kept"
+
+
+@pytest.mark.slow
+def test_srun_torchrun_rendezvous_from_the_allocation(slurm, tmp_path):
+    """What steps/train_xvector.sh starts inside a Slurm job with --ngpu 2: `srun torchrun`
+    from `python -m apm.utils.dispatch torchrun`; the two processes meet (gloo on CPU)."""
+    (tmp_path / "rankprint.py").write_text(
+        "import torch.distributed as dist\n"
+        "dist.init_process_group('gloo')\n"
+        "open(f'rank{dist.get_rank()}', 'w').write(f'of {dist.get_world_size()}')\n"
+        "dist.destroy_process_group()\n"
+    )
+    env = dict(slurm, PATH=f"{REPO / '.venv/bin'}:{slurm['PATH']}",
+               PYTHONPATH=f"{REPO}:{tmp_path}", OMP_NUM_THREADS="1")  # fmt: skip
+    line = "launcher=$(python -m apm.utils.dispatch torchrun --nproc-per-node 2) && $launcher rankprint"
+    r = subprocess.run([DISPATCH, "slurm", "--num-threads", "2", "log/ddp.log", line],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    log = (tmp_path / "log/ddp.log").read_text()
+    assert r.returncode == 0, r.stderr + log
+    assert "Slurm job" in log
+    assert [(tmp_path / f"rank{r}").read_text() for r in (0, 1)] == ["of 2", "of 2"]
