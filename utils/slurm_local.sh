@@ -6,7 +6,7 @@
 #   utils/slurm_local.sh install   # apt-get install slurmctld slurmd slurm-client munge (if missing)
 #   utils/slurm_local.sh start     # write the config, start munged, slurmctld, slurmd (if not running)
 #   utils/slurm_local.sh check     # one sbatch --wait job runs and succeeds
-#   utils/slurm_local.sh stop      # stop the daemons this script started
+#   utils/slurm_local.sh stop      # stop the daemons this script started (munged too, if it did)
 #   utils/slurm_local.sh env       # print `export SLURM_CONF=...` for the shell
 #
 # Every command is idempotent. State, config and daemon logs live in $APM_SLURM_DIR
@@ -84,7 +84,7 @@ EOF
 start_munge() {
   if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then return; fi
   [ -s /etc/munge/munge.key ] || die "/etc/munge/munge.key is missing (reinstall munge, or mungekey -c)"
-  mkdir -p /run/munge /var/log/munge /var/lib/munge
+  mkdir -p "$dir" /run/munge /var/log/munge /var/lib/munge
   chown munge:munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
   if id munge >/dev/null 2>&1; then
     runuser -u munge -- munged
@@ -93,7 +93,10 @@ start_munge() {
   fi
   local i
   for i in $(seq 50); do
-    munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return
+    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
+      cp /run/munge/munged.pid "$dir/munged.pid" 2>/dev/null || true  # ours: stop ends it
+      return
+    fi
     sleep 0.1
   done
   die "munged did not start (see /var/log/munge/munged.log)"
@@ -133,7 +136,7 @@ do_check() {
 
 do_stop() {
   local f pid
-  for f in slurmd slurmctld; do
+  for f in slurmd slurmctld munged; do  # munged only when start started it
     if alive "$dir/$f.pid"; then
       pid=$(cat "$dir/$f.pid")
       kill "$pid"
@@ -142,7 +145,7 @@ do_stop() {
     fi
     rm -f "$dir/$f.pid"
   done
-  echo "slurm_local.sh: stopped (munged is left running; it is shared)"
+  echo "slurm_local.sh: stopped"
 }
 
 case "${1:-}" in
