@@ -220,3 +220,11 @@ def test_steps_split_into_jobs_give_the_one_process_bytes(tmp_path):
             "--log-dir", "log", "--config", "fbank.yaml", "m", "f", *sets)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert _tree(tmp_path / "f") == one["f"]
+
+
+def test_recipe_refuses_an_unknown_backend_before_any_stage(tmp_path):
+    env = dict(os.environ, APM_CMD_BACKEND="pbs")
+    r = subprocess.run([str(REPO / "egs/olr/run.sh"), "--stop-stage", "0", "--exp", str(tmp_path / "e")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert r.returncode == 1 and "unknown job backend 'pbs'" in r.stderr
+    assert not (tmp_path / "e").exists()

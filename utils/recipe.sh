@@ -46,6 +46,11 @@ recipe_check_options() {
     echo "$0: --extract-nj takes a number of jobs per system >= 1, got '$extract_nj'" >&2
     exit 1
   fi
+  case "${cmd_backend:-local}" in
+    local|slurm|sge) ;;
+    *) echo "$0: unknown job backend '$cmd_backend' (cmd.sh's cmd_backend or APM_CMD_BACKEND): expected local, slurm or sge" >&2
+       exit 1 ;;
+  esac
   if ! [[ ${jobs:-auto} = auto || $jobs =~ ^[1-9][0-9]*$ ]]; then
     echo "$0: --jobs takes auto or a number of systems run at once >= 1, got '$jobs'" >&2
     exit 1
