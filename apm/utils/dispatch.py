@@ -227,9 +227,8 @@ def run_jobs(
         backend, spec = parse_args([*words[1:], f"JOB=1:{nj}", log, *command])
         report(backend, spec, run_local(spec, forked=job))
         return
-    job = command
     try:
-        done = subprocess.run([*words, f"JOB=1:{nj}", log, *job])
+        done = subprocess.run([*words, f"JOB=1:{nj}", log, *command])
     except OSError as e:
         raise ApmError(f"--cmd '{cmd}': cannot run {words[0]} ({e.strerror}); is utils/ on "
                        "PATH (path.sh)?") from None  # fmt: skip
