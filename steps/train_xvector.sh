@@ -9,8 +9,10 @@ e.g.: $0 --config conf/apm_am.yaml --seed 777 --ngpu 0 --ali-dir data/ali/train 
 --config names the system YAML (sections model, loss, train, extract).
 A rerun resumes after the last epoch checkpoint (a killed run loses at most one epoch).
 --ngpu 0 runs one process, on the GPU if there is one; --ngpu N > 1 runs N DDP processes
-with torchrun (gloo on CPU when there is no GPU). Multi-node, as in WeSpeaker: run the same
-command on every node with --nnodes N --node-rank R --master-addr <node-0 host>."
+with torchrun (gloo on CPU when there is no GPU). Inside a Slurm allocation of several nodes
+(or --ngpu > 1), srun starts one torchrun per node with the rendezvous taken from the
+allocation (docs/cluster.md). Without Slurm, multi-node as in WeSpeaker: run the same command
+on every node with --nnodes N --node-rank R --master-addr <node-0 host>."
 
 config=                # system YAML
 seed=777               # random seed (model init, chunk sampling, validation split)
@@ -37,7 +39,12 @@ exp_dir=$2
 device=auto
 [ "$ngpu" -eq 1 ] && device=cuda
 launcher=(python -m)
-if [ "$ngpu" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
+if [ -n "${SLURM_JOB_ID:-}" ] && [ "$nnodes" -eq 1 ] && { [ "$ngpu" -gt 1 ] || [ "${SLURM_JOB_NUM_NODES:-1}" -gt 1 ]; }; then
+  # Inside a Slurm allocation (cmd.sh's $cuda_cmd on the slurm backend, or salloc): srun one
+  # torchrun per node, the rendezvous on the allocation's first node (apm.utils.dispatch).
+  launcher_lines=$(python -m apm.utils.dispatch torchrun --nproc-per-node "$((ngpu > 1 ? ngpu : 1))")
+  mapfile -t launcher <<< "$launcher_lines"
+elif [ "$ngpu" -gt 1 ] || [ "$nnodes" -gt 1 ]; then
   nproc=$((ngpu > 1 ? ngpu : 1))
   if [ "$nnodes" -gt 1 ]; then
     launcher=(python -m torch.distributed.run --nnodes "$nnodes" --node_rank "$node_rank"

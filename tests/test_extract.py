@@ -195,3 +195,23 @@ def test_rerun_follows_the_model_and_features_content_not_times(tmp_path, system
     other = ExtractJob(exp, moved, tmp_path / "a", device="cpu")
     assert run_extraction(other)["embedded"] == len(ids)
     assert run_extraction(other)["embedded"] == 0
+
+
+def test_dispatcher_jobs_merge_to_the_one_process_bytes(tmp_path, system):
+    """--nj 2 --job J (steps/extract_xvectors.sh --nj 2 through $decode_cmd), then the merge,
+    writes the bytes of one process; a merge before every job finished names the missing one,
+    and a finished part is kept on a rerun."""
+    exp, fbank, _ = system
+    run_extraction(ExtractJob(exp, fbank, tmp_path / "one", device="cpu"))
+    jobs = tmp_path / "jobs"
+    run_extraction(ExtractJob(exp, fbank, jobs, device="cpu", nj=2, job=2))
+    with pytest.raises(ApmError, match="job\\(s\\) 1 of 2 are missing"):
+        run_extraction(ExtractJob(exp, fbank, jobs, device="cpu", nj=2))
+    run_extraction(ExtractJob(exp, fbank, jobs, device="cpu", nj=2, job=1))
+    run_extraction(ExtractJob(exp, fbank, jobs, device="cpu", nj=2, job=1))  # kept: no-op
+    run_extraction(ExtractJob(exp, fbank, jobs, device="cpu", nj=2))
+    for name in ("xvector", "logits"):
+        assert (jobs / f"{name}.ark").read_bytes() == (
+            tmp_path / "one" / f"{name}.ark"
+        ).read_bytes()
+    assert not list(jobs.glob("*part*")) and not list(jobs.glob(".done.part*"))

@@ -42,6 +42,15 @@ recipe_check_options() {
     echo "$0: --nj takes a number of parallel jobs >= 1, got '$nj'" >&2
     exit 1
   fi
+  if [ -n "${extract_nj:-}" ] && { ! [[ $extract_nj =~ ^[0-9]+$ ]] || [ "$extract_nj" -lt 1 ]; }; then
+    echo "$0: --extract-nj takes a number of jobs per system >= 1, got '$extract_nj'" >&2
+    exit 1
+  fi
+  case "${cmd_backend:-local}" in
+    local|slurm|sge) ;;
+    *) echo "$0: unknown job backend '$cmd_backend' (cmd.sh's cmd_backend or APM_CMD_BACKEND): expected local, slurm or sge" >&2
+       exit 1 ;;
+  esac
   if ! [[ ${jobs:-auto} = auto || $jobs =~ ^[1-9][0-9]*$ ]]; then
     echo "$0: --jobs takes auto or a number of systems run at once >= 1, got '$jobs'" >&2
     exit 1
@@ -62,7 +71,8 @@ recipe_jobs_start() {
   cores=$(nproc)
   _recipe_jobs_max=${jobs:-auto}
   if [ "$_recipe_jobs_max" = auto ]; then
-    if [ "${ngpu:-0}" -gt 0 ]; then _recipe_jobs_max=1; else _recipe_jobs_max=$cores; fi
+    if [ "${cmd_backend:-local}" != local ]; then _recipe_jobs_max=$count  # the scheduler places them
+    elif [ "${ngpu:-0}" -gt 0 ]; then _recipe_jobs_max=1; else _recipe_jobs_max=$cores; fi
   fi
   [ "$count" -lt "$_recipe_jobs_max" ] && _recipe_jobs_max=$count
   [ "$_recipe_jobs_max" -lt 1 ] && _recipe_jobs_max=1
@@ -102,6 +112,16 @@ recipe_jobs_wait() {
   fi
 }
 
+# recipe_cuda_job <log> <command...>: the command as one job of cmd.sh's $cuda_cmd (local by
+# default), with --gpu $ngpu when --ngpu > 0; on Slurm the training step then starts
+# `srun torchrun` across the allocation (docs/cluster.md). run_stage records this function's
+# name, not the dispatcher's: moving the jobs to a cluster does not redo finished stages.
+recipe_cuda_job() {
+  local gpus=()
+  [ "${ngpu:-0}" -gt 0 ] && gpus=(--gpu "$ngpu")
+  ${cuda_cmd:-dispatch.sh local} ${gpus[@]+"${gpus[@]}"} "$@"
+}
+
 # The path to use for a path given on the command line: under the recipe directory relative
 # to it (files written there stay valid when it moves), elsewhere absolute.
 recipe_caller_path() {
@@ -122,7 +142,7 @@ recipe_caller_paths() {
 }
 
 # Stages 1-7 on the Kaldi data dirs that stage 0 wrote to $data/<set>. Reads: data exp nj
-# seed skip_bad speed_perturb fbank_conf align_conf ali_from ali_dir systems system_conf_dir
+# extract_nj (optional) seed skip_bad speed_perturb fbank_conf align_conf ali_from ali_dir systems system_conf_dir
 # resume ngpu jobs backend_conf results command_line dev_sets train_set kaldi_copy fuse, sets (every set: imported,
 # given features, embedded), scored_sets (the sets with trials: scored and reported);
 # optional: backend_train_set (a set training the back-end, among $sets), oracle_dir,
@@ -131,21 +151,23 @@ recipe_stages_1_to_7() {
   local set system
   local watch_sets=()  # stage 1 reads data/<set>: a hand-edited data dir reruns it
   for set in $sets; do watch_sets+=(--watch "$data/$set"); done
-  run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh ${nj:+--nj "$nj"} --skip-bad "$skip_bad" \
+  # Stages 1-3 and 5 split their work into jobs through cmd.sh's $train_cmd / $decode_cmd,
+  # logging to $exp/log/<stage>/<name>.JOB.log; stage 4 trains through $cuda_cmd.
+  run_stage 1 manifests "${watch_sets[@]}" steps/make_manifests.sh ${nj:+--nj "$nj"} --log-dir "$exp/log/1" --skip-bad "$skip_bad" \
     --speed-perturb "$speed_perturb" --perturb-sets "$train_set" "$data" "$data/manifests" $sets
 
-  run_stage 2 fbank steps/make_fbank.sh ${nj:+--nj "$nj"} --config "$fbank_conf" --skip-bad "$skip_bad" \
+  run_stage 2 fbank steps/make_fbank.sh ${nj:+--nj "$nj"} --log-dir "$exp/log/2" --config "$fbank_conf" --skip-bad "$skip_bad" \
     --kaldi-copy "${kaldi_copy:-false}" "$data/manifests" "$data/fbank" $sets
 
   local watch_ali=()  # Kaldi alignments are user input: a changed one reruns stage 3
   [[ $ali_from = kaldi:* ]] && watch_ali=(--watch "${ali_from#kaldi:}")
-  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh ${nj:+--nj "$nj"} --config "$align_conf" \
+  run_stage 3 align ${watch_ali[@]+"${watch_ali[@]}"} steps/align_phones.sh ${nj:+--nj "$nj"} --log-dir "$exp/log/3" --config "$align_conf" \
     --ali-from "$ali_from" --skip-bad "$skip_bad" ${oracle_dir:+--oracle-dir "$oracle_dir"} \
     "$data/fbank/$train_set" "$ali_dir"
 
   recipe_jobs_start "$(echo $systems | wc -w)"  # the systems train at once, --jobs at a time
   for system in $systems; do
-    recipe_job 4 "train_$system" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
+    recipe_job 4 "train_$system" recipe_cuda_job "$exp/log/4/train_$system.log" steps/train_xvector.sh --config "$system_conf_dir/$system.yaml" --seed "$seed" \
       --ngpu "$ngpu" --resume "$resume" --skip-unaligned "$skip_bad" --ali-dir "$ali_dir" "$data/fbank/$train_set" "$exp/$system"
   done
   recipe_jobs_wait 4
@@ -155,7 +177,8 @@ recipe_stages_1_to_7() {
   for system in $systems; do
     pairs=()  # one process per system embeds every set
     for set in $sets; do pairs+=("$data/fbank/$set" "$exp/$system/xvectors/$set"); done
-    recipe_job 5 "extract_$system" steps/extract_xvectors.sh --ngpu "$ngpu" "$exp/$system" "${pairs[@]}"
+    recipe_job 5 "extract_$system" steps/extract_xvectors.sh --ngpu "$ngpu" --log-dir "$exp/log/5/$system" \
+      ${extract_nj:+--nj "$extract_nj"} "$exp/$system" "${pairs[@]}"
   done
   recipe_jobs_wait 5
 

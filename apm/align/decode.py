@@ -25,6 +25,7 @@ from apm.align.arkio import read_labels, write_labels
 from apm.align.config import AlignConfig
 from apm.align.phones import SILENCE_ID
 from apm.align.sphinx import SAMPLING_RATE, SphinxAligner
+from apm.utils.dispatch import split
 from apm.utils.errors import ApmError
 from apm.utils.frames import fit_frame_count, num_frames
 from apm.utils.io import atomic_write
@@ -167,13 +168,6 @@ def finished(job: Job) -> JobSummary | None:
     if summary.failed or summary.fingerprint != fingerprint(job.cuts, job.cfg):
         return None
     return summary
-
-
-def split(cuts: Sequence, nj: int) -> list[list]:
-    """Contiguous, near-equal parts of `cuts` (Kaldi's split_scp), none empty."""
-    nj = max(1, min(nj, len(cuts)))
-    bounds = np.linspace(0, len(cuts), nj + 1).round().astype(int)
-    return [list(cuts[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
 
 
 def _init_worker(progress: queue.Queue, log_setup: tuple | None) -> None:

@@ -108,10 +108,7 @@ def decoded_source(
     """Decode with PocketSphinx; copies whose original is in the set are warped, if so set."""
     from apm.align.sphinx import SphinxAligner
 
-    ids = {c.id for c in cuts}
-    todo = list(cuts)
-    if cfg.perturbed == "warp":
-        todo = [c for c in cuts if not _original_in(c.id, ids)]
+    todo = _to_decode(cuts, cfg)
     log.info("decoding %d of %d cuts with PocketSphinx (%d jobs)", len(todo), len(cuts), nj)
     labels, summaries = decode_cuts(todo, cfg, dst / "jobs", nj)
     table = SphinxAligner.phone_table(cfg.pocketsphinx)
@@ -128,6 +125,48 @@ def decoded_source(
         "perturbed": cfg.perturbed,
     }
     return LabelSource(labels, table, "pocketsphinx"), stats
+
+
+def _to_decode(cuts: Sequence, cfg: AlignConfig) -> list:
+    """The cuts PocketSphinx decodes: all, or with `perturbed: warp` those whose original
+    is not in the set (the copies get its labels time-warped)."""
+    if cfg.perturbed != "warp":
+        return list(cuts)
+    ids = {c.id for c in cuts}
+    return [c for c in cuts if not _original_in(c.id, ids)]
+
+
+def decode_jobs_left(src: str | os.PathLike, dst: str | os.PathLike, cfg: AlignConfig,
+                     nj: int) -> int:  # fmt: skip
+    """How many of the `nj` PocketSphinx decoding jobs (decode_job) are not finished."""
+    from apm.align.decode import Job, finished, split
+
+    cuts = sorted(read_cuts(src), key=lambda c: c.id)
+    parts = split(_to_decode(cuts, cfg), nj) if cuts else []
+    return sum(finished(Job(i + 1, part, cfg, Path(dst) / "jobs")) is None
+               for i, part in enumerate(parts))  # fmt: skip
+
+
+def decode_job(src: str | os.PathLike, dst: str | os.PathLike, cfg: AlignConfig, nj: int,
+               job: int) -> None:  # fmt: skip
+    """Dispatcher job `job` of `nj` (utils/dispatch.sh): decode the job's share of the cuts
+    (decode_cuts' split) into `dst/jobs`, unless an earlier run finished it; the run without
+    a job number then merges them and writes the outputs."""
+    from apm.align.decode import Job, finished, run_job, split
+
+    cuts = sorted(read_cuts(src), key=lambda c: c.id)
+    parts = split(_to_decode(cuts, cfg), nj)
+    if job > len(parts) or not parts[job - 1]:
+        log.info("job %d of %d: no cuts to decode (%d parts)", job, nj, len(parts))
+        return
+    todo = Job(job, parts[job - 1], cfg, Path(dst) / "jobs")
+    if finished(todo) is not None:
+        log.info("job %d of %d: already decoded, kept", job, nj)
+        return
+    log.info("job %d of %d: decoding %d cuts with PocketSphinx", job, nj, len(todo.cuts))
+    summary = run_job(todo)
+    if summary.failed:  # recorded, as in-process runs: the merging run reports them
+        log.warning("job %d: %d cuts failed to decode", job, len(summary.failed))
 
 
 def _original_in(cut_id: str, ids: set[str]) -> bool:

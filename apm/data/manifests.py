@@ -7,11 +7,13 @@ adds lhotse's `<utt>_sp0.9` / `<utt>_sp1.1` copies to the cuts of the chosen set
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gzip
 import json
 import logging
 import os
+import shutil
 from collections.abc import Iterable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +34,7 @@ from apm.data.audio import MIN_DURATION, AudioInfo, AudioProblem, probe
 from apm.data.kaldi_dir import TEXT_FILES, KaldiDir, format_time, is_pipe, read_kaldi_dir
 from apm.data.problems import Problem, settle
 from apm.utils import ApmError, atomic_write
+from apm.utils.dispatch import split
 from apm.utils.done import is_done, mark_done, signature
 from apm.utils.io import atomic_dir
 from apm.utils.log import progress
@@ -41,6 +44,7 @@ log = logging.getLogger(__name__)
 SPEED_FACTORS = (0.9, 1.1)
 SEGMENT_OVERSHOOT = 0.5  # seconds a segment may end past its recording (truncated, as Kaldi)
 DONE = ".done"  # per-set record of the inputs and options that made the manifests
+JOBS = ".jobs"  # <out>/.jobs/<set>/probe.<j>.json: what job j of --nj found (removed once merged)
 
 
 @dataclass
@@ -206,19 +210,99 @@ def speed_perturb(cuts: CutSet) -> CutSet:
     return CutSet.from_cuts(list(cuts) + copies)
 
 
+def _set_signature(data_dir: Path, skip_bad: bool, perturb: bool) -> str:
+    # the set's Kaldi text files (by name: an absent one is not another one) and the options
+    return signature([data_dir / name for name in TEXT_FILES],
+                     {"perturb": perturb, "skip_bad": skip_bad,
+                      "files": [n for n in TEXT_FILES if (data_dir / n).is_file()]})  # fmt: skip
+
+
+def _probe_file(out_dir: Path, job: int) -> Path:
+    return out_dir.parent / JOBS / out_dir.name / f"probe.{job}.json"
+
+
+def _job_recordings(kd: KaldiDir, nj: int, job: int) -> list[str]:
+    parts = split(sorted(kd.wav), nj)
+    return parts[job - 1] if job <= len(parts) else []
+
+
+def _read_probe_job(path: Path, sig: str, recs: list[str]) -> dict | None:
+    """Job results of `path` when made for this signature and these recordings, else None."""
+    try:
+        got = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if got.get("signature") != sig or got.get("recordings") != recs:
+        return None
+    return {
+        r: AudioInfo(**v) if isinstance(v, dict) else tuple(v)
+        for r, v in zip(recs, got["results"], strict=True)
+    }
+
+
+def probe_job(data_dir: Path, out_dir: Path, nj: int, job: int, skip_bad: bool,
+              perturb: bool) -> None:  # fmt: skip
+    """Job `job` of `nj` (utils/dispatch.sh): open its share of the set's recordings (Kaldi's
+    contiguous split of the sorted recording ids) and record what it found for the merging
+    run. Kept when already recorded for the same inputs (a rerun redoes failed jobs only);
+    a set whose data dir cannot be read is left to the merging run, which reports it."""
+    sig = _set_signature(data_dir, skip_bad, perturb)
+    if is_done(out_dir / DONE, sig):
+        return
+    try:
+        kd = read_kaldi_dir(data_dir, skip_bad=skip_bad)
+    except ApmError as e:
+        log.warning("%s: cannot be read (%s); left to the merging run", data_dir, e)
+        return
+    recs = _job_recordings(kd, nj, job)
+    path = _probe_file(out_dir, job)
+    if _read_probe_job(path, sig, recs) is not None:
+        log.info("%s: job %d of %d already done, kept", data_dir.name, job, nj)
+        return
+    infos = probe_recordings({r: kd.wav[r] for r in recs}, 1) if recs else {}
+    results = [dataclasses.asdict(i) if isinstance(i, AudioInfo) else i for i in infos.values()]
+    with atomic_write(path, encoding="utf-8") as f:
+        json.dump({"signature": sig, "recordings": recs, "results": results}, f)
+    log.info("%s: job %d of %d opened %d recordings", data_dir.name, job, nj, len(recs))
+
+
+def sets_to_do(data: str | os.PathLike, out: str | os.PathLike, sets: list[str], skip_bad: bool,
+               perturb_sets: Iterable[str] = ()) -> list[str]:  # fmt: skip
+    """The sets whose manifests are not up to date (what jobs would have to open)."""
+    perturb = set(perturb_sets)
+    return [
+        name for name in sets
+        if not is_done(Path(out) / name / DONE,
+                       _set_signature(Path(data) / name, skip_bad, name in perturb))
+    ]  # fmt: skip
+
+
+def _jobs_results(kd: KaldiDir, out_dir: Path, sig: str, nj: int) -> dict | None:
+    """Every recording's probe result from the `nj` jobs' records, None unless all are there."""
+    infos: dict = {}
+    for job in range(1, nj + 1):
+        got = _read_probe_job(_probe_file(out_dir, job), sig, _job_recordings(kd, nj, job))
+        if got is None:
+            return None
+        infos.update(got)
+    return infos
+
+
 def make_set_manifests(
     data_dir: Path, out_dir: Path, nj: int, skip_bad: bool, perturb: bool
 ) -> SetSummary | None:
-    """Manifests of one set into `out_dir`; None if they are already there for these inputs."""
-    # the set's Kaldi text files (by name: an absent one is not another one) and the options
-    sig = signature([data_dir / name for name in TEXT_FILES],
-                    {"perturb": perturb, "skip_bad": skip_bad,
-                     "files": [n for n in TEXT_FILES if (data_dir / n).is_file()]})  # fmt: skip
+    """Manifests of one set into `out_dir`; None if they are already there for these inputs.
+    The audio is opened here unless `nj` jobs (probe_job) already did it."""
+    sig = _set_signature(data_dir, skip_bad, perturb)
     if is_done(out_dir / DONE, sig):
         log.info("%s: manifests up to date, skipping", out_dir)
         return None
     kd = read_kaldi_dir(data_dir, skip_bad=skip_bad)
-    infos = probe_recordings(kd.wav, nj)
+    infos = _jobs_results(kd, out_dir, sig, nj)
+    if infos is None:
+        infos = probe_recordings(kd.wav, nj)
+    else:
+        log.info("%s: audio opened by %d jobs", data_dir.name, nj)
     rset, sset, cuts, problems = build_manifests(kd, infos, skip_bad)
     all_cuts = speed_perturb(cuts) if perturb else cuts
     with atomic_dir(out_dir) as tmp:
@@ -229,6 +313,11 @@ def make_set_manifests(
         with atomic_write(tmp / "skipped", encoding="utf-8") as f:
             f.writelines(f"{p.utt} {p.what}\n" for p in skipped)
         mark_done(tmp / DONE, sig)
+    jobs_dir = _probe_file(out_dir, 1).parent
+    if jobs_dir.is_dir():
+        shutil.rmtree(jobs_dir)
+        with contextlib.suppress(OSError):
+            jobs_dir.parent.rmdir()  # .jobs once no set has job records left
     return SetSummary(
         name=data_dir.name,
         utterances=len(cuts),
@@ -248,9 +337,11 @@ def make_manifests(
     nj: int = 1,
     skip_bad: bool = False,
     perturb_sets: Iterable[str] = (),
+    job: int | None = None,
 ) -> list[SetSummary]:
     """Stage 1 for `sets` under `data` -> `out/<set>/`; logs and returns a summary per set
-    that was (re)made.
+    that was (re)made. With `job` J: only job J of `nj` (probe_job) for every set; the run
+    without `job` then merges the jobs' results (same outputs as opening the audio itself).
 
     Every set is checked even when an earlier one fails, so one run reports the problems of
     all sets together (one ApmError at the end); the sets that passed are written."""
@@ -258,6 +349,12 @@ def make_manifests(
     data, out = Path(data), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     perturb_sets = set(perturb_sets)
+    if job is not None:
+        if not 1 <= job <= nj:
+            raise ApmError(f"--job {job}: expected a job number from 1 to --nj {nj}")
+        for name in sets:
+            probe_job(data / name, out / name, nj, job, skip_bad, name in perturb_sets)
+        return []
     summaries, failures = [], []
     for name in sets:
         try:

@@ -65,6 +65,8 @@ class ExtractJob:
     batch_frames: int = 0  # 0: BATCH_FRAMES of the device
     # further (fbank_dir, out_dir) sets embedded by the same process with the same model
     more_sets: tuple[tuple[Path, Path], ...] = ()
+    nj: int = 1  # dispatcher jobs sharing the cuts (utils/dispatch.sh JOB=1:nj)
+    job: int | None = None  # this job's number; None with nj > 1: merge the jobs' parts
 
     def sets(self) -> list[tuple[Path, Path]]:
         return [(Path(self.fbank_dir), Path(self.out_dir)), *self.more_sets]
@@ -228,9 +230,12 @@ def set_signature(model: Path, fbank_dir: Path, names: tuple[str, ...]) -> str:
 
 
 def _extract_set(
-    system: System, fbank_dir: Path, out_dir: Path, env: DistEnv, batch_frames: int
-) -> dict:
-    """Embed every (not speed-perturbed) cut of one set into out_dir; returns its counts."""
+    system: System, fbank_dir: Path, out_dir: Path, env: DistEnv, batch_frames: int,
+    shard: tuple[int, int] | None = None,
+) -> dict:  # fmt: skip
+    """Embed every (not speed-perturbed) cut of one set into out_dir; returns its counts.
+    `shard` (index, count): only every count-th cut from index, written as part `index`
+    (a dispatcher job; the merging run joins the parts), instead of the torchrun rank's."""
     start = time.perf_counter()
     cuts = sorted(read_cuts(fbank_dir), key=lambda c: c.id)
     vad_table = read_scp(fbank_dir / "vad.scp", "VAD (vad.scp)")
@@ -240,18 +245,20 @@ def _extract_set(
         log.info("skipping %d speed-perturbed cuts (training copies)", skipped)
     if not kept:
         raise ApmError(f"{fbank_dir}: no cut to embed")
-    outputs, unvoiced = _embed_cuts(
-        system, kept[env.rank :: env.world], vad_table, env, batch_frames
-    )
+    index, count = shard or (env.rank, env.world)
+    outputs, unvoiced = _embed_cuts(system, kept[index::count], vad_table, env, batch_frames)
     out_dir.mkdir(parents=True, exist_ok=True)
-    suffix = "" if env.world == 1 else f".part{env.rank}"
+    suffix = "" if count == 1 else f".part{index}"
     for name, vectors in outputs.items():
         write_vectors(out_dir, f"{name}{suffix}", vectors)
-    barrier(env)
-    if env.world > 1 and env.is_main:
-        _merge_parts(out_dir, env.world, list(outputs))
     embedded = len(outputs["xvector"])
-    counts = all_reduce_sum(torch.tensor([embedded, unvoiced], device=env.device), env)
+    if shard is not None:
+        counts = torch.tensor([embedded, unvoiced])
+    else:
+        barrier(env)
+        if env.world > 1 and env.is_main:
+            _merge_parts(out_dir, env.world, list(outputs))
+        counts = all_reduce_sum(torch.tensor([embedded, unvoiced], device=env.device), env)
     summary = {
         "embedded": int(counts[0]),
         "speed_perturbed_skipped": skipped,
@@ -269,6 +276,39 @@ def _extract_set(
     return summary
 
 
+def _part_record(out_dir: Path, index: int) -> Path:
+    return out_dir / f"{DONE}.part{index}"
+
+
+def _extract_part(
+    system: System, fbank_dir: Path, out_dir: Path, env: DistEnv, batch: int, job: ExtractJob,
+    inputs: str,
+) -> None:  # fmt: skip
+    """Dispatcher job `job.job` of `job.nj`: its share of the set as part job - 1, with a
+    record (a rerun keeps a finished part)."""
+    index, sig = job.job - 1, f"{inputs} part {job.job - 1} of {job.nj}"
+    if is_done(_part_record(out_dir, index), sig):
+        log.info("%s: part %d of %d already extracted, kept", out_dir, job.job, job.nj)
+        return
+    _extract_set(system, fbank_dir, out_dir, env, batch, shard=(index, job.nj))
+    mark_done(_part_record(out_dir, index), sig)
+
+
+def _merge_jobs(out_dir: Path, nj: int, names: tuple[str, ...], inputs: str) -> None:
+    """Join the `nj` dispatcher jobs' parts into the set's outputs (and drop the parts)."""
+    missing = [j + 1 for j in range(nj)
+               if not is_done(_part_record(out_dir, j), f"{inputs} part {j} of {nj}")]  # fmt: skip
+    if missing:
+        raise ApmError(
+            f"{out_dir}: the parts of job(s) {' '.join(map(str, missing))} of {nj} are missing "
+            "or were made from other inputs; run those jobs (--job J) before merging"
+        )
+    _merge_parts(out_dir, nj, list(names))
+    for j in range(nj):
+        _part_record(out_dir, j).unlink()
+    log.info("%s: merged the parts of %d jobs", out_dir, nj)
+
+
 def run_extraction(job: ExtractJob) -> dict:
     """Embed every set of `job` with one loaded model; returns the counts summed over the
     sets. A set whose record matches its inputs is kept (a killed run resumes)."""
@@ -279,11 +319,19 @@ def run_extraction(job: ExtractJob) -> dict:
         system = load_system(state, env.device)
         total = {"embedded": 0, "speed_perturbed_skipped": 0, "vad_ignored": 0, "seconds": 0.0}
         for fbank_dir, out_dir in job.sets():
-            inputs = set_signature(model, fbank_dir, output_names(system))
+            names = output_names(system)
+            inputs = set_signature(model, fbank_dir, names)
             if is_done(out_dir / DONE, inputs):
                 log.info("%s: already extracted with this model and features, kept", out_dir)
                 continue
             batch = job.batch_frames or BATCH_FRAMES.get(env.device.type, BATCH_FRAMES["cpu"])
+            if job.nj > 1:
+                if job.job is not None:
+                    _extract_part(system, fbank_dir, out_dir, env, batch, job, inputs)
+                else:
+                    _merge_jobs(out_dir, job.nj, names, inputs)
+                    mark_done(out_dir / DONE, inputs)
+                continue
             summary = _extract_set(system, fbank_dir, out_dir, env, batch)
             if env.is_main:  # after the merge: the record stands for complete outputs
                 mark_done(out_dir / DONE, inputs)

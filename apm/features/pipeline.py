@@ -270,14 +270,78 @@ def write_kaldi_copy(set_dir: Path, n_jobs: int) -> None:
     _concat_scp(set_dir, "feats", n_jobs)
 
 
+def _jobs(
+    cuts_path: Path, set_dir: Path, cfg: FeatureConfig, skip_bad: bool
+) -> tuple[list, list[Job], list[Job]]:
+    """(the set's cuts, its jobs, those not finished yet)."""
+    where = Path(portable_path(set_dir))
+    cuts = list(CutSet.from_file(cuts_path))
+    size = cfg.cuts_per_job
+    jobs = [
+        Job(i + 1, cuts[k : k + size], str(where), cfg, skip_bad)
+        for i, k in enumerate(range(0, len(cuts), size))
+    ]
+    todo = [job for job in jobs if not (set_dir / "jobs" / f"cuts.{job.index}.jsonl.gz").is_file()]
+    return cuts, jobs, todo
+
+
+def _log_resuming(set_dir: Path, jobs: list[Job], todo: list[Job]) -> None:
+    log.info("%s: resuming, %d of %d jobs already done", set_dir, len(jobs) - len(todo), len(jobs))
+
+
+def _input_cuts(cuts_path: Path) -> None:
+    if not cuts_path.is_file():
+        raise ApmError(f"{cuts_path}: not found; run stage 1 (manifests) first")
+
+
+def prepare_sets(
+    manifests: str | os.PathLike, out: str | os.PathLike, sets: list[str], cfg: FeatureConfig,
+    skip_bad: bool,
+) -> int:  # fmt: skip
+    """Before jobs run on their own (run_set_jobs): make each set's directory hold only work
+    done for these inputs and config, and say how much of it is done; returns the number of
+    feature jobs left to run."""
+    left = 0
+    for name in sets:
+        cuts_path, set_dir = Path(manifests) / name / "cuts.jsonl.gz", Path(out) / name
+        _input_cuts(cuts_path)
+        if _prepare(set_dir, _signature(cuts_path, cfg)):
+            continue
+        _, jobs, todo = _jobs(cuts_path, set_dir, cfg, skip_bad)
+        if len(todo) < len(jobs):
+            _log_resuming(set_dir, jobs, todo)
+        left += len(todo)
+    return left
+
+
+def run_set_jobs(
+    cuts_path: Path, set_dir: Path, cfg: FeatureConfig, skip_bad: bool, nj: int, job: int
+) -> None:
+    """Dispatcher job `job` of `nj` (utils/dispatch.sh): the set's unfinished feature jobs
+    job, job + nj, job + 2 nj, ... in this process (one worker). The set must be prepared
+    (prepare_set); the run without a job number merges."""
+    _input_cuts(cuts_path)
+    sig = _signature(cuts_path, cfg)
+    if is_done(set_dir / DONE, sig):
+        return
+    if not is_done(set_dir / CONFIG, sig):
+        raise ApmError(
+            f"{set_dir}: not prepared for these inputs and config; dispatcher jobs (--job) are "
+            "started by make_fbank --cmd, which prepares the sets first"
+        )
+    _, _, todo = _jobs(cuts_path, set_dir, cfg, skip_bad)
+    mine = [j for j in todo if (j.index - 1) % nj == job - 1]
+    log.info("%s: %d feature jobs for dispatcher job %d of %d", set_dir, len(mine), job, nj)
+    _run_jobs(mine, 1, sum(len(j.cuts) for j in mine), 0)
+
+
 def make_set_fbank(
     cuts_path: Path, set_dir: Path, cfg: FeatureConfig, nj: int, skip_bad: bool,
     kaldi_copy: bool = False,
 ) -> FbankSummary | None:  # fmt: skip
     """Stage 2 for one set; None when it was already finished for these inputs and config
     (then only a missing Kaldi copy that `kaldi_copy` asks for is written)."""
-    if not cuts_path.is_file():
-        raise ApmError(f"{cuts_path}: not found; run stage 1 (manifests) first")
+    _input_cuts(cuts_path)
     # Relative to the recipe directory when under it: paths written inside files use it.
     where = Path(portable_path(set_dir))
     sig = _signature(cuts_path, cfg)
@@ -289,17 +353,9 @@ def make_set_fbank(
             log.info("%s: features up to date, skipping", set_dir)
         return None
     start = time.time()
-    cuts = list(CutSet.from_file(cuts_path))
-    size = cfg.cuts_per_job
-    jobs = [
-        Job(i + 1, cuts[k : k + size], str(where), cfg, skip_bad)
-        for i, k in enumerate(range(0, len(cuts), size))
-    ]
-    todo = [job for job in jobs if not (set_dir / "jobs" / f"cuts.{job.index}.jsonl.gz").is_file()]
-    if len(todo) < len(jobs):
-        log.info(
-            "%s: resuming, %d of %d jobs already done", set_dir, len(jobs) - len(todo), len(jobs)
-        )
+    cuts, jobs, todo = _jobs(cuts_path, set_dir, cfg, skip_bad)
+    if todo and len(todo) < len(jobs):
+        _log_resuming(set_dir, jobs, todo)
     _run_jobs(todo, nj, len(cuts), len(cuts) - sum(len(j.cuts) for j in todo))
     totals = _merge(set_dir, len(jobs))
     if totals["cuts"] == 0:
@@ -332,10 +388,22 @@ def make_fbank(
     nj: int = 1,
     skip_bad: bool = False,
     kaldi_copy: bool = False,
+    job: int | None = None,
 ) -> list[FbankSummary]:
     """Stage 2: `<manifests>/<set>/cuts.jsonl.gz` -> `<out>/<set>/` for each set; with
-    `kaldi_copy` also a Kaldi feats.scp of each set's features."""
+    `kaldi_copy` also a Kaldi feats.scp of each set's features.
+
+    Split over dispatcher jobs (make_fbank --cmd): prepare_sets first, then `job` J = 1..nj
+    (run_set_jobs, in any order or place), then this without `job` to merge (and do what
+    the jobs left)."""
     check_nj(nj)
+    if job is not None:
+        if not 1 <= job <= nj:
+            raise ApmError(f"--job {job}: expected a job number from 1 to --nj {nj}")
+        for name in sets:
+            cuts_path, set_dir = Path(manifests) / name / "cuts.jsonl.gz", Path(out) / name
+            run_set_jobs(cuts_path, set_dir, cfg, skip_bad, nj, job)
+        return []
     summaries = []
     for name in sets:
         summary = make_set_fbank(

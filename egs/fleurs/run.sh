@@ -50,6 +50,7 @@ system_conf_dir=            # where the system configs live (default: conf/<conf
 resume=true                 # stage 4: continue killed training runs (false: retrain from scratch)
 ngpu=0                      # GPUs for training/extraction (torchrun when > 1)
 jobs=auto                   # stages 4-5: systems trained/extracted at once, sharing the cores (auto: nproc; 1 with --ngpu > 0)
+extract_nj=1                # stage 5: jobs per system through $decode_cmd (cmd.sh), each every N-th utterance
 backend_conf=conf/backend.yaml  # back-end configuration
 fuse=true                   # stage 7: fuse the systems' scores (2+ systems) on dev into exp/fusion
 data=data                   # where data dirs, manifests, features, alignments go
@@ -58,6 +59,7 @@ results=                    # the table gathering all systems (stage 7; default:
 
 . ./path.sh
 . utils/parse_options.sh
+. ./cmd.sh  # where jobs run: train_cmd, decode_cmd, cuda_cmd (local by default)
 . utils/stage.sh
 
 recipe_check_options
