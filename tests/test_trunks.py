@@ -198,8 +198,10 @@ def test_torchscript_and_onnx_export_match_eager(trunk, tmp_path):
     scores at other lengths, as apm.infer.export writes them, for every trunk."""
     import onnxruntime
 
+    from apm.backend.config import BackendConfig
+    from apm.backend.models import ClassifierBackend
+    from apm.backend.store import FittedBackend
     from apm.infer.export import ExportedNetwork, write_export
-    from apm.infer.package import Backend
 
     model = small(trunk)
     crit = build_loss({"kind": "apm"}, model.embed_dim, LANGS)
@@ -208,8 +210,10 @@ def test_torchscript_and_onnx_export_match_eager(trunk, tmp_path):
         model(torch.randn(4, 40, FEAT))
     system = type("System", (), {"model": model.eval(), "crit": crit.eval(),
                                  "config": {"extract": {"layer": "embedding"}}})  # fmt: skip
-    net = ExportedNetwork(system, Backend("classifier", {}), "utterance").eval()
     languages = [f"l{i}" for i in range(LANGS)]
+    backend = FittedBackend(BackendConfig(primary="classifier", backends=["classifier"]),
+                            languages, None, {"classifier": ClassifierBackend()})  # fmt: skip
+    net = ExportedNetwork(system, backend, "classifier", "utterance").eval()
     onnx_path = write_export(net, "onnx", tmp_path / "x.onnx", languages)
     ts_path = write_export(net, "torchscript", tmp_path / "x.pt", languages)
     session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
