@@ -16,7 +16,9 @@ Holm-adjusted verdicts and the power of each contrast.
      family's margin is the one with the lowest mean dev Cavg; a choice at the edge of its
      grid adds the next margin and is made again (--grid-growth times at most)
   3. evaluation on the --seeds: the systems the primary contrasts name (--exploratory true:
-     also softmax, K at APM's nominal margin, normalised APM), --jobs trainings at once
+     also softmax, K at APM's nominal margin, normalised APM), --jobs trainings at once;
+     --seed-batch N trains N seeds of a system in one process (one vmapped step over the
+     stacked models: for a GPU, the default with --ngpu 1 is 8)
   4. python -m paper_comparison report
 Reruns skip finished trainings. Measured cost: see docs/paper-comparison.md (Reproducing the paper's comparison).
 --quick: tiny corpus, margins 0.1 0.2, no grid growth, selection seeds 101 102, seeds 1 2,
