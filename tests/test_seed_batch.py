@@ -3,6 +3,8 @@ of its seed; the job writes what single runs write; resume; errors."""
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 import torch
 import yaml
@@ -35,10 +37,14 @@ def corpus(toy):
     return load_corpus(toy.fbank_dir, toy.ali_dir, cmn="utterance", min_utt_frames=40)
 
 
-def _cfg(seed, kind="apm", **train):
+def _raw(kind="apm", **train):
     cfg = toy_config(**{**TRAIN, **train})
     cfg["loss"]["kind"] = kind
-    return resolve_config(cfg, "toy", seed=seed)
+    return cfg
+
+
+def _cfg(seed, kind="apm", **train):
+    return resolve_config(_raw(kind, **train), "toy", seed=seed)
 
 
 def _trainer(corpus, seed, exp_dir, **kw):
@@ -101,12 +107,23 @@ def test_padding_marks_the_added_frames():
     assert torch.equal(b["feats"], long["feats"]) and torch.equal(a["langs"], short["langs"])
 
 
-def test_seed_batch_job_writes_what_single_runs_write_and_resumes(tmp_path, toy):
+def test_seed_batch_job_writes_what_single_runs_write_and_resumes(
+    tmp_path, toy, repo_root, shell_env
+):
     def job(seed, name):
         cfg = _cfg(seed, epochs=2, average_last=2)
         return TrainJob(cfg, toy.fbank_dir, tmp_path / name / f"seed{seed}", toy.ali_dir)
 
-    finals = run_seed_batch([job(s, "batch") for s in SEEDS])
+    conf = tmp_path / "toy.yaml"
+    conf.write_text(yaml.safe_dump(_raw(epochs=2, average_last=2)))
+    finals = [tmp_path / "batch" / f"seed{s}" / "final.pt" for s in SEEDS]
+    cmd = [str(repo_root / "steps/train_xvector.sh"), "--config", str(conf),
+           "--seeds", " ".join(map(str, SEEDS)), "--ali-dir", str(toy.ali_dir),
+           str(toy.fbank_dir), *(str(f.parent) for f in finals)]  # fmt: skip
+    r = subprocess.run(cmd, capture_output=True, text=True, env=shell_env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (finals[0].parent / "log" / "train.log").read_text()
+    assert all(f"epoch 2 (seed {s})" in log for s in SEEDS)
     for seed, final in zip(SEEDS, finals, strict=True):
         exp = final.parent
         assert sorted(checkpoint.list_checkpoints(exp)) == [1, 2]
