@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from apm.nnet import checkpoint
 from apm.train.config import AMP_ALIASES, dump_config
 from apm.train.data import Corpus, load_corpus, split_validation
 from apm.train.monitor import Monitor, plot_curves, write_history
+from apm.train.seed_batch import SeedBatch
 from apm.train.trainer import Trainer
 from apm.utils.dist import DistEnv, barrier, init_distributed, shutdown
 from apm.utils.done import cached_signature, mark_done, recorded, signature
@@ -180,34 +182,45 @@ def _save_running(job: TrainJob, env: DistEnv):
     return save if interval else None
 
 
+def _monitor(trainer: Trainer, job: TrainJob, env: DistEnv) -> Monitor:
+    return Monitor(job.exp_dir, trainer.epoch * trainer.steps_per_epoch, env.is_main)
+
+
+def _epoch_done(
+    trainer: Trainer, job: TrainJob, env: DistEnv, monitor: Monitor, record: dict
+) -> None:
+    """After each epoch: its checkpoint, train_log.jsonl, monitor record, curves, log line."""
+    if env.is_main:
+        path = checkpoint.checkpoint_dir(job.exp_dir) / f"epoch_{trainer.epoch}.pt"
+        checkpoint.save(path, trainer.state())
+        write_history(job.exp_dir, trainer.history)
+        monitor.epoch(record, trainer.epoch * trainer.steps_per_epoch)
+        plot_curves(trainer.history, job.exp_dir / "train_curves.png")
+        _log_record(record, job.config["seed"])
+    barrier(env)
+
+
 def _train_epochs(trainer: Trainer, job: TrainJob, env: DistEnv) -> None:
     epochs = job.config["train"]["epochs"]
-    monitor = Monitor(job.exp_dir, trainer.epoch * trainer.steps_per_epoch, env.is_main)
+    monitor = _monitor(trainer, job, env)
     on_step = _save_running(job, env)
     try:
         while trainer.epoch < epochs:
-            record = trainer.run_epoch(monitor, on_step)
-            if env.is_main:
-                path = checkpoint.checkpoint_dir(job.exp_dir) / f"epoch_{trainer.epoch}.pt"
-                checkpoint.save(path, trainer.state())
-                write_history(job.exp_dir, trainer.history)
-                monitor.epoch(record, trainer.epoch * trainer.steps_per_epoch)
-                plot_curves(trainer.history, job.exp_dir / "train_curves.png")
-                _log_record(record)
-            barrier(env)
+            _epoch_done(trainer, job, env, monitor, trainer.run_epoch(monitor, on_step))
     finally:
         monitor.close()
 
 
-def _log_record(r: dict) -> None:
+def _log_record(r: dict, seed: int) -> None:
     def fmt(split: dict) -> str:
         phone = f", phone acc {split['phone_acc']:.3f}" if "phone_acc" in split else ""
         return f"loss {split['loss']:.3f}, lang acc {split['lang_acc']:.3f}{phone}"
 
     valid = f"; valid {fmt(r['valid'])}" if "valid" in r else ""
     log.info(
-        "epoch %d: train %s%s; %.0f frames/s, %.1f s",
+        "epoch %d (seed %d): train %s%s; %.0f frames/s, %.1f s",
         r["epoch"],
+        seed,
         fmt(r["train"]),
         valid,
         r["frames_per_second"],
@@ -253,6 +266,37 @@ def _augmenter(job: TrainJob) -> Augmenter | None:
     return Augmenter(augment, stored_feature_config(job.fbank_dir), job.config["seed"])
 
 
+def _make_trainer(job: TrainJob, corpus: Corpus, env: DistEnv) -> Trainer:
+    """The trainer of `job` on `corpus`, resumed from its latest checkpoint."""
+    if env.is_main:
+        _write_inventories(job, corpus.languages)
+    train_pool, valid_pool = split_validation(
+        corpus, job.config["train"]["valid_fraction"], job.config["seed"]
+    )
+    log.info(
+        "seed %d: %d training and %d validation utterances, %d languages, %d phones, %d frames",
+        job.config["seed"],
+        len(train_pool),
+        len(valid_pool),
+        len(corpus.languages),
+        corpus.num_phones,
+        int(corpus.lengths[train_pool].sum()),
+    )
+    trainer = Trainer(job.config, corpus, train_pool, valid_pool, job.exp_dir, env, _augmenter(job))
+    _resume(trainer, job)
+    return trainer
+
+
+def _finish(trainer: Trainer, job: TrainJob, env: DistEnv) -> Path:
+    final = job.exp_dir / "final.pt"
+    if env.is_main:
+        _write_final(trainer, job)
+        write_history(job.exp_dir, trainer.history)
+        plot_curves(trainer.history, job.exp_dir / "train_curves.png")
+    barrier(env)
+    return final
+
+
 def run_training(job: TrainJob) -> Path:
     """Train (or resume) the system of `job`; returns the path of `final.pt`."""
     env = init_distributed(job.device, job.config["train"]["threads"])
@@ -260,31 +304,48 @@ def run_training(job: TrainJob) -> Path:
         if env.is_main:
             prepare_exp_dir(job)
         barrier(env)
-        corpus = _load_data(job)
-        if env.is_main:
-            _write_inventories(job, corpus.languages)
-        train_pool, valid_pool = split_validation(
-            corpus, job.config["train"]["valid_fraction"], job.config["seed"]
-        )
-        log.info(
-            "%d training and %d validation utterances, %d languages, %d phones, %d frames",
-            len(train_pool),
-            len(valid_pool),
-            len(corpus.languages),
-            corpus.num_phones,
-            int(corpus.lengths[train_pool].sum()),
-        )
-        trainer = Trainer(
-            job.config, corpus, train_pool, valid_pool, job.exp_dir, env, _augmenter(job)
-        )
-        _resume(trainer, job)
+        trainer = _make_trainer(job, _load_data(job), env)
         _train_epochs(trainer, job, env)
-        final = job.exp_dir / "final.pt"
-        if env.is_main:
-            _write_final(trainer, job)
-            write_history(job.exp_dir, trainer.history)
-            plot_curves(trainer.history, job.exp_dir / "train_curves.png")
-        barrier(env)
-        return final
+        return _finish(trainer, job, env)
+    finally:
+        shutdown(env)
+
+
+def run_seed_batch(jobs: Sequence[TrainJob]) -> list[Path]:
+    """Train (or resume) one system with several seeds at once, one job per seed, in one
+    process (`apm.train.seed_batch`: the models share each step's forward and backward, and
+    the training set is loaded once); returns the `final.pt` paths. Each job's directory
+    ends up as a run of `run_training` for that seed would leave it."""
+    first = jobs[0]
+    shared = ("fbank_dir", "ali_dir", "device", "skip_unaligned")
+    for job in jobs[1:]:
+        differ = [k for k in shared if getattr(job, k) != getattr(first, k)]
+        if differ:
+            raise ApmError(
+                f"{job.exp_dir}: a seed batch trains on one data set, but its "
+                f"{', '.join(differ)} differ from {first.exp_dir}'s"
+            )
+    dirs = [job.exp_dir.resolve() for job in jobs]
+    if len(set(dirs)) < len(dirs):
+        raise ApmError("a seed batch needs one experiment directory per seed; some repeat")
+    env = init_distributed(first.device, first.config["train"]["threads"])
+    try:
+        for job in jobs:
+            prepare_exp_dir(job)
+        corpus = _load_data(first)
+        trainers = [_make_trainer(job, corpus, env) for job in jobs]
+        batch = SeedBatch(trainers)
+        monitors = [_monitor(t, job, env) for t, job in zip(trainers, jobs, strict=True)]
+        on_steps = [_save_running(job, env) for job in jobs]
+        epochs = first.config["train"]["epochs"]
+        try:
+            while any(t.epoch < epochs for t in trainers):
+                for trainer, record in batch.run_epoch(monitors, on_steps):
+                    k = trainers.index(trainer)
+                    _epoch_done(trainer, jobs[k], env, monitors[k], record)
+        finally:
+            for monitor in monitors:
+                monitor.close()
+        return [_finish(t, job, env) for t, job in zip(trainers, jobs, strict=True)]
     finally:
         shutdown(env)

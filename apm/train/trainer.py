@@ -17,7 +17,9 @@ import os
 import random
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,6 +58,15 @@ class MultiTaskNet(nn.Module):
         # An unpadded batch skips the model's masked path (`padded` is known on the host).
         out = self.model(feats, mask if padded else None)
         return out, self.crit(out, langs, phones, mask)
+
+
+@dataclass
+class RunningEpoch:
+    """The epoch being trained: its index (0-based), progress bar and start time."""
+
+    index: int
+    bar: Any
+    start: float
 
 
 class LrSchedule:
@@ -302,50 +313,79 @@ class Trainer:
         out, res = self._forward(batch, self.ddp)
         self._check_finite(res.loss, batch, step)
         self.scaler.scale(res.loss).backward()
+        self.optimizer_step()
+        return out, res
+
+    def optimizer_step(self) -> None:
+        """Clip the gradients (already computed), then step the optimiser, the grad scaler
+        and the LR schedule."""
         if self.tcfg["grad_clip"] > 0:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.net.parameters(), self.tcfg["grad_clip"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return out, res
 
     def train_epoch(
         self, monitor: Monitor | None = None, on_step: Callable[[Trainer], None] | None = None
     ) -> dict:
         """Train the next epoch, or the rest of it after a mid-epoch checkpoint; returns the
         epoch's train metrics. `on_step(self)` runs after every step but the last."""
-        epoch, steps = self.epoch, self.steps_per_epoch
+        epoch = self.begin_epoch()
+        for i, batch in enumerate(self._batches(epoch.index, self.step), start=self.step):
+            batch = self.step_inputs(batch, i)
+            out, res = self.train_step(batch, i)
+            self.end_step(epoch, out, res, batch, monitor, on_step)
+        return self.end_epoch(epoch)
+
+    def begin_epoch(self) -> RunningEpoch:
+        """Start (or continue) the next epoch: its metrics, progress bar and clock."""
         if self.metrics is None:
             self.metrics = EpochMetrics(len(self.corpus.languages), self.env.device)
         self.net.train()
         bar = progress(
-            total=steps,
+            total=self.steps_per_epoch,
             initial=self.step,
-            desc=f"epoch {epoch + 1}/{self.tcfg['epochs']}",
+            desc=f"epoch {self.epoch + 1}/{self.tcfg['epochs']}",
             unit="batch",
             disable=not self.env.is_main,
             leave=False,
         )
-        start = time.perf_counter() - self.seconds
-        for i, batch in enumerate(self._batches(epoch, self.step), start=self.step):
-            self.crit.set_epoch(epoch + i / steps)
-            batch = self._to_device(batch)
-            out, res = self.train_step(batch, i)
-            with torch.no_grad():
-                self.metrics.add(res, self.crit.scores(out), out.phone_logits, batch)
-            bar.update()
-            if (i + 1) % self.tcfg["log_interval"] == 0:
-                loss = res.loss.item()
-                bar.set_postfix(loss=f"{loss:.3f}")
-                if monitor is not None:
-                    lr = self.scheduler.get_last_lr()[0]
-                    margin = self.crit.classifier.margin
-                    monitor.step(epoch * steps + i + 1, loss, lr, margin)
-            self.step, self.seconds = i + 1, time.perf_counter() - start
-            if on_step is not None and self.step < steps:
-                on_step(self)
-        bar.close()
+        return RunningEpoch(self.epoch, bar, time.perf_counter() - self.seconds)
+
+    def step_inputs(self, batch: dict, step: int) -> dict:
+        """Set the margin schedule for `step` of the running epoch; the batch on the device."""
+        self.crit.set_epoch(self.epoch + step / self.steps_per_epoch)
+        return self._to_device(batch)
+
+    def end_step(
+        self,
+        epoch: RunningEpoch,
+        out: ModelOutput,
+        res: LossOutput,
+        batch: dict,
+        monitor: Monitor | None,
+        on_step: Callable[[Trainer], None] | None,
+    ) -> None:
+        """Book a finished step: metrics, progress, the monitor's step record, `on_step`."""
+        i, steps = self.step, self.steps_per_epoch
+        with torch.no_grad():
+            self.metrics.add(res, self.crit.scores(out), out.phone_logits, batch)
+        epoch.bar.update()
+        if (i + 1) % self.tcfg["log_interval"] == 0:
+            loss = res.loss.item()
+            epoch.bar.set_postfix(loss=f"{loss:.3f}")
+            if monitor is not None:
+                lr = self.scheduler.get_last_lr()[0]
+                margin = self.crit.classifier.margin
+                monitor.step(epoch.index * steps + i + 1, loss, lr, margin)
+        self.step, self.seconds = i + 1, time.perf_counter() - epoch.start
+        if on_step is not None and self.step < steps:
+            on_step(self)
+
+    def end_epoch(self, epoch: RunningEpoch) -> dict:
+        """Close the running epoch; returns its train metrics."""
+        epoch.bar.close()
         summary = self.metrics.summary(self.env, self.corpus.languages)
         self.last_seconds = self.seconds
         self.epoch, self.step, self.metrics, self.seconds = self.epoch + 1, 0, None, 0.0
@@ -396,7 +436,11 @@ class Trainer:
         self, monitor: Monitor | None = None, on_step: Callable[[Trainer], None] | None = None
     ) -> dict:
         """Train (the rest of) and validate the next epoch; append and return its record."""
-        train = self.train_epoch(monitor, on_step)
+        return self.record_epoch(self.train_epoch(monitor, on_step))
+
+    def record_epoch(self, train: dict) -> dict:
+        """Validate after the epoch just trained (its train metrics `train`); append and
+        return the epoch's record."""
         seconds = self.last_seconds
         record = {
             "epoch": self.epoch,

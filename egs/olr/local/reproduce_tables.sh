@@ -16,7 +16,9 @@ Holm-adjusted verdicts and the power of each contrast.
      family's margin is the one with the lowest mean dev Cavg; a choice at the edge of its
      grid adds the next margin and is made again (--grid-growth times at most)
   3. evaluation on the --seeds: the systems the primary contrasts name (--exploratory true:
-     also softmax, K at APM's nominal margin, normalised APM), --jobs trainings at once
+     also softmax, K at APM's nominal margin, normalised APM), --jobs trainings at once;
+     --seed-batch N trains N seeds of a system in one process (one vmapped step over the
+     stacked models: for a GPU, the default with --ngpu 1 is 8)
   4. python -m paper_comparison report
 Reruns skip finished trainings. Measured cost: see docs/paper-comparison.md (Reproducing the paper's comparison).
 --quick: tiny corpus, margins 0.1 0.2, no grid growth, selection seeds 101 102, seeds 1 2,
@@ -33,6 +35,8 @@ exploratory=false         # true: also evaluate the systems only exploratory con
 sources=pocketsphinx      # label sources: pocketsphinx and/or oracle (each with its own baselines)
 kinds="am aam"            # margin forms compared, each with its APM counterpart
 jobs=$(nproc)             # trainings run at once (each uses one thread)
+seed_batch=auto           # seeds of one system trained together in one process (apm.train.seed_batch);
+                          # auto: 8 with --ngpu 1 (fills the GPU), else 1 (on CPU separate processes are as fast)
 n_boot=1000               # hierarchical bootstrap draws
 nj=                      # parallel jobs of the data stages (0-3) (empty: apm.utils.defaults.NJ)
 data=                     # data dir (default: the recipe's egs/olr/data, with its stage records)
@@ -52,6 +56,13 @@ if [ $# -ne 0 ]; then
 fi
 if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
   echo "$0: --jobs takes a positive integer, got '$jobs'" >&2
+  exit 1
+fi
+if [ "$seed_batch" = auto ]; then
+  seed_batch=$([ "$ngpu" -eq 1 ] && echo 8 || echo 1)
+fi
+if ! [[ $seed_batch =~ ^[1-9][0-9]*$ ]]; then
+  echo "$0: --seed-batch takes a positive integer or auto, got '$seed_batch'" >&2
   exit 1
 fi
 if [ "$quick" = true ]; then
@@ -91,12 +102,15 @@ tables() {  # the recipe's sets and conditions: one definition, local/mini_olr/t
 # One training: stages 4-7 of run.sh for <source> <seed> <system>, its output in a log.
 # $unscored: the run.sh option left empty (selection: --test-sets, scored on the dev sets
 # only; evaluation: --dev-sets, scored on the test sets only).
+ali_dir() {  # the training set's alignments of a label source
+  case $1 in
+    pocketsphinx) echo "$data/ali/train" ;;
+    oracle) echo "$data/ali_oracle/train" ;;
+  esac
+}
 train_one() {
   local src=$1 seed=$2 system=$3 ali
-  case $src in
-    pocketsphinx) ali=$data/ali/train ;;
-    oracle) ali=$data/ali_oracle/train ;;
-  esac
+  ali=$(ali_dir "$src")
   local exp=$out/$src/seed$seed/$system
   mkdir -p "$exp"
   if "$recipe/run.sh" --stage 4 --data "$data" --ngpu "$ngpu" --seed "$seed" \
@@ -108,14 +122,58 @@ train_one() {
     return 1
   fi
 }
-export -f train_one
+# A seed batch: <source> <seed,seed,...> <system>: the seeds' stage 4 in one process
+# (steps/train_xvector.sh --seeds), then train_one for each (its stage 4 finds the training
+# done, so it only writes final.pt again, the same; then stages 5-7).
+train_batch() {
+  local src=$1 system=$3 seed dirs=() log
+  local seeds=${2//,/ }
+  for seed in $seeds; do
+    dirs+=("$out/$src/seed$seed/$system/$system")
+  done
+  log=$out/$src/seeds_${2//,/_}_$system.log
+  if ! all_final "${dirs[@]}"; then
+    mkdir -p "${dirs[@]}"
+    if ! "$APM_ROOT/steps/train_xvector.sh" --config "$out/conf/$system.yaml" --seeds "$seeds" \
+        --ngpu "$ngpu" --ali-dir "$(ali_dir "$src")" "$data/fbank/train" "${dirs[@]}" > "$log" 2>&1; then
+      echo "$(date '+%F %T') FAILED: $src seeds $seeds $system (log: $log)" >&2
+      return 1
+    fi
+  fi
+  for seed in $seeds; do
+    train_one "$src" "$seed" "$system" || return 1
+  done
+}
+all_final() {
+  local dir
+  for dir in "$@"; do
+    [ -f "$dir/final.pt" ] || return 1
+  done
+}
+export -f train_one train_batch all_final ali_dir
 export data out recipe ngpu unscored
 
+# Job lines "<source> <seed> <system>" -> "<source> <seed,...> <system>": up to --seed-batch
+# seeds of one source and system per line, in the order given.
+batch_seeds() {
+  awk -v n="$seed_batch" '
+    { key = $1 " " $3
+      if (!(key in count)) { order[++keys] = key; count[key] = 0 }
+      g = int(count[key] / n)
+      if (count[key]++ % n == 0) group[key, g] = $2; else group[key, g] = group[key, g] "," $2 }
+    END { for (k = 1; k <= keys; k++) { split(order[k], f, " ")
+            for (g = 0; g * n < count[order[k]]; g++) print f[1], group[order[k], g], f[2] } }'
+}
+
 run_jobs() {  # job lines "<source> <seed> <system>" on stdin, --jobs at a time
-  local list
+  local list runner=train_one
   list=$(cat)
-  echo "== $1: $(echo "$list" | grep -c .) trainings, $jobs at a time"
-  if ! echo "$list" | xargs -r -P "$jobs" -L 1 bash -c 'train_one "$@"' _; then
+  echo "== $1: $(echo "$list" | grep -c .) trainings, $jobs at a time, $seed_batch seed(s) per process"
+  if [ "$seed_batch" -gt 1 ]; then
+    list=$(echo "$list" | batch_seeds)
+    runner=train_batch
+  fi
+  if ! echo "$list" | xargs -r -P "$jobs" -L 1 bash -c "$runner"' "$@"' _; then
     echo "$0: some trainings failed (see the FAILED lines above); rerun to retry them" >&2
     exit 1
   fi
