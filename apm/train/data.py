@@ -254,14 +254,16 @@ class Corpus:
                 None if phones is None else phones[start : start + n]
             )
         num_frames = stored[1]
-        voiced = self.cuts.voiced(i, num_frames)
-        rows = np.flatnonzero(voiced)[start : start + n]
+        voiced_rows = np.flatnonzero(self.cuts.voiced(i, num_frames))
+        rows = voiced_rows[start : start + n]
+        # np.take: the rows of boolean or fancy indexing, several times faster
         if self.cmn == "utterance":  # the mean over all voiced frames needs them all
-            kept = self._read_frames(i, stored, 0, num_frames)[voiced]
+            kept = np.take(self._read_frames(i, stored, 0, num_frames), voiced_rows, axis=0)
             frames = kept[start : start + n] - kept.mean(axis=0, keepdims=True)  # as prepared
         else:
             first = int(rows[0])
-            frames = self._read_frames(i, stored, first, int(rows[-1]) + 1)[rows - first]
+            raw = self._read_frames(i, stored, first, int(rows[-1]) + 1)
+            frames = np.take(raw, rows - first, axis=0)
         phones = self._alignment(i, num_frames)[rows] if self.has_phones else None
         return frames, phones
 
