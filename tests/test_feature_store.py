@@ -61,6 +61,22 @@ def test_random_access_reads_a_frame_range_as_the_whole_matrix_has_it(store):
     np.testing.assert_array_equal(part, whole[250:400])
 
 
+@pytest.mark.parametrize("cmn", ["utterance", "chunk"])
+def test_streamed_chunks_decode_the_lilcom_chunks_they_span(store, cmn):
+    """A streamed chunk of an utterance longer than lhotse's lilcom chunk (500 frames), read
+    from the chunks it spans (the first, both, the second), is that slice of the utterance."""
+    memory = load_corpus(store, None, cmn=cmn, min_utt_frames=1)
+    streamed = load_corpus(store, None, cmn=cmn, min_utt_frames=1, cache=False)
+    voiced = [streamed.cuts.voiced(i, streamed.cuts.matrix(i)[1]) for i in range(len(memory.ids))]
+    # utterances voiced in their second lilcom chunk; `first`: voiced frames in the first
+    spans = [(i, int(v[:500].sum())) for i, v in enumerate(voiced) if v[500:].sum() >= 20]
+    assert spans, "no utterance is voiced in two lilcom chunks"
+    for i, first in spans:
+        for start, n in ((0, 100), (first - 20, 40), (first, int(streamed.lengths[i]) - first)):
+            got, _ = streamed.chunk(i, start, n)
+            np.testing.assert_array_equal(got, memory.chunk(i, start, n)[0])
+
+
 def test_training_and_extraction_read_the_store(store):
     cuts = read_cuts(store).to_eager()
     vad = read_scp(store / "vad.scp", "vad")
