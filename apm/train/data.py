@@ -6,8 +6,9 @@ indexed once, read by one pipeline (`apm.train.batches`) whichever way it is hel
    array (eager): chunk sampling is then index arithmetic, with no per-step I/O. Training sets
    of an LID recipe (hours of speech, 40-dim frames) fit.
  - `stream`: only an index is held (ids, languages, VAD-kept frame counts, the cuts as compact
-   JSON); each chunk's utterance is read from the feature store and prepared when a batch
-   needs it, so memory stays flat in corpus size.
+   JSON, VAD bits, where each cut's lilcom chunks and labels lie); each chunk's stored frames
+   are read from the feature store and prepared when a batch needs it (`Corpus.chunk`), so
+   memory stays flat in corpus size.
 Augmented chunks (`augment:`) are always computed from the audio, on either path. Frames are
 read and prepared by `apm.features.readers`, as extraction prepares them.
 """
