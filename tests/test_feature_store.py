@@ -2,6 +2,7 @@
 fbank, random access to frame ranges, and read by training and extraction as they are."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from apm.features.readers import (
 )
 from apm.train.data import load_corpus
 from apm.train.job import input_signature
+from apm.utils.errors import ApmError
 
 # lilcom stores multiples of 2^TICK_POWER: a decoded value is at most half a tick away.
 HALF_TICK = 2.0 ** (TICK_POWER - 1)
@@ -75,6 +77,20 @@ def test_streamed_chunks_decode_the_lilcom_chunks_they_span(store, cmn):
         for start, n in ((0, 100), (first - 20, 40), (first, int(streamed.lengths[i]) - first)):
             got, _ = streamed.chunk(i, start, n)
             np.testing.assert_array_equal(got, memory.chunk(i, start, n)[0])
+
+
+def test_a_streamed_chunk_of_a_truncated_archive_names_its_cut(store):
+    streamed = load_corpus(store, None, cmn="utterance", min_utt_frames=1, cache=False)
+    last = max(range(len(streamed.ids)), key=lambda i: streamed.cuts.matrix(i)[2][-1])
+    archive = streamed.cuts.matrix(last)[0]
+    original = Path(archive).read_bytes()
+    try:
+        Path(archive).write_bytes(original[: len(original) - 100])
+        with pytest.raises(ApmError, match=f"cut {streamed.ids[last]}: .* ends inside"):
+            streamed.chunk(last, 0, 10)
+    finally:
+        Path(archive).write_bytes(original)
+    assert len(streamed.chunk(last, 0, 10)[0]) == 10
 
 
 def test_training_and_extraction_read_the_store(store):

@@ -16,6 +16,7 @@ read and prepared by `apm.features.readers`, as extraction prepares them.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import os
@@ -86,7 +87,11 @@ class CutStore:
         return self._ark_index[path]
 
     def append(
-        self, line: str, fields: tuple[tuple[str, str, int, int], ...], voiced, cut: Cut
+        self,
+        line: str,
+        fields: tuple[tuple[str, str, int, int], ...],
+        voiced: np.ndarray,
+        cut: Cut,
     ) -> None:
         if self._names is None:  # the same label tables for every cut of a set
             self._names = tuple(name for name, *_ in fields)
@@ -162,7 +167,7 @@ class _OpenFiles:
     LIMIT = 64  # open files kept; past it the oldest is closed
 
     def __init__(self) -> None:
-        self._open: dict[str, object] = {}
+        self._open: dict[str, io.FileIO] = {}
 
     def read(self, path: str, offset: int, size: int) -> bytes:
         f = self._open.get(path)
@@ -280,8 +285,12 @@ class Corpus:
         if len(data) != bounds[b] - bounds[a]:
             raise ApmError(f"cut {self.ids[i]}: {archive} ends inside its features; recompute "
                            "them (stage 2)")  # fmt: skip
-        parts = [lilcom.decompress(data[x - bounds[a] : y - bounds[a]])
-                 for x, y in pairwise(bounds[a : b + 1])]  # fmt: skip
+        try:
+            parts = [lilcom.decompress(data[x - bounds[a] : y - bounds[a]])
+                     for x, y in pairwise(bounds[a : b + 1])]  # fmt: skip
+        except ValueError as err:
+            raise ApmError(f"cut {self.ids[i]}: its features in {archive} do not decode "
+                           f"({err}); recompute them (stage 2)") from err  # fmt: skip
         whole = np.concatenate(parts) if len(parts) > 1 else parts[0]
         raw = whole[first - a * size : last - a * size]
         if raw.shape != (last - first, self.feat_dim) or not np.isfinite(raw).all():
