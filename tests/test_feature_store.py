@@ -2,6 +2,7 @@
 fbank, random access to frame ranges, and read by training and extraction as they are."""
 
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,6 +22,7 @@ from apm.features.readers import (
 )
 from apm.train.data import load_corpus
 from apm.train.job import input_signature
+from apm.utils.errors import ApmError
 
 # lilcom stores multiples of 2^TICK_POWER: a decoded value is at most half a tick away.
 HALF_TICK = 2.0 ** (TICK_POWER - 1)
@@ -59,6 +61,36 @@ def test_random_access_reads_a_frame_range_as_the_whole_matrix_has_it(store):
     assert len(whole) > 500, "longer than lhotse's lilcom chunk, so the range spans chunks"
     part = cut.truncate(offset=2.5, duration=1.5).load_features()
     np.testing.assert_array_equal(part, whole[250:400])
+
+
+@pytest.mark.parametrize("cmn", ["utterance", "chunk"])
+def test_streamed_chunks_decode_the_lilcom_chunks_they_span(store, cmn):
+    """A streamed chunk of an utterance longer than lhotse's lilcom chunk (500 frames), read
+    from the chunks it spans (the first, both, the second), is that slice of the utterance."""
+    memory = load_corpus(store, None, cmn=cmn, min_utt_frames=1)
+    streamed = load_corpus(store, None, cmn=cmn, min_utt_frames=1, cache=False)
+    voiced = [streamed.cuts.voiced(i, streamed.cuts.matrix(i)[1]) for i in range(len(memory.ids))]
+    # utterances voiced in their second lilcom chunk; `first`: voiced frames in the first
+    spans = [(i, int(v[:500].sum())) for i, v in enumerate(voiced) if v[500:].sum() >= 20]
+    assert spans, "no utterance is voiced in two lilcom chunks"
+    for i, first in spans:
+        for start, n in ((0, 100), (first - 20, 40), (first, int(streamed.lengths[i]) - first)):
+            got, _ = streamed.chunk(i, start, n)
+            np.testing.assert_array_equal(got, memory.chunk(i, start, n)[0])
+
+
+def test_a_streamed_chunk_of_a_truncated_archive_names_its_cut(store):
+    streamed = load_corpus(store, None, cmn="utterance", min_utt_frames=1, cache=False)
+    last = max(range(len(streamed.ids)), key=lambda i: streamed.cuts.matrix(i)[2][-1])
+    archive = streamed.cuts.matrix(last)[0]
+    original = Path(archive).read_bytes()
+    try:
+        Path(archive).write_bytes(original[: len(original) - 100])
+        with pytest.raises(ApmError, match=f"cut {streamed.ids[last]}: .* ends inside"):
+            streamed.chunk(last, 0, 10)
+    finally:
+        Path(archive).write_bytes(original)
+    assert len(streamed.chunk(last, 0, 10)[0]) == 10
 
 
 def test_training_and_extraction_read_the_store(store):

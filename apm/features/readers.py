@@ -104,6 +104,7 @@ def read_scp(path: str | os.PathLike, what: str) -> Mapping[str, np.ndarray]:
 # One binary Kaldi int32 vector element: a size byte (4) then the little-endian int32.
 _INT32_ELEMENT = np.dtype([("size", "u1"), ("value", "<i4")])
 _INT32_HEADER = b"\0B\x04"  # binary marker, then the size byte of the length field
+INT32_VECTOR_HEAD = len(_INT32_HEADER) + 4  # header and the int32 element count
 _ARK_OFFSET = re.compile(r"^(?P<ark>.+):(?P<offset>\d+)$")
 
 
@@ -147,23 +148,44 @@ def read_int32_vector(ark: str | os.PathLike, offset: int, key: str = "?") -> np
     is not one (text, a matrix), whatever kaldiio reads there."""
     with open(ark, "rb") as f:
         f.seek(offset)
-        head = f.read(7)
+        head = f.read(INT32_VECTOR_HEAD)
         if not head:
             raise ApmError(f"{ark}: entry '{key}' at byte {offset} is past the end of the file")
-        if head[:3] != _INT32_HEADER:  # text, or another binary object: kaldiio as before
-            return kaldiio.load_mat(f"{ark}:{offset}")
-        if len(head) < 7:
-            raise ApmError(f"{ark}: entry '{key}' at byte {offset} is truncated (no length)")
-        length = int(np.frombuffer(head, "<i4", count=1, offset=3)[0])
-        if length < 0:
-            raise ApmError(f"{ark}: entry '{key}' at byte {offset} has length {length}")
-        data = f.read(length * _INT32_ELEMENT.itemsize)
-    if len(data) != length * _INT32_ELEMENT.itemsize:
+        announced = int.from_bytes(head[3:], "little", signed=True)
+        rest = f.read(max(announced, 0) * _INT32_ELEMENT.itemsize) if _is_int32(head) else b""
+    values = parse_int32_vector(head + rest, ark, offset, key)
+    return kaldiio.load_mat(f"{ark}:{offset}") if values is None else values
+
+
+def int32_vector_size(length: int) -> int:
+    """Bytes of a binary Kaldi int32 vector of `length` elements."""
+    return INT32_VECTOR_HEAD + length * _INT32_ELEMENT.itemsize
+
+
+def _is_int32(head: bytes) -> bool:
+    return head[: len(_INT32_HEADER)] == _INT32_HEADER
+
+
+def parse_int32_vector(
+    data: bytes, ark: str | os.PathLike, offset: int, key: str = "?"
+) -> np.ndarray | None:
+    """The binary int32 vector that `data` (bytes read from `offset` of `ark` on) starts with,
+    checked (a truncated or corrupt one is an ApmError naming key and file); None when `data`
+    holds something else (text, a matrix), which kaldiio reads."""
+    if not _is_int32(data):
+        return None
+    if len(data) < INT32_VECTOR_HEAD:
+        raise ApmError(f"{ark}: entry '{key}' at byte {offset} is truncated (no length)")
+    length = int.from_bytes(data[3:INT32_VECTOR_HEAD], "little", signed=True)
+    if length < 0:
+        raise ApmError(f"{ark}: entry '{key}' at byte {offset} has length {length}")
+    present = (len(data) - INT32_VECTOR_HEAD) // _INT32_ELEMENT.itemsize
+    if present < length:
         raise ApmError(
             f"{ark}: entry '{key}' at byte {offset} is truncated: {length} int32 elements "
-            f"announced, {len(data) // _INT32_ELEMENT.itemsize} present"
+            f"announced, {present} present"
         )
-    elements = np.frombuffer(data, _INT32_ELEMENT)
+    elements = np.frombuffer(data, _INT32_ELEMENT, length, INT32_VECTOR_HEAD)
     if len(elements) and not (elements["size"] == 4).all():
         bad = int(np.argmax(elements["size"] != 4))
         raise ApmError(

@@ -6,8 +6,9 @@ indexed once, read by one pipeline (`apm.train.batches`) whichever way it is hel
    array (eager): chunk sampling is then index arithmetic, with no per-step I/O. Training sets
    of an LID recipe (hours of speech, 40-dim frames) fit.
  - `stream`: only an index is held (ids, languages, VAD-kept frame counts, the cuts as compact
-   JSON); each chunk's utterance is read from the feature store and prepared when a batch
-   needs it, so memory stays flat in corpus size.
+   JSON, VAD bits, where each cut's lilcom chunks and labels lie); each chunk's stored frames
+   are read from the feature store and prepared when a batch needs it (`Corpus.chunk`), so
+   memory stays flat in corpus size.
 Augmented chunks (`augment:`) are always computed from the audio, on either path. Frames are
 read and prepared by `apm.features.readers`, as extraction prepares them.
 """
@@ -15,26 +16,32 @@ read and prepared by `apm.features.readers`, as extraction prepares them.
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import logging
 import os
 from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from itertools import accumulate, pairwise
 from pathlib import Path
 
+import lilcom
 import numpy as np
 from lhotse.cut import Cut
-from lhotse.features.io import get_reader
+from lhotse.features.io import LilcomChunkyReader
 from lhotse.serialization import deserialize_item
 
 from apm.features.readers import (
     CUTS,
     base_id,
     cut_language,
+    int32_vector_size,
     is_speed_perturbed,
     load_alignment,
     load_cut_features,
+    parse_int32_vector,
+    read_int32_vector,
     read_phones,
     select_and_normalize,
 )
@@ -56,40 +63,72 @@ log = logging.getLogger(__name__)
 class CutStore:
     """Cuts by index, kept small for a large set (about 0.6 kB a cut): each cut's manifest
     line as stage 2 wrote it (parsed on access) and each of its label fields as (ark, byte
-    offset, length) (attached on access); besides, each cut's VAD decisions, bit-packed.
-    Flat buffers, no object per cut; picklable into DataLoader workers."""
+    offset, length) (attached on access); besides, each cut's VAD decisions, bit-packed, and,
+    for a cut that is one whole matrix of lhotse's chunky lilcom storage (what stage 2
+    writes), where its lilcom chunks lie, so that a streamed chunk is read without parsing the
+    cut (`Corpus.chunk`). Flat buffers, no object per cut; picklable into DataLoader workers."""
 
     def __init__(self) -> None:
         self._text = bytearray()  # the manifest lines, one after the other
         self._ends = array("q")  # end of line i in _text
         self._fields = array("q")  # per cut and label name: ark index, offset, length
         self._names: tuple[str, ...] | None = None
-        self._arks: list[str] = []
+        self._arks: list[str] = []  # label arks and feature archives
         self._ark_index: dict[str, int] = {}
         self._bits = bytearray()  # packed VAD decisions, cut after cut
         self._bit_ends = array("q")
+        self._matrix = array("q")  # per cut: archive index (-1: none), frames, end in _bounds
+        self._bounds = array("q")  # byte offsets of each matrix's lilcom chunks, and their end
 
-    def append(self, line: str, fields: tuple[tuple[str, str, int, int], ...], voiced) -> None:
+    def _file(self, path: str) -> int:
+        if path not in self._ark_index:
+            self._ark_index[path] = len(self._arks)
+            self._arks.append(path)
+        return self._ark_index[path]
+
+    def append(
+        self,
+        line: str,
+        fields: tuple[tuple[str, str, int, int], ...],
+        voiced: np.ndarray,
+        cut: Cut,
+    ) -> None:
         if self._names is None:  # the same label tables for every cut of a set
             self._names = tuple(name for name, *_ in fields)
         self._text += line.encode("utf-8")
         self._ends.append(len(self._text))
         for _, ark, offset, length in fields:
-            if ark not in self._ark_index:
-                self._ark_index[ark] = len(self._arks)
-                self._arks.append(ark)
-            self._fields.extend((self._ark_index[ark], offset, length))
+            self._fields.extend((self._file(ark), offset, length))
         self._bits += np.packbits(voiced).tobytes()
         self._bit_ends.append(len(self._bits))
+        chunky = _chunky_matrix(cut)
+        if chunky is not None:
+            self._bounds.extend(chunky[1])
+        archive = -1 if chunky is None else self._file(chunky[0])
+        self._matrix.extend((archive, cut.num_frames, len(self._bounds)))
 
     def __getitem__(self, i: int) -> Cut:
         start = self._ends[i - 1] if i else 0
         cut = deserialize_item(json.loads(bytes(self._text[start : self._ends[i]])))
-        k = 3 * len(self._names) * i
-        for j, name in enumerate(self._names):
-            ark, offset, length = self._fields[k + 3 * j : k + 3 * j + 3]
-            cut = cut.with_custom(name, label_field(self._arks[ark], offset, length))
+        for name in self._names:
+            cut = cut.with_custom(name, label_field(*self.field(i, name)))
         return cut
+
+    def field(self, i: int, name: str) -> tuple[str, int, int]:
+        """(ark, byte offset, length) of label field `name` of cut `i`."""
+        k = 3 * (len(self._names) * i + self._names.index(name))
+        ark, offset, length = self._fields[k : k + 3]
+        return self._arks[ark], offset, length
+
+    def matrix(self, i: int) -> tuple[str, int, array] | None:
+        """(archive, frames, byte offsets of its lilcom chunks and of their end) of cut `i` when
+        it is one whole matrix of chunky lilcom storage (frame t of the cut is row t), else
+        None."""
+        archive, frames, end = self._matrix[3 * i : 3 * i + 3]
+        if archive < 0:
+            return None
+        start = self._matrix[3 * i - 1] if i else 0
+        return self._arks[archive], frames, self._bounds[start:end]
 
     def voiced(self, i: int, num_frames: int) -> np.ndarray:
         """The VAD decisions (bool, one per feature frame) of cut `i`, as indexed."""
@@ -99,6 +138,50 @@ class CutStore:
 
     def __len__(self) -> int:
         return len(self._ends)
+
+
+def _chunky_matrix(cut: Cut) -> tuple[str, list[int]] | None:
+    """(archive, byte offsets of its lilcom chunks and of their end) of a cut that is one
+    whole matrix of lhotse's chunky lilcom storage, with as many chunks as its frames fill,
+    else None. Its frame t is then row t of the matrix, as `cut.load_features()` reads it."""
+    f = cut.features
+    if (
+        f is None
+        or f.storage_type != LilcomChunkyReader.name
+        or f.num_frames != cut.num_frames
+        or abs(f.start - cut.start) >= 1e-6
+    ):
+        return None
+    # The key is the first chunk's offset in the file, then each chunk's size.
+    bounds = list(accumulate(int(x) for x in f.storage_key.split(",")))
+    if len(bounds) - 1 != -(-f.num_frames // LilcomChunkyReader.CHUNK_SIZE):
+        return None
+    return f.storage_path, bounds
+
+
+class _OpenFiles:
+    """Files read by byte range, each opened once per process. `os.pread` has no file
+    position to share, so DataLoader workers forked with these files open read independently;
+    a pickled copy (a spawned worker) opens its own."""
+
+    LIMIT = 64  # open files kept; past it the oldest is closed
+
+    def __init__(self) -> None:
+        self._open: dict[str, io.FileIO] = {}
+
+    def read(self, path: str, offset: int, size: int) -> bytes:
+        f = self._open.get(path)
+        if f is None:
+            if len(self._open) >= self.LIMIT:
+                self._open.pop(next(iter(self._open))).close()
+            f = self._open[path] = open(path, "rb", buffering=0)  # kept open: closed by GC or LIMIT
+        return os.pread(f.fileno(), size, offset)
+
+    def __getstate__(self) -> dict:
+        return {}
+
+    def __setstate__(self, state: dict) -> None:
+        self._open = {}
 
 
 @dataclass
@@ -124,6 +207,7 @@ class Corpus:
     feats: np.ndarray | None = None
     phones: np.ndarray | None = None
     skipped: dict[str, list[str]] = field(default_factory=dict)
+    files: _OpenFiles = field(default_factory=_OpenFiles, repr=False, compare=False)
 
     @property
     def cached(self) -> bool:
@@ -162,55 +246,69 @@ class Corpus:
     def chunk(self, i: int, start: int, n: int) -> tuple[np.ndarray, np.ndarray | None]:
         """Prepared frames `start:start + n` of utterance `i` and their phone ids (or None):
         the same values as slicing `utterance(i)`. Not cached, the VAD decisions come from the
-        index and only the stored frames that the chunk spans are read, except that
-        `cmn: utterance` reads the whole utterance for its mean and `cmn: sliding` (which
-        needs the frames around), like a cut that is part of its feature matrix, is prepared
-        whole."""
+        index and only the lilcom chunks of the stored frames that the chunk spans are read
+        and decoded, through files kept open, except that `cmn: utterance` reads the whole
+        utterance for its mean and that `cmn: sliding` (which needs the frames around) and a
+        cut stored otherwise than as one whole chunky lilcom matrix are prepared whole."""
         if self.cached:
             a = self.offsets[i] + start
             return self.feats[a : a + n], (None if self.phones is None else self.phones[a : a + n])
-        cut = self.cut(i)
-        if self.cmn == "sliding" or not _whole_matrix(cut):
+        stored = None if self.cmn == "sliding" else self.cuts.matrix(i)
+        if stored is None:
             frames, phones = self.utterance(i)
             return frames[start : start + n], (
                 None if phones is None else phones[start : start + n]
             )
-        voiced = self.cuts.voiced(i, cut.num_frames)
-        rows = np.flatnonzero(voiced)[start : start + n]
+        num_frames = stored[1]
+        voiced_rows = np.flatnonzero(self.cuts.voiced(i, num_frames))
+        rows = voiced_rows[start : start + n]
+        # np.take: the rows of boolean or fancy indexing, several times faster
         if self.cmn == "utterance":  # the mean over all voiced frames needs them all
-            whole = load_cut_features(cut)
-            if whole.shape != (cut.num_frames, self.feat_dim):
-                raise ApmError(f"cut {cut.id}: features of shape {whole.shape}, the manifest "
-                               f"says {cut.num_frames} x {self.feat_dim}; rerun stage 2")  # fmt: skip
-            frames = whole[rows] - whole[voiced].mean(axis=0, keepdims=True)  # as prepared
+            kept = np.take(self._read_frames(i, stored, 0, num_frames), voiced_rows, axis=0)
+            frames = kept[start : start + n] - kept.mean(axis=0, keepdims=True)  # as prepared
         else:
-            frames = self._read_rows(cut, rows)
-        phones = None
-        if self.has_phones:
-            ali = load_label(cut, "ali")
-            phones = load_alignment(cut.id, {cut.id: ali}, cut.num_frames, self.num_phones)[rows]
+            first = int(rows[0])
+            raw = self._read_frames(i, stored, first, int(rows[-1]) + 1)
+            frames = np.take(raw, rows - first, axis=0)
+        phones = self._alignment(i, num_frames)[rows] if self.has_phones else None
         return frames, phones
 
-    def _read_rows(self, cut: Cut, rows: np.ndarray) -> np.ndarray:
-        """Stored feature rows `rows` (ascending) of `cut`, reading only the span they cover."""
-        first, last = int(rows[0]), int(rows[-1]) + 1
-        f = cut.features
-        raw = get_reader(f.storage_type)(f.storage_path).read(
-            f.storage_key, left_offset_frames=first, right_offset_frames=last
-        )
-        raw = np.asarray(raw, dtype=np.float32)
+    def _read_frames(
+        self, i: int, stored: tuple[str, int, array], first: int, last: int
+    ) -> np.ndarray:
+        """Stored feature rows `first:last` of utterance `i` (`stored`: its chunky lilcom
+        matrix), decoding only the lilcom chunks they lie in, as lhotse's reader does."""
+        archive, _, bounds = stored
+        size = LilcomChunkyReader.CHUNK_SIZE
+        a, b = first // size, -(-last // size)
+        data = self.files.read(archive, bounds[a], bounds[b] - bounds[a])
+        if len(data) != bounds[b] - bounds[a]:
+            raise ApmError(f"cut {self.ids[i]}: {archive} ends inside its features; recompute "
+                           "them (stage 2)")  # fmt: skip
+        try:
+            parts = [lilcom.decompress(data[x - bounds[a] : y - bounds[a]])
+                     for x, y in pairwise(bounds[a : b + 1])]  # fmt: skip
+        except ValueError as err:
+            raise ApmError(f"cut {self.ids[i]}: its features in {archive} do not decode "
+                           f"({err}); recompute them (stage 2)") from err  # fmt: skip
+        whole = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        raw = whole[first - a * size : last - a * size]
         if raw.shape != (last - first, self.feat_dim) or not np.isfinite(raw).all():
             raise ApmError(
-                f"cut {cut.id}: frames {first}-{last} of its features read as {raw.shape} "
+                f"cut {self.ids[i]}: frames {first}-{last} of its features read as {raw.shape} "
                 f"(finite: {np.isfinite(raw).all()}); recompute them (stage 2)"
             )
-        return raw[rows - first]
+        return raw
 
-
-def _whole_matrix(cut) -> bool:
-    """Whether the cut spans its whole feature matrix (frame t of the cut is row t)."""
-    f = cut.features
-    return f is not None and f.num_frames == cut.num_frames and abs(f.start - cut.start) < 1e-6
+    def _alignment(self, i: int, num_frames: int) -> np.ndarray:
+        """Frame phone ids of utterance `i` from its `ali` entry, through the open files."""
+        ark, offset, length = self.cuts.field(i, "ali")
+        utt = self.ids[i]
+        values = parse_int32_vector(self.files.read(ark, offset, int32_vector_size(length)),
+                                    ark, offset, utt)  # fmt: skip
+        if values is None:  # not a binary int32 vector: kaldiio reads it
+            values = read_int32_vector(ark, offset, utt)
+        return load_alignment(utt, {utt: values}, num_frames, self.num_phones)
 
 
 def prepare_utterance(
@@ -373,7 +471,7 @@ def load_corpus(
             if labels_ is not None:
                 phones.append(labels_)
         if store is not None:
-            store.append(line, fields, keep if not cache else np.zeros(0, dtype=bool))
+            store.append(line, fields, keep if not cache else np.zeros(0, dtype=bool), cut)
         ids.append(cut.id)
         langs.append(lang)
         lengths.append(kept)
