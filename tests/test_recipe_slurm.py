@@ -16,8 +16,7 @@ import warnings
 from pathlib import Path
 
 import pytest
-import yaml
-from conftest import REPO
+from conftest import REPO, TINY_SYSTEMS
 
 SYSTEM = "apm_am"
 SLURM = str(REPO / "utils/slurm_local.sh")
@@ -61,46 +60,45 @@ def _files(root: Path) -> dict[str, bytes]:
     }
 
 
-def _tiny_conf(dest: Path) -> None:
-    dest.mkdir()
-    cfg = yaml.safe_load((REPO / "egs/olr/conf" / f"{SYSTEM}.yaml").read_text())
-    cfg["model"].update(channels=32, stats_channels=64, embed_dim=32, phone_channels=32)
-    cfg["train"].update(epochs=1, batch_size=16, chunk_min_frames=80, chunk_max_frames=120)
-    cfg["train"].update(min_utt_frames=40, average_last=1, bn_recalibration_batches=5)
-    (dest / f"{SYSTEM}.yaml").write_text(yaml.safe_dump(cfg))
+@pytest.fixture
+def slurm_run(slurm, tiny_recipe, tmp_path):
+    """The shared tiny recipe (conftest.py) redone on Slurm at the same paths, so that paths
+    inside the outputs agree: the local run is moved to tmp_path/local meanwhile, and moved
+    back afterwards (the Slurm run's outputs removed). Yields (recipe, local root)."""
+    parts = ("data", "exp", "RESULTS.md")
+    local = tmp_path / "local"
+    local.mkdir()
+    for part in parts:
+        (tiny_recipe.root / part).rename(local / part)
+    try:
+        yield tiny_recipe, local
+    finally:
+        for part in parts:
+            path = tiny_recipe.root / part
+            if path.is_dir():
+                shutil.rmtree(path)
+            path.unlink(missing_ok=True)
+            (local / part).rename(path)
 
 
 @pytest.mark.slow
-def test_recipe_on_slurm_matches_local(slurm, tmp_path):
-    _tiny_conf(tmp_path / "conf")
-    data, exp = tmp_path / "data", tmp_path / "exp"
-    recipe = [str(REPO / "egs/olr/run.sh"), "--corpus-size", "tiny", "--data", str(data),
-              "--exp", str(exp), "--system-conf-dir", str(tmp_path / "conf"),
-              "--systems", SYSTEM, "--test-sets", "task_short", "--dev-sets", ""]  # fmt: skip
-    r = _run([*recipe, "--stop-stage", "0"], tmp_path, slurm)  # stage 0 once, for both runs
+def test_recipe_on_slurm_matches_local(slurm, slurm_run):
+    recipe, local = slurm_run
+    data, exp, cwd = recipe.data, recipe.exp, recipe.root
+    r = _run([*recipe.cmd, "--stop-stage", "0"], cwd, slurm)  # the corpus again, locally
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
-    shutil.copytree(data, tmp_path / "data0", symlinks=True)
-
-    # the local reference: stages 1-6 (the scores are compared; 7 is the report)
-    r = _run(
-        [*recipe, "--stage", "1", "--stop-stage", "6"], tmp_path, slurm, APM_CMD_BACKEND="local"
-    )
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    data.rename(tmp_path / "local_data")
-    exp.rename(tmp_path / "local_exp")
-    (tmp_path / "data0").rename(data)  # the same paths: paths inside the outputs agree
-
-    r = _run([*recipe, "--stage", "1"], tmp_path, slurm, APM_CMD_BACKEND="slurm")
+    r = _run([*recipe.cmd, "--stage", "1"], cwd, slurm, APM_CMD_BACKEND="slurm")
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
     # the same data (manifests, features, alignments) and the same system and scores
-    assert _files(data) == _files(tmp_path / "local_data")
-    for part in ("final.pt", "xvectors", "scores", "languages.txt"):
-        path, local = exp / SYSTEM / part, tmp_path / "local_exp" / SYSTEM / part
-        if path.is_dir():
-            assert _files(path) == _files(local) and _files(path), part
-        else:
-            assert path.read_bytes() == local.read_bytes(), part
+    assert _files(data) == _files(local / "data")
+    for system in TINY_SYSTEMS:
+        for part in ("final.pt", "xvectors", "scores", "languages.txt"):
+            path, ref = exp / system / part, local / "exp" / system / part
+            if path.is_dir():
+                assert _files(path) == _files(ref) and _files(path), (system, part)
+            else:
+                assert path.read_bytes() == ref.read_bytes(), (system, part)
 
     # every job ran as a task of a Slurm (array) job: its log says which, and Slurm's job
     # completion log has it as COMPLETED
@@ -117,7 +115,7 @@ def test_recipe_on_slurm_matches_local(slurm, tmp_path):
         else:
             entry = f"JobId={m.group(1)} .*JobState=COMPLETED"
         assert re.search(entry, completed), (log, entry)
-    assert not list((tmp_path / "local_exp/log").rglob("q/*.sh")), "local runs submit nothing"
+    assert not list((local / "exp/log").rglob("q/*.sh")), "local runs submit nothing"
 
     # A task that fails fails the step, named by number with its log (task_short's one
     # feature job is dispatcher job 1's), and Slurm saw it fail.
@@ -125,7 +123,7 @@ def test_recipe_on_slurm_matches_local(slurm, tmp_path):
     wav = Path((data / "task_short/wav.scp").read_text().split()[1])
     good = wav.read_bytes()
     wav.write_bytes(b"not a wav file")
-    r = _run([*recipe, "--stage", "2", "--stop-stage", "2", "--force", "true"], tmp_path, slurm,
+    r = _run([*recipe.cmd, "--stage", "2", "--stop-stage", "2", "--force", "true"], cwd, slurm,
              APM_CMD_BACKEND="slurm")  # fmt: skip
     assert r.returncode != 0 and "stage 2 (fbank) failed" in r.stderr, r.stderr[-3000:]
     assert f"JOB=1: exit code 1; log: {exp}/log/2/fbank.1.log" in r.stderr + r.stdout

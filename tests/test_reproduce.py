@@ -5,6 +5,7 @@ The sets and conditions are the OLR recipe's (egs/olr/local/mini_olr/tasks.py)."
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -28,13 +29,6 @@ SCRIPT = ROOT / "egs/olr/local/reproduce_tables.sh"
 MARGINS = [0.1, 0.2]
 LANGS = ["a", "b", "c"]
 SELECT = ["101", "102", "103"]
-CLI = [sys.executable, "-m", "paper_comparison"]
-
-
-def cli_env() -> dict:
-    import os
-
-    return {**os.environ, "PYTHONPATH": f"{ROOT}:{ROOT / 'egs/olr/local'}"}
 
 
 def load(path: Path) -> dict:
@@ -250,45 +244,61 @@ def test_contrasts_on_conditions_without_a_task_are_listed_as_not_tested(tmp_pat
     assert verdicts["coverage"] is None and "needs at least 4" in md
 
 
-@pytest.mark.slow  # several processes importing torch: about 15 s
-def test_cli_configs_grow_select_report(tmp_path):
-    cmd = [*CLI, "--conf-dir", str(CONF), "--margins", "0.1 0.2", "--seeds", "1 2",
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """`python -m paper_comparison ARGS` in this process (no interpreter and torch import per
+    call): returns (exit status, stdout, stderr); the root logger is restored afterwards."""
+    from paper_comparison.__main__ import build_parser, run
+
+    from apm.bin.cli import main
+
+    handlers, level = logging.root.handlers[:], logging.root.level
+
+    def call(*args: str) -> tuple[int, str, str]:
+        monkeypatch.setattr(sys, "argv", ["paper_comparison", *args])
+        try:
+            main(build_parser(), run)
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    yield call
+    logging.root.handlers[:], logging.root.level = handlers, level
+
+
+def test_cli_configs_grow_select_report(tmp_path, cli):
+    cmd = ["--conf-dir", str(CONF), "--margins", "0.1 0.2", "--seeds", "1 2",
            "--select-seeds", "101 102", "--dev-tasks", " ".join(DEV_SETS), "--kinds", "am"]  # fmt: skip
-    run = {"capture_output": True, "text": True, "cwd": ROOT, "env": cli_env()}
-    done = subprocess.run([*cmd, "configs", str(tmp_path)], check=True, **run)
-    lines = done.stdout.splitlines()
-    assert len(lines) == 8 and lines[0] == "pocketsphinx 101 am_m0.1"
+    code, out, _ = cli(*cmd, "configs", str(tmp_path))
+    lines = out.splitlines()
+    assert code == 0 and len(lines) == 8 and lines[0] == "pocketsphinx 101 am_m0.1"
     for line in lines:
         m = float(line.split()[2].rsplit("_m", 1)[1])
         fake_system(tmp_path, line.split()[1], line.split()[2], 0.2 - m)  # best at the top
-    done = subprocess.run([*cmd, "grow", str(tmp_path)], check=True, **run)
-    assert sorted(done.stdout.splitlines()) == [f"pocketsphinx {s} {f}_m0.3" for s in ("101", "102")
-                                                for f in ("am", "apm_am")]  # fmt: skip
-    done = subprocess.run([*cmd, "--grid-growth", "0", "grow", str(tmp_path)], check=True, **run)
-    assert done.stdout == ""
-    done = subprocess.run([*cmd, "--seeds", "1 101", "select", str(tmp_path)], **run)
-    assert done.returncode == 1 and "both selection and evaluation seeds" in done.stderr
-    bad = subprocess.run([*cmd, "--sources", "kaldi", "configs", str(tmp_path)], **run)
-    assert bad.returncode != 0 and "unknown label source" in bad.stderr
+    code, out, _ = cli(*cmd, "grow", str(tmp_path))
+    assert code == 0 and sorted(out.splitlines()) == [
+        f"pocketsphinx {s} {f}_m0.3" for s in ("101", "102") for f in ("am", "apm_am")
+    ]
+    assert cli(*cmd, "--grid-growth", "0", "grow", str(tmp_path))[:2] == (0, "")
+    code, _, err = cli(*cmd, "--seeds", "1 101", "select", str(tmp_path))
+    assert code == 1 and "both selection and evaluation seeds" in err
+    code, _, err = cli(*cmd, "--sources", "kaldi", "configs", str(tmp_path))
+    assert code != 0 and "unknown label source" in err
 
 
-@pytest.mark.slow  # several processes importing torch: about 15 s
-def test_cli_needs_the_recipes_sets(tmp_path):
-    cmd = [*CLI, "--conf-dir", str(CONF)]
-    run = {"capture_output": True, "text": True, "cwd": ROOT, "env": cli_env()}
-    bad = subprocess.run([*cmd, "select", str(tmp_path)], **run)
-    assert bad.returncode == 1 and "select needs --dev-tasks" in bad.stderr
-    bad = subprocess.run([*cmd, "--data", "d", "report", str(tmp_path)], **run)
-    assert bad.returncode == 1 and "--test-sets (the recipe's test tasks)" in bad.stderr
-    bad = subprocess.run([*cmd, "--data", "d", "--test-sets", "a b", "--conditions",
-                          "short=a open=c", "report", str(tmp_path)], **run)  # fmt: skip
-    assert bad.returncode == 1 and "--conditions open=c: not among --test-sets (a b)" in bad.stderr
-    bad = subprocess.run([*cmd, "--conditions", "long=a short", "report", str(tmp_path)], **run)
-    assert (
-        bad.returncode == 2
-        and "CONDITION=TASK pairs" in bad.stderr
-        and "'long=a short'" in bad.stderr
-    )
+def test_cli_needs_the_recipes_sets(tmp_path, cli):
+    cmd = ["--conf-dir", str(CONF)]
+    code, _, err = cli(*cmd, "select", str(tmp_path))
+    assert code == 1 and "select needs --dev-tasks" in err
+    code, _, err = cli(*cmd, "--data", "d", "report", str(tmp_path))
+    assert code == 1 and "--test-sets (the recipe's test tasks)" in err
+    code, _, err = cli(*cmd, "--data", "d", "--test-sets", "a b", "--conditions",
+                       "short=a open=c", "report", str(tmp_path))  # fmt: skip
+    assert code == 1 and "--conditions open=c: not among --test-sets (a b)" in err
+    code, _, err = cli(*cmd, "--conditions", "long=a short", "report", str(tmp_path))
+    assert code == 2 and "CONDITION=TASK pairs" in err and "'long=a short'" in err
 
 
 def test_script_help():
